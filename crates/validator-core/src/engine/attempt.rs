@@ -1,0 +1,409 @@
+//! One validation attempt, run while it owns a slot: inference record, payloads, duplicate
+//! check, lease, replay, scoring, submission (DOMAIN.md 2.3-2.8). A failure gives the slot back
+//! and requeues the key with a due time; nothing here sleeps.
+
+use std::{
+    collections::{HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::Inner;
+use crate::{
+    config::RetryPolicy,
+    outcome::{InvalidationReason, Outcome, SkipReason, Stage},
+    ports::{
+        chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
+        ml_node::{ReplayError, ReplayRequest, ReplayResponse},
+        model_lock::NodeHealth,
+        payload_source::{PayloadError, Payloads},
+    },
+    scheduler::{Attempts, Job, PendingSubmit, Step},
+    scoring,
+};
+
+/// Runs one dispatched job to its step and hands the slot back.
+pub(super) async fn run(inner: Arc<Inner>, job: Job) {
+    let Job { key, lane, attempts, pending_submit, run_id, first_wait, permit } = job;
+    if let Some(wait) = first_wait {
+        metrics::histogram!("validator_lane_wait_seconds", "lane" => lane.as_str())
+            .record(wait.as_secs_f64());
+    }
+    let span = info_span!("validation", inference_id = %key.0, lane = lane.as_str(), revalidation = key.1, run_id);
+    let attempt = Attempt { inner: &inner, id: &key.0, revalidation: key.1, attempts };
+    let work = AssertUnwindSafe(attempt.run(pending_submit)).catch_unwind();
+    let step = tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => Step::Terminal(Outcome::Cancelled),
+        result = work.instrument(span) => result.unwrap_or_else(|panic| {
+            let error = panic_message(&panic);
+            warn!(inference_id = %key.0, %error, "validation attempt panicked");
+            Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
+        }),
+    };
+    permit.finish(step);
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("panicked: {text}")
+}
+
+struct Attempt<'a> {
+    inner: &'a Inner,
+    id: &'a InferenceId,
+    revalidation: bool,
+    attempts: Attempts,
+}
+
+impl Attempt<'_> {
+    async fn run(mut self, pending_submit: Option<Box<PendingSubmit>>) -> Step {
+        if let Some(pending) = pending_submit {
+            return self.submit(*pending).await;
+        }
+        let chain = &self.inner.ports.chain;
+        let started = Instant::now();
+        let inference = match self.inner.chain_call(chain.inference(self.id)).await {
+            Ok(inference) => inference,
+            Err(ChainError::NotFound) => return skip(SkipReason::Gone),
+            Err(err) => return self.retry_payload(err.to_string()),
+        };
+        // Unknown epoch state counts as not stale, as upstream.
+        if let Ok(epoch) = self.inner.chain_call(chain.epoch_state()).await {
+            if epoch.is_stale(inference.epoch_id) {
+                return skip(SkipReason::EpochStale);
+            }
+        }
+        observe(Stage::Chain, started);
+
+        let Some(payloads) = (match self.fetch_payloads(&inference).await {
+            Ok(payloads) => payloads,
+            Err(step) => return step,
+        }) else {
+            return self.invalidate(&inference, InvalidationReason::PayloadUnavailable).await;
+        };
+
+        if !self.revalidation && self.inner.validated.contains(self.inner, &inference).await {
+            return skip(SkipReason::AlreadyValidated);
+        }
+        if inference.status == InferenceStatus::Started {
+            return self.retry_replay("inference is not finished".into());
+        }
+        let built =
+            scoring::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
+                let body = scoring::build_replay_request_parsed(&payloads.prompt, &original)?;
+                Ok((original, body))
+            });
+        let (original, body) = match built {
+            Ok(built) => built,
+            Err(invalid) => {
+                debug!(%invalid, "invalid inference: submitting value 0");
+                return self.submit_score(scoring::Score::invalid_inference(), String::new()).await;
+            }
+        };
+        let request = ReplayRequest { inference_id: self.id.clone(), body: Bytes::from(body) };
+        self.replay(&inference, &original, &request).await
+    }
+
+    /// `Ok(Some)` payloads to go on with; `Ok(None)` when every attempt failed and there is no
+    /// legacy copy (invalidate); `Err(step)` to stop here.
+    async fn fetch_payloads(&mut self, inference: &Inference) -> Result<Option<Payloads>, Step> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let fetched = self
+            .inner
+            .bounded(config.payload_timeout, self.inner.ports.payloads.fetch(inference))
+            .await
+            .unwrap_or_else(|| Err(PayloadError::Unavailable("payload fetch timed out".into())));
+        observe(Stage::Payload, started);
+        let err = match fetched {
+            Ok(payloads) => return Ok(Some(payloads)),
+            Err(PayloadError::Gone) if config.payload_gone_is_final => {
+                return Err(skip(SkipReason::Gone));
+            }
+            Err(PayloadError::HashMismatch(detail)) => {
+                debug!(%detail, "payload hash mismatch");
+                return Err(self.invalidate(inference, InvalidationReason::HashMismatch).await);
+            }
+            Err(err) => err,
+        };
+        self.attempts.payload += 1;
+        if self.attempts.payload < config.payload_retry.attempts {
+            debug!(%err, attempt = self.attempts.payload, "payload fetch failed; will retry");
+            return Err(self.retry(Stage::Payload, &config.payload_retry));
+        }
+        if inference.has_legacy_payloads() {
+            debug!("payloads unavailable; using the legacy copy on chain");
+            return Ok(Some(Payloads {
+                prompt: Bytes::copy_from_slice(inference.prompt_payload.as_bytes()),
+                response: Bytes::copy_from_slice(inference.response_payload.as_bytes()),
+            }));
+        }
+        warn!(%err, "payloads unavailable after every attempt");
+        Ok(None)
+    }
+
+    async fn replay(
+        &mut self,
+        inference: &Inference,
+        original: &scoring::CompletionResponse,
+        request: &ReplayRequest,
+    ) -> Step {
+        let started = Instant::now();
+        let lease = match self.inner.ports.broker.lease(&inference.model) {
+            Ok(lease) => lease,
+            Err(err) => return self.retry_replay(err.to_string()),
+        };
+        observe(Stage::Lock, started);
+        let started = Instant::now();
+        let answer = self
+            .inner
+            .bounded(
+                self.inner.config.replay_timeout,
+                self.inner.ports.ml.replay(lease.node(), request),
+            )
+            .await
+            .unwrap_or(Err(ReplayError::Timeout));
+        observe(Stage::Replay, started);
+        let body = match answer {
+            Ok(ReplayResponse::Completed(body)) => {
+                lease.release(NodeHealth::Healthy);
+                body
+            }
+            Ok(ReplayResponse::Rejected { status }) => {
+                lease.release(NodeHealth::Healthy);
+                debug!(status, "ML node rejected the replay: counted as a pass");
+                return self.submit_score(scoring::Score::rejected_by_node(), String::new()).await;
+            }
+            Err(err) => {
+                let health =
+                    if err.is_node_failure() { NodeHealth::Failed } else { NodeHealth::Healthy };
+                lease.release(health);
+                return self.retry_replay(err.to_string());
+            }
+        };
+        match scoring::compare_parsed(original, &body) {
+            Ok(score) => self.submit_score(score, scoring::response_hash(&body)).await,
+            Err(err) => self.retry_replay(err.to_string()),
+        }
+    }
+
+    async fn submit_score(&mut self, score: scoring::Score, response_hash: String) -> Step {
+        let msg = self.message(response_hash, score.value);
+        let outcome = Outcome::Submitted {
+            verdict: score.verdict,
+            value: score.value,
+            msg_id: msg.id.clone(),
+            tx_hash: None,
+        };
+        self.submit(PendingSubmit { msg, outcome }).await
+    }
+
+    /// Checks the chain status, then submits value 0 unless the inference is already
+    /// invalidated.
+    async fn invalidate(&mut self, inference: &Inference, reason: InvalidationReason) -> Step {
+        let current =
+            self.inner.chain_call(self.inner.ports.chain.inference(&inference.inference_id));
+        match current.await {
+            Ok(current) if current.status == InferenceStatus::Invalidated => {
+                return skip(SkipReason::AlreadyInvalidated);
+            }
+            Err(ChainError::NotFound) => return skip(SkipReason::Gone),
+            _ => {}
+        }
+        let msg = self.message(String::new(), 0.0);
+        let outcome = Outcome::Invalidated { reason, msg_id: msg.id.clone(), tx_hash: None };
+        self.submit(PendingSubmit { msg, outcome }).await
+    }
+
+    fn message(&self, response_hash: String, value: f64) -> MsgValidation {
+        MsgValidation {
+            id: uuid::Uuid::new_v4().to_string(),
+            inference_id: self.id.clone(),
+            response_hash,
+            value_decimal: scoring::value_decimal(value),
+            revalidation: self.revalidation,
+        }
+    }
+
+    async fn submit(&mut self, pending: PendingSubmit) -> Step {
+        self.attempts.submit += 1;
+        let started = Instant::now();
+        let submitted = self
+            .inner
+            .bounded(
+                self.inner.config.chain_timeout,
+                self.inner.ports.chain.submit_validation(&pending.msg),
+            )
+            .await
+            .unwrap_or_else(|| Err(SubmitError::Transient("submission timed out".into())));
+        observe(Stage::Submit, started);
+        match submitted {
+            Ok(receipt) => {
+                let mut outcome = pending.outcome;
+                if let Outcome::Submitted { tx_hash, .. } | Outcome::Invalidated { tx_hash, .. } =
+                    &mut outcome
+                {
+                    *tx_hash = receipt.tx_hash;
+                }
+                if !self.revalidation {
+                    self.inner.validated.insert(self.id);
+                }
+                Step::Terminal(outcome)
+            }
+            Err(SubmitError::Duplicate) => skip(SkipReason::AlreadyValidated),
+            Err(SubmitError::Rejected(error)) => {
+                Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
+            }
+            Err(SubmitError::Transient(error)) => {
+                let policy = &self.inner.config.submit_retry;
+                if self.attempts.submit < policy.attempts {
+                    debug!(%error, "submission failed; will retry");
+                    let delay = self.inner.backoff(policy);
+                    Step::Retry {
+                        stage: Stage::Submit,
+                        delay,
+                        attempts: self.attempts,
+                        pending_submit: Some(Box::new(pending)),
+                    }
+                } else {
+                    Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
+                }
+            }
+        }
+    }
+
+    fn retry_payload(&mut self, error: String) -> Step {
+        self.attempts.payload += 1;
+        if self.attempts.payload < self.inner.config.payload_retry.attempts {
+            debug!(%error, "chain query failed; will retry");
+            self.retry(Stage::Payload, &self.inner.config.payload_retry)
+        } else {
+            Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
+        }
+    }
+
+    /// Counts a failed lock or replay (one budget for both, as upstream's one loop around them).
+    fn retry_replay(&self, error: String) -> Step {
+        let mut attempts = self.attempts;
+        attempts.replay += 1;
+        if attempts.replay < self.inner.config.replay_retry.attempts {
+            debug!(%error, failures = attempts.replay, "lock or replay failed; will retry");
+            Step::Retry {
+                stage: Stage::Replay,
+                delay: self.inner.backoff(&self.inner.config.replay_retry),
+                attempts,
+                pending_submit: None,
+            }
+        } else {
+            warn!(%error, "lock or replay failed on every attempt; giving up");
+            Step::Terminal(Outcome::GaveUp { stage: Stage::Replay, error })
+        }
+    }
+
+    fn retry(&self, stage: Stage, policy: &RetryPolicy) -> Step {
+        Step::Retry {
+            stage,
+            delay: self.inner.backoff(policy),
+            attempts: self.attempts,
+            pending_submit: None,
+        }
+    }
+}
+
+fn skip(reason: SkipReason) -> Step {
+    Step::Terminal(Outcome::Skipped { reason })
+}
+
+fn observe(stage: Stage, started: Instant) {
+    metrics::histogram!("validator_stage_duration_seconds", "stage" => stage.as_str())
+        .record(started.elapsed().as_secs_f64());
+}
+
+impl Inner {
+    /// The wait before the next attempt: the interval plus uniform jitter in
+    /// `[jitter_min, jitter_max]`.
+    pub(crate) fn backoff(&self, policy: &RetryPolicy) -> Duration {
+        if policy.jitter_max.is_zero() {
+            return policy.interval;
+        }
+        let low = policy.jitter_min.as_millis() as u64;
+        let high = (policy.jitter_max.as_millis() as u64).max(low);
+        let mut rng = self.jitter.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        policy.interval + Duration::from_millis(rng.random_range(low..=high))
+    }
+}
+
+/// The ids this validator already validated, per epoch, downloaded at most once per TTL instead
+/// of once per validation (upstream's O(n²) over a backlog), plus what this process submitted
+/// since.
+pub(crate) struct ValidatedCache {
+    ttl: Duration,
+    epochs: Mutex<HashMap<u64, Downloaded>>,
+    submitted: Mutex<HashSet<InferenceId>>,
+}
+
+/// One epoch's downloaded set and when it was fetched.
+type Downloaded = (Instant, Arc<HashSet<InferenceId>>);
+
+impl ValidatedCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self { ttl, epochs: Mutex::default(), submitted: Mutex::default() }
+    }
+
+    /// Whether `inference` is already validated by us. A failing query counts as "not
+    /// validated", as upstream.
+    pub(crate) async fn contains(&self, inner: &Inner, inference: &Inference) -> bool {
+        let id = &inference.inference_id;
+        if self.submitted.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+            return true;
+        }
+        let epoch = inference.epoch_id;
+        let cached = {
+            let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            epochs
+                .get(&epoch)
+                .filter(|(at, _)| at.elapsed() < self.ttl)
+                .map(|(_, set)| Arc::clone(set))
+        };
+        if let Some(set) = cached {
+            return set.contains(id);
+        }
+        let set: HashSet<InferenceId> =
+            match inner.chain_call(inner.ports.chain.validated_inferences(epoch)).await {
+                Ok(ids) => ids.into_iter().collect(),
+                Err(ChainError::NotFound) => HashSet::new(),
+                Err(err) => {
+                    debug!(%err, "validated-set query failed; treated as not validated");
+                    return false;
+                }
+            };
+        let found = set.contains(id);
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep only the last few epochs: older ones are stale and never asked about again.
+        epochs.retain(|cached, _| cached.saturating_add(3) > epoch);
+        epochs.insert(epoch, (Instant::now(), Arc::new(set)));
+        found
+    }
+
+    /// Remembers a submission until the next download covers it.
+    pub(crate) fn insert(&self, id: &InferenceId) {
+        let mut submitted = self.submitted.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: the chain's own set takes over once downloaded again.
+        if submitted.len() >= 100_000 {
+            submitted.clear();
+        }
+        submitted.insert(id.clone());
+    }
+}

@@ -1,0 +1,206 @@
+//! A recovery run: detect the validations missed in an epoch (DOMAIN.md 3.4) and execute them
+//! (3.5), streaming page by page into the bounded recovery lane so memory does not grow with the
+//! backlog, then wait for every one of them to reach a terminal outcome.
+
+use std::{collections::HashSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use futures_util::FutureExt;
+use tracing::{info, warn};
+
+use super::{Inner, PARAMS_BATCH};
+use crate::{
+    outcome::{OutcomeKind, SkipReason},
+    ports::chain::{ChainError, InferenceId},
+    recovery::{RunClaim, RunState, RunTracker},
+    sampling,
+    scheduler::Admission,
+    Error,
+};
+
+/// Page size of the inference listing (DOMAIN.md 7).
+const PAGE_SIZE: u32 = 1000;
+
+/// A detection query is tried this many times before the run fails: one transient error must
+/// not cost a whole epoch's recovery.
+const QUERY_ATTEMPTS: u32 = 3;
+
+/// Runs the recovery the claim was granted for. The claim is released when this returns or
+/// unwinds, which reopens the guard.
+pub(super) async fn run(inner: Arc<Inner>, claim: RunClaim, epoch: u64, seed: i64) {
+    let tracker = Arc::clone(&claim.tracker);
+    let work = AssertUnwindSafe(execute(&inner, &tracker, epoch, seed)).catch_unwind();
+    let state = tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => RunState::Cancelled,
+        state = work => state.unwrap_or_else(|_| RunState::Failed("recovery run panicked".into())),
+    };
+    let result = match &state {
+        RunState::Completed => "completed",
+        RunState::NotActive => "not_active",
+        RunState::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    metrics::counter!("validator_recovery_runs_total", "result" => result).increment(1);
+    tracker.set_state(state);
+    let report = tracker.report();
+    info!(
+        state = ?report.state,
+        detected = report.detected,
+        outcomes = ?report.outcomes,
+        "recovery run ended"
+    );
+    drop(claim);
+}
+
+async fn execute(inner: &Inner, tracker: &Arc<RunTracker>, epoch: u64, seed: i64) -> RunState {
+    let chain = &inner.ports.chain;
+    let address = inner.address().to_owned();
+
+    match query(inner, || chain.current_epoch_group()).await {
+        Ok(current) if current.has_member(&address) => {}
+        Ok(_) => {
+            info!("not active in the current epoch; recovery skipped");
+            return RunState::NotActive;
+        }
+        Err(err) => return RunState::Failed(format!("current epoch group: {err}")),
+    }
+    let detection = detect(inner, tracker, epoch, seed, &address).await;
+    tracker.set_state(RunState::Executing);
+    tracker.drained().await;
+    match detection {
+        Ok(()) => RunState::Completed,
+        Err(err) => RunState::Failed(err),
+    }
+}
+
+async fn detect(
+    inner: &Inner,
+    tracker: &Arc<RunTracker>,
+    epoch: u64,
+    seed: i64,
+    address: &str,
+) -> Result<(), String> {
+    let chain = &inner.ports.chain;
+    let validated: HashSet<InferenceId> =
+        match query(inner, || chain.validated_inferences(epoch)).await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(ChainError::NotFound) => HashSet::new(),
+            Err(err) => {
+                warn!(%err, "validated-set query failed; treated as empty");
+                HashSet::new()
+            }
+        };
+    let models = validator_models(inner, epoch, address).await?;
+    if models.is_empty() {
+        info!("no validation weight in any model subgroup of the epoch");
+        return Ok(());
+    }
+
+    let mut page_key = None;
+    let mut power = None;
+    loop {
+        let key = page_key.take();
+        let page = query(inner, || chain.inferences_page(key.clone(), PAGE_SIZE))
+            .await
+            .map_err(|err| format!("inference listing: {err}"))?;
+        let candidates: Vec<InferenceId> = page
+            .inferences
+            .into_iter()
+            .filter(|summary| {
+                summary.epoch_id == epoch
+                    && models.contains(&summary.model)
+                    && !validated.contains(&summary.inference_id)
+            })
+            .map(|summary| summary.inference_id)
+            .collect();
+        for batch in candidates.chunks(PARAMS_BATCH) {
+            let answer = query(inner, || chain.validation_parameters(batch))
+                .await
+                .map_err(|err| format!("validation parameters: {err}"))?;
+            if power.is_none() {
+                power = sampling::recovery_validator_power(&answer.validator_powers, epoch);
+            }
+            let Some(power) = power else { continue };
+            for details in &answer.details {
+                if details.epoch_id != epoch
+                    || !sampling::should_validate(details, address, power, &answer.params, seed)
+                {
+                    continue;
+                }
+                tracker.detected();
+                if !inner.ports.broker.serves(&details.model) {
+                    tracker.record(OutcomeKind::SkippedModelNotServed);
+                    continue;
+                }
+                let key = (details.inference_id.clone(), false);
+                match inner.scheduler.admit_recovery(key, tracker, &inner.cancel).await {
+                    Ok(Admission::Admitted | Admission::Joined) => tracker.admitted(),
+                    Ok(Admission::AlreadyDone) => {
+                        tracker.record(kind_of(SkipReason::AlreadyValidated));
+                    }
+                    // Only this run attaches itself, so the copy in flight is this run's own
+                    // (a listing that repeats an id); it is already counted.
+                    Ok(Admission::AlreadyInFlight) => {
+                        tracker.record(OutcomeKind::SkippedAlreadyValidated)
+                    }
+                    Err(Error::ShuttingDown) => {
+                        tracker.record(OutcomeKind::Cancelled);
+                        return Err("shutdown during detection".into());
+                    }
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        }
+        match page.next_key {
+            Some(next) if !next.is_empty() => page_key = Some(next),
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn kind_of(reason: SkipReason) -> OutcomeKind {
+    crate::Outcome::Skipped { reason }.kind()
+}
+
+/// The models whose subgroup in `epoch` gives this validator validation weight.
+async fn validator_models(
+    inner: &Inner,
+    epoch: u64,
+    address: &str,
+) -> Result<HashSet<String>, String> {
+    let chain = &inner.ports.chain;
+    let parent = query(inner, || chain.epoch_group(epoch, ""))
+        .await
+        .map_err(|err| format!("epoch group: {err}"))?;
+    let mut models = HashSet::new();
+    for model in parent.sub_group_models {
+        match query(inner, || chain.epoch_group(epoch, &model)).await {
+            Ok(group) if group.has_model_snapshot && group.has_member(address) => {
+                models.insert(model);
+            }
+            Ok(_) | Err(ChainError::NotFound) => {}
+            Err(err) => return Err(format!("epoch group of {model}: {err}")),
+        }
+    }
+    Ok(models)
+}
+
+/// A detection query with its timeout, tried a few times with a short pause; not-found is an
+/// answer, not a failure.
+async fn query<T, F, Fut>(inner: &Inner, call: F) -> Result<T, ChainError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ChainError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match inner.chain_call(call()).await {
+            Err(err) if err != ChainError::NotFound && attempt < QUERY_ATTEMPTS => {
+                warn!(%err, attempt, "detection query failed; retrying");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

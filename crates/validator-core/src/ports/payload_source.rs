@@ -1,0 +1,41 @@
+//! Retrieval of an inference's prompt and response payloads from its executor (DOMAIN.md 2.3).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::chain::Inference;
+
+/// The decoded payloads of one inference, verified against the on-chain commitment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payloads {
+    /// The canonical prompt JSON the executor served.
+    pub prompt: Bytes,
+    /// The response body (plain chat completion, or the streamed `{"events": [...]}` form).
+    pub response: Bytes,
+}
+
+/// Why one fetch attempt failed. The variants decide what the engine does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The executor answered 404: the payload is gone. The engine skips the inference.
+    #[error("payload gone")]
+    Gone,
+    /// The payload does not match the on-chain hashes, or cannot be hashed. No retry: the
+    /// engine submits an invalidation.
+    #[error("payload hash mismatch: {0}")]
+    HashMismatch(String),
+    /// The executor's signature verifies with none of its keys. Retried, as upstream does.
+    #[error("bad executor signature")]
+    BadSignature,
+    /// Any transient failure (timeout, refused, 5xx, no inference URL). Retried.
+    #[error("payload unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One attempt at fetching an inference's payloads. Retries, back-off and the fallback to legacy
+/// on-chain payloads are the engine's business, not the adapter's.
+#[async_trait]
+pub trait PayloadSource: Send + Sync + 'static {
+    /// Fetches and verifies the payloads of `inference` from its executor, once.
+    async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError>;
+}

@@ -1,0 +1,739 @@
+//! In-memory fakes of every port, with inspectable state and scripted failures, for this crate's
+//! tests and (through the `test-util` feature) for other crates' tests.
+//!
+//! The fakes agree on one deterministic logprob per (token, rank), so a replay of a payload made
+//! by [`payloads_for`] on [`FakeMlNode`] scores exactly 1.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::{sync::Notify, time::Instant};
+
+use crate::ports::{
+    chain::{
+        ChainClient, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
+        InferenceStatus, InferenceSummary, MsgValidation, SubmitError, SubmitReceipt,
+        ValidationDetails, ValidationParameters, ValidationParams, ValidatorPower,
+    },
+    ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
+    model_lock::{LeaseRelease, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth},
+    payload_source::{PayloadError, PayloadSource, Payloads},
+};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The model every fake serves unless told otherwise.
+pub const MODEL: &str = "Qwen/QwQ-32B";
+
+/// The validator's own address in the fakes.
+pub const SELF_ADDRESS: &str = "gonka1validator";
+
+/// The executor of the fakes' inferences.
+pub const EXECUTOR: &str = "gonka1executor";
+
+/// The logprob both sides of the fakes give `token` at `rank` in a top list.
+pub fn fake_logprob(token: &str, rank: usize) -> f64 {
+    let spread = token.bytes().map(f64::from).sum::<f64>() % 7.0;
+    -(rank as f64) * 1.5 - spread / 10.0
+}
+
+fn completion(positions: &[(String, Vec<String>)]) -> Value {
+    let content: Vec<Value> = positions
+        .iter()
+        .map(|(token, top)| {
+            let top: Vec<Value> = top
+                .iter()
+                .enumerate()
+                .map(|(rank, t)| json!({"token": t, "logprob": fake_logprob(t, rank), "bytes": t.as_bytes()}))
+                .collect();
+            json!({"token": token, "logprob": fake_logprob(token, 0), "bytes": token.as_bytes(), "top_logprobs": top})
+        })
+        .collect();
+    let text: String = positions.iter().map(|(token, _)| token.as_str()).collect();
+    json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_742_626_074,
+        "model": MODEL,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": {"content": content},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 12, "completion_tokens": positions.len()},
+    })
+}
+
+/// A prompt and an original response for `id`, as an executor would serve them: a few tokens,
+/// three top logprobs each.
+pub fn payloads_for(id: &str) -> Payloads {
+    let prompt = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("question {id}")}],
+        "seed": 42,
+        "logprobs": true,
+        "top_logprobs": 3,
+        "max_tokens": 5000,
+        "max_completion_tokens": 5000,
+        "temperature": 0.7,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let positions: Vec<(String, Vec<String>)> = ["Okay", ",", " the", " answer", "."]
+        .iter()
+        .map(|token| {
+            let token = (*token).to_owned();
+            let top = vec![token.clone(), format!("{token}x"), format!("{token}y")];
+            (token, top)
+        })
+        .collect();
+    Payloads {
+        prompt: Bytes::from(prompt.to_string()),
+        response: Bytes::from(completion(&positions).to_string()),
+    }
+}
+
+// === FakeChain ===
+
+/// Chain state the fake serves, scripted by the test.
+#[derive(Default)]
+struct ChainState {
+    inferences: BTreeMap<InferenceId, Inference>,
+    details: HashMap<InferenceId, ValidationDetails>,
+    validator_powers: Vec<ValidatorPower>,
+    params: ValidationParams,
+    validated: HashMap<u64, Vec<InferenceId>>,
+    groups: HashMap<(u64, String), EpochGroup>,
+    current_group: Option<EpochGroup>,
+    latest_epoch: Option<u64>,
+    seeds: HashMap<u64, i64>,
+    submitted: Vec<MsgValidation>,
+    recorded: HashSet<(InferenceId, bool)>,
+    submit_failures: VecDeque<SubmitError>,
+    inference_failures: usize,
+    queries: HashMap<&'static str, usize>,
+}
+
+/// An in-memory chain: inference records, sampling parameters, epoch groups, and a record of
+/// every submitted `MsgValidation`. It rejects a second non-revalidation submission for the same
+/// inference as the chain does (`ErrDuplicateValidation`).
+#[derive(Clone, Default)]
+pub struct FakeChain {
+    state: Arc<Mutex<ChainState>>,
+    submitted: Arc<Notify>,
+}
+
+impl FakeChain {
+    /// A chain at epoch 10 where [`SELF_ADDRESS`] is active and holds weight for [`MODEL`].
+    pub fn new() -> Self {
+        let chain = Self::default();
+        {
+            let mut state = lock(&chain.state);
+            state.latest_epoch = Some(10);
+            state.current_group = Some(EpochGroup {
+                epoch_index: 10,
+                validation_weights: vec![SELF_ADDRESS.into(), EXECUTOR.into()],
+                ..EpochGroup::default()
+            });
+        }
+        chain
+    }
+
+    /// Adds a finished inference of `epoch` with the default model, and sampling details that
+    /// make every validator with power 1 choose it (reputation 0, low traffic, p = 1).
+    pub fn add_inference(&self, id: &str, epoch: u64) -> Inference {
+        let inference = Inference {
+            inference_id: id.into(),
+            model: MODEL.into(),
+            epoch_id: epoch,
+            executed_by: EXECUTOR.into(),
+            status: InferenceStatus::Finished,
+            prompt_hash: String::new(),
+            response_hash: String::new(),
+            prompt_payload: String::new(),
+            response_payload: String::new(),
+        };
+        let details = ValidationDetails {
+            epoch_id: epoch,
+            inference_id: id.into(),
+            executor_id: EXECUTOR.into(),
+            executor_reputation: 0,
+            traffic_basis: 10,
+            executor_power: 1,
+            model: MODEL.into(),
+            total_power: 2,
+            created_at_block_height: 1,
+        };
+        let mut state = lock(&self.state);
+        state.inferences.insert(id.into(), inference.clone());
+        state.details.insert(id.into(), details);
+        for power in [ValidatorPower { power: 1, epoch_index: epoch }] {
+            if !state.validator_powers.contains(&power) {
+                state.validator_powers.push(power);
+            }
+        }
+        inference
+    }
+
+    /// Replaces an inference record (status, legacy payloads, ...).
+    pub fn put_inference(&self, inference: Inference) {
+        lock(&self.state).inferences.insert(inference.inference_id.clone(), inference);
+    }
+
+    /// Changes the status of an inference.
+    pub fn set_status(&self, id: &str, status: InferenceStatus) {
+        if let Some(inference) = lock(&self.state).inferences.get_mut(&InferenceId::from(id)) {
+            inference.status = status;
+        }
+    }
+
+    /// Replaces the sampling details of an inference.
+    pub fn set_details(&self, details: ValidationDetails) {
+        lock(&self.state).details.insert(details.inference_id.clone(), details);
+    }
+
+    /// Replaces this validator's powers.
+    pub fn set_validator_powers(&self, powers: Vec<ValidatorPower>) {
+        lock(&self.state).validator_powers = powers;
+    }
+
+    /// Marks ids as already validated by this validator in `epoch`.
+    pub fn set_validated(&self, epoch: u64, ids: &[&str]) {
+        lock(&self.state).validated.insert(epoch, ids.iter().map(|id| (*id).into()).collect());
+    }
+
+    /// Makes [`SELF_ADDRESS`] hold weight for `models` in `epoch`.
+    pub fn set_epoch_models(&self, epoch: u64, models: &[&str]) {
+        let mut state = lock(&self.state);
+        state.groups.insert(
+            (epoch, String::new()),
+            EpochGroup {
+                epoch_index: epoch,
+                sub_group_models: models.iter().map(|m| (*m).to_owned()).collect(),
+                ..EpochGroup::default()
+            },
+        );
+        for model in models {
+            state.groups.insert(
+                (epoch, (*model).to_owned()),
+                EpochGroup {
+                    epoch_index: epoch,
+                    model: (*model).to_owned(),
+                    validation_weights: vec![SELF_ADDRESS.into(), EXECUTOR.into()],
+                    has_model_snapshot: true,
+                    ..EpochGroup::default()
+                },
+            );
+        }
+    }
+
+    /// Whether [`SELF_ADDRESS`] is active in the current epoch.
+    pub fn set_active(&self, active: bool) {
+        let mut state = lock(&self.state);
+        if let Some(group) = &mut state.current_group {
+            group.validation_weights.retain(|member| member != SELF_ADDRESS);
+            if active {
+                group.validation_weights.push(SELF_ADDRESS.into());
+            }
+        }
+    }
+
+    /// Sets the latest epoch; `None` makes the epoch-state query fail.
+    pub fn set_latest_epoch(&self, epoch: Option<u64>) {
+        lock(&self.state).latest_epoch = epoch;
+    }
+
+    /// Sets the seed returned for `epoch` (default: the epoch number).
+    pub fn set_seed(&self, epoch: u64, seed: i64) {
+        lock(&self.state).seeds.insert(epoch, seed);
+    }
+
+    /// Makes the next submissions fail with these errors, in order.
+    pub fn fail_submissions(&self, errors: impl IntoIterator<Item = SubmitError>) {
+        lock(&self.state).submit_failures.extend(errors);
+    }
+
+    /// Makes the next `n` inference queries fail.
+    pub fn fail_inference_queries(&self, n: usize) {
+        lock(&self.state).inference_failures = n;
+    }
+
+    /// Every message submitted and accepted so far.
+    pub fn submitted(&self) -> Vec<MsgValidation> {
+        lock(&self.state).submitted.clone()
+    }
+
+    /// How many times a query ran, by method name.
+    pub fn queries(&self, method: &str) -> usize {
+        lock(&self.state).queries.get(method).copied().unwrap_or(0)
+    }
+
+    /// Waits until at least `n` messages were accepted.
+    pub async fn wait_submitted(&self, n: usize) {
+        loop {
+            let notified = self.submitted.notified();
+            if lock(&self.state).submitted.len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn count(&self, method: &'static str) -> MutexGuard<'_, ChainState> {
+        let mut state = lock(&self.state);
+        *state.queries.entry(method).or_default() += 1;
+        state
+    }
+}
+
+#[async_trait]
+impl ChainClient for FakeChain {
+    fn account_address(&self) -> &str {
+        SELF_ADDRESS
+    }
+
+    async fn inference(&self, id: &InferenceId) -> Result<Inference, ChainError> {
+        let mut state = self.count("inference");
+        if state.inference_failures > 0 {
+            state.inference_failures -= 1;
+            return Err(ChainError::Failed("scripted failure".into()));
+        }
+        state.inferences.get(id).cloned().ok_or(ChainError::NotFound)
+    }
+
+    async fn inferences_page(
+        &self,
+        page_key: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<InferencePage, ChainError> {
+        let state = self.count("inferences_page");
+        let start = page_key
+            .and_then(|key| String::from_utf8(key).ok())
+            .and_then(|key| key.parse::<usize>().ok())
+            .unwrap_or(0);
+        let limit = limit as usize;
+        let inferences: Vec<InferenceSummary> = state
+            .inferences
+            .values()
+            .skip(start)
+            .take(limit)
+            .map(|inference| InferenceSummary {
+                inference_id: inference.inference_id.clone(),
+                epoch_id: inference.epoch_id,
+                model: inference.model.clone(),
+            })
+            .collect();
+        let next = start + inferences.len();
+        let next_key = (next < state.inferences.len()).then(|| next.to_string().into_bytes());
+        Ok(InferencePage { inferences, next_key })
+    }
+
+    async fn validation_parameters(
+        &self,
+        ids: &[InferenceId],
+    ) -> Result<ValidationParameters, ChainError> {
+        let state = self.count("validation_parameters");
+        Ok(ValidationParameters {
+            details: ids.iter().filter_map(|id| state.details.get(id).cloned()).collect(),
+            validator_powers: state.validator_powers.clone(),
+            current_height: 100,
+            params: state.params.clone(),
+        })
+    }
+
+    async fn validated_inferences(&self, epoch: u64) -> Result<Vec<InferenceId>, ChainError> {
+        let state = self.count("validated_inferences");
+        state.validated.get(&epoch).cloned().ok_or(ChainError::NotFound)
+    }
+
+    async fn epoch_group(&self, epoch: u64, model: &str) -> Result<EpochGroup, ChainError> {
+        let state = self.count("epoch_group");
+        state.groups.get(&(epoch, model.to_owned())).cloned().ok_or(ChainError::NotFound)
+    }
+
+    async fn current_epoch_group(&self) -> Result<EpochGroup, ChainError> {
+        let state = self.count("current_epoch_group");
+        state.current_group.clone().ok_or(ChainError::NotFound)
+    }
+
+    async fn epoch_state(&self) -> Result<EpochState, ChainError> {
+        let state = self.count("epoch_state");
+        state
+            .latest_epoch
+            .map(|latest_epoch| EpochState { latest_epoch })
+            .ok_or_else(|| ChainError::Failed("epoch state unknown".into()))
+    }
+
+    async fn seed_for_epoch(&self, epoch: u64) -> Result<i64, ChainError> {
+        let state = self.count("seed_for_epoch");
+        Ok(state.seeds.get(&epoch).copied().unwrap_or(epoch as i64))
+    }
+
+    async fn submit_validation(&self, msg: &MsgValidation) -> Result<SubmitReceipt, SubmitError> {
+        let mut state = self.count("submit_validation");
+        if let Some(err) = state.submit_failures.pop_front() {
+            return Err(err);
+        }
+        let key = (msg.inference_id.clone(), msg.revalidation);
+        if !msg.revalidation && !state.recorded.insert(key) {
+            return Err(SubmitError::Duplicate);
+        }
+        // The chain appends accepted validations to the validator's set of the inference's epoch.
+        if !msg.revalidation {
+            if let Some(epoch) = state.inferences.get(&msg.inference_id).map(|i| i.epoch_id) {
+                state.validated.entry(epoch).or_default().push(msg.inference_id.clone());
+            }
+        }
+        state.submitted.push(msg.clone());
+        let tx_hash = format!("TX{}", state.submitted.len());
+        drop(state);
+        self.submitted.notify_waiters();
+        Ok(SubmitReceipt { tx_hash: Some(tx_hash) })
+    }
+}
+
+// === FakePayloads ===
+
+#[derive(Default)]
+struct PayloadState {
+    payloads: HashMap<InferenceId, Payloads>,
+    scripts: HashMap<InferenceId, VecDeque<PayloadError>>,
+    calls: HashMap<InferenceId, Vec<Instant>>,
+    hang: bool,
+}
+
+/// An in-memory payload source. Serves [`payloads_for`] for every id unless scripted: a queue
+/// of errors per id is served first, one per call.
+#[derive(Clone, Default)]
+pub struct FakePayloads {
+    state: Arc<Mutex<PayloadState>>,
+    called: Arc<Notify>,
+}
+
+impl FakePayloads {
+    /// Serves `payloads` for `id` instead of the default.
+    pub fn set(&self, id: &str, payloads: Payloads) {
+        lock(&self.state).payloads.insert(id.into(), payloads);
+    }
+
+    /// Makes the next fetches of `id` fail with `errors`, in order.
+    pub fn script(&self, id: &str, errors: impl IntoIterator<Item = PayloadError>) {
+        lock(&self.state).scripts.entry(id.into()).or_default().extend(errors);
+    }
+
+    /// Makes every fetch hang until it is dropped.
+    pub fn hang(&self, hang: bool) {
+        lock(&self.state).hang = hang;
+    }
+
+    /// When each fetch of `id` started.
+    pub fn calls(&self, id: &str) -> Vec<Instant> {
+        lock(&self.state).calls.get(&InferenceId::from(id)).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `id` was fetched at least `n` times.
+    pub async fn wait_calls(&self, id: &str, n: usize) {
+        loop {
+            let called = self.called.notified();
+            if self.calls(id).len() >= n {
+                return;
+            }
+            called.await;
+        }
+    }
+
+    /// Fetches of every id.
+    pub fn total_calls(&self) -> usize {
+        lock(&self.state).calls.values().map(Vec::len).sum()
+    }
+}
+
+#[async_trait]
+impl PayloadSource for FakePayloads {
+    async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+        let id = &inference.inference_id;
+        let result = {
+            let mut state = lock(&self.state);
+            state.calls.entry(id.clone()).or_default().push(Instant::now());
+            if state.hang {
+                None
+            } else if let Some(err) = state.scripts.get_mut(id).and_then(VecDeque::pop_front) {
+                Some(Err(err))
+            } else {
+                Some(Ok(state
+                    .payloads
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| payloads_for(id.as_str()))))
+            }
+        };
+        self.called.notify_waiters();
+        match result {
+            Some(result) => result,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+// === FakeBroker ===
+
+struct BrokerShared {
+    models: Mutex<HashSet<String>>,
+    max_concurrent: usize,
+    held: AtomicUsize,
+    peak: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+/// A broker over one node serving a set of models with `max_concurrent` slots. Records the
+/// current and peak number of leases and how many were released as failed.
+#[derive(Clone)]
+pub struct FakeBroker {
+    shared: Arc<BrokerShared>,
+}
+
+impl FakeBroker {
+    /// One node serving [`MODEL`] with `max_concurrent` slots.
+    pub fn new(max_concurrent: usize) -> Self {
+        Self {
+            shared: Arc::new(BrokerShared {
+                models: Mutex::new(HashSet::from([MODEL.to_owned()])),
+                max_concurrent,
+                held: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                failures: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Replaces the models served.
+    pub fn set_models(&self, models: &[&str]) {
+        *lock(&self.shared.models) = models.iter().map(|m| (*m).to_owned()).collect();
+    }
+
+    /// Leases held now.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Most leases held at once.
+    pub fn peak(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Leases released with [`NodeHealth::Failed`].
+    pub fn failures(&self) -> usize {
+        self.shared.failures.load(Ordering::SeqCst)
+    }
+}
+
+struct FakeRelease(Arc<BrokerShared>);
+
+impl LeaseRelease for FakeRelease {
+    fn release(self: Box<Self>, health: NodeHealth) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+        if health == NodeHealth::Failed {
+            self.0.failures.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl ModelLockBroker for FakeBroker {
+    fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
+        let no_node = || LockError::NoNode { model: model.to_owned() };
+        if !self.serves(model) {
+            return Err(no_node());
+        }
+        let shared = &self.shared;
+        shared
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held < shared.max_concurrent).then_some(held + 1)
+            })
+            .map_err(|_| no_node())?;
+        shared.peak.fetch_max(shared.held.load(Ordering::SeqCst), Ordering::SeqCst);
+        let node = MlNode { id: "node-0".into(), address: "mem://node-0".into() };
+        Ok(ModelLease::new(node, Box::new(FakeRelease(Arc::clone(shared)))))
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        lock(&self.shared.models).contains(model)
+    }
+}
+
+// === FakeMlNode ===
+
+/// A scripted answer of [`FakeMlNode`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum MlScript {
+    /// Never answers.
+    Hang,
+    /// Fails with this error.
+    Fail(ReplayError),
+    /// Answers 400/422.
+    Reject(u16),
+    /// Answers this body.
+    Body(Bytes),
+}
+
+#[derive(Default)]
+struct MlState {
+    script: VecDeque<MlScript>,
+    requests: Vec<Value>,
+}
+
+/// An in-memory ML node: echoes the enforced tokens with the logprobs of [`fake_logprob`] after
+/// a fixed latency, or follows a script. Records requests and the current and peak concurrency.
+#[derive(Clone)]
+pub struct FakeMlNode {
+    state: Arc<Mutex<MlState>>,
+    latency: Duration,
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FakeMlNode {
+    /// A node answering after `latency`.
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            state: Arc::default(),
+            latency,
+            in_flight: Arc::default(),
+            peak: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// Queues scripted answers for the next calls.
+    pub fn script(&self, answers: impl IntoIterator<Item = MlScript>) {
+        lock(&self.state).script.extend(answers);
+    }
+
+    /// Replays in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Most replays in flight at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Replays started.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Every request body received, parsed.
+    pub fn requests(&self) -> Vec<Value> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// The completion echoing the enforced tokens of `body`.
+    pub fn echo(body: &Value) -> Bytes {
+        let positions: Vec<(String, Vec<String>)> = body["enforced_tokens"]["tokens"]
+            .as_array()
+            .map(|tokens| {
+                tokens
+                    .iter()
+                    .map(|t| {
+                        let token = t["token"].as_str().unwrap_or_default().to_owned();
+                        let top = t["top_tokens"]
+                            .as_array()
+                            .map(|top| {
+                                top.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+                            })
+                            .unwrap_or_default();
+                        (token, top)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Bytes::from(completion(&positions).to_string())
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl MlNodeClient for FakeMlNode {
+    async fn replay(
+        &self,
+        _node: &MlNode,
+        request: &ReplayRequest,
+    ) -> Result<ReplayResponse, ReplayError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let _in_flight = InFlight(Arc::clone(&self.in_flight));
+        let body: Value = serde_json::from_slice(&request.body)
+            .map_err(|err| ReplayError::BadResponse(err.to_string()))?;
+        let script = {
+            let mut state = lock(&self.state);
+            state.requests.push(body.clone());
+            state.script.pop_front()
+        };
+        tokio::time::sleep(self.latency).await;
+        match script {
+            None => Ok(ReplayResponse::Completed(Self::echo(&body))),
+            Some(MlScript::Body(bytes)) => Ok(ReplayResponse::Completed(bytes)),
+            Some(MlScript::Reject(status)) => Ok(ReplayResponse::Rejected { status }),
+            Some(MlScript::Fail(err)) => Err(err),
+            Some(MlScript::Hang) => std::future::pending().await,
+        }
+    }
+}
+
+/// The four fakes, wired together, and the [`Ports`](crate::Ports) over them.
+#[derive(Clone)]
+pub struct Fakes {
+    /// The chain.
+    pub chain: FakeChain,
+    /// The payload source.
+    pub payloads: FakePayloads,
+    /// The broker.
+    pub broker: FakeBroker,
+    /// The ML node.
+    pub ml: FakeMlNode,
+}
+
+impl Fakes {
+    /// Fakes with an ML node of the given latency and a broker as wide as `slots`.
+    pub fn new(latency: Duration, broker_slots: usize) -> Self {
+        Self {
+            chain: FakeChain::new(),
+            payloads: FakePayloads::default(),
+            broker: FakeBroker::new(broker_slots),
+            ml: FakeMlNode::new(latency),
+        }
+    }
+
+    /// The ports over these fakes.
+    pub fn ports(&self) -> crate::Ports {
+        crate::Ports {
+            chain: Arc::new(self.chain.clone()),
+            payloads: Arc::new(self.payloads.clone()),
+            broker: Arc::new(self.broker.clone()),
+            ml: Arc::new(self.ml.clone()),
+        }
+    }
+}
