@@ -269,6 +269,9 @@ pub struct OutcomeEvent {
     pub outcome: Outcome,
     /// Attempts started (all stages).
     pub attempts: u32,
+    /// Time from admission to its first slot; `None` if it never got one (cancelled while
+    /// queued).
+    pub wait: Option<Duration>,
     /// Time from admission to the outcome.
     pub elapsed: Duration,
 }

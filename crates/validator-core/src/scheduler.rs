@@ -91,7 +91,8 @@ struct Entry {
     phase: Phase,
     run: Option<Arc<RunTracker>>,
     admitted_at: Instant,
-    dispatched_once: bool,
+    /// Time from admission to the first slot; `None` until first dispatched.
+    first_wait: Option<Duration>,
     attempts: Attempts,
     pending_submit: Option<Box<PendingSubmit>>,
 }
@@ -299,7 +300,7 @@ impl Scheduler {
                 phase: Phase::Ready,
                 run: run.cloned(),
                 admitted_at: Instant::now(),
-                dispatched_once: false,
+                first_wait: None,
                 attempts: Attempts::default(),
                 pending_submit: None,
             },
@@ -355,8 +356,11 @@ impl Scheduler {
             let Some(entry) = state.entries.get_mut(&key) else { continue };
             entry.phase = Phase::Running;
             entry.attempts.total += 1;
-            let first_wait = (!entry.dispatched_once).then(|| now - entry.admitted_at);
-            entry.dispatched_once = true;
+            let first_wait = match entry.first_wait {
+                Some(_) => None,
+                None => Some(now - entry.admitted_at),
+            };
+            entry.first_wait = entry.first_wait.or(first_wait);
             let job = Job {
                 key: key.clone(),
                 lane,
@@ -453,6 +457,7 @@ impl Scheduler {
                 run_id: entry.run.as_ref().map(|run| run.id()),
                 outcome,
                 attempts: entry.attempts.total,
+                wait: entry.first_wait,
                 elapsed: entry.admitted_at.elapsed(),
             },
             run: entry.run,

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{Inner, PARAMS_BATCH};
 use crate::{
-    outcome::{OutcomeKind, SkipReason},
+    outcome::OutcomeKind,
     ports::chain::{ChainError, InferenceId},
     recovery::{RunClaim, RunState, RunTracker},
     sampling,
@@ -127,26 +127,25 @@ async fn detect(
                 {
                     continue;
                 }
-                tracker.detected();
                 if !inner.ports.broker.serves(&details.model) {
+                    tracker.detected();
                     tracker.record(OutcomeKind::SkippedModelNotServed);
                     continue;
                 }
                 let key = (details.inference_id.clone(), false);
                 match inner.scheduler.admit_recovery(key, tracker, &inner.cancel).await {
-                    Ok(Admission::Admitted | Admission::Joined) => tracker.admitted(),
+                    Ok(Admission::Admitted | Admission::Joined) => {
+                        tracker.detected();
+                        tracker.admitted();
+                    }
                     Ok(Admission::AlreadyDone) => {
-                        tracker.record(kind_of(SkipReason::AlreadyValidated));
+                        tracker.detected();
+                        tracker.record(OutcomeKind::SkippedAlreadyValidated);
                     }
-                    // Only this run attaches itself, so the copy in flight is this run's own
-                    // (a listing that repeats an id); it is already counted.
-                    Ok(Admission::AlreadyInFlight) => {
-                        tracker.record(OutcomeKind::SkippedAlreadyValidated)
-                    }
-                    Err(Error::ShuttingDown) => {
-                        tracker.record(OutcomeKind::Cancelled);
-                        return Err("shutdown during detection".into());
-                    }
+                    // Only a run attaches itself to a key, and only one runs at a time: the copy
+                    // in flight is this run's own, from a listing that repeats an id.
+                    Ok(Admission::AlreadyInFlight) => {}
+                    Err(Error::ShuttingDown) => return Err("shutdown during detection".into()),
                     Err(err) => return Err(err.to_string()),
                 }
             }
@@ -156,10 +155,6 @@ async fn detect(
             _ => return Ok(()),
         }
     }
-}
-
-fn kind_of(reason: SkipReason) -> OutcomeKind {
-    crate::Outcome::Skipped { reason }.kind()
 }
 
 /// The models whose subgroup in `epoch` gives this validator validation weight.

@@ -140,6 +140,11 @@ async fn invalid_payloads_submit_value_zero() {
             "empty-top",
             Payloads { prompt: good.prompt.clone(), response: Bytes::from(empty_top.to_string()) },
         ),
+        ("nan-logprob", Payloads { prompt: good.prompt.clone(), response: nan_response() }),
+        (
+            "deep",
+            Payloads { prompt: Bytes::from("[".repeat(10_000)), response: good.response.clone() },
+        ),
     ];
     for (id, payloads) in cases {
         h.fakes.chain.add_inference(id, 10);
@@ -257,4 +262,31 @@ async fn an_unfinished_inference_is_retried_then_given_up() {
     let event = h.next_outcome().await;
     assert!(matches!(event.outcome, Outcome::GaveUp { stage: Stage::Replay, .. }), "{event:?}");
     assert_eq!(h.fakes.ml.calls(), 0);
+}
+
+/// A chat completion whose first logprob is the (non-JSON) literal `NaN`.
+fn nan_response() -> Bytes {
+    let text = String::from_utf8(payloads_for("n").response.to_vec()).unwrap();
+    Bytes::from(text.replacen("\"logprob\":", "\"logprob\":NaN,\"x\":", 1))
+}
+
+/// Our own node answering garbage (NaN logprobs, truncated JSON) is our side's failure:
+/// retried, then given up, never an invalidation and never a panic.
+#[tokio::test(start_paused = true)]
+async fn a_garbage_answer_from_our_node_is_retried_then_given_up() {
+    let mut h = Harness::with_slots(1, Duration::from_millis(5));
+    h.fakes.chain.add_inference("a", 10);
+    let truncated = payloads_for("a").response.slice(..40);
+    h.fakes.ml.script([
+        MlScript::Body(nan_response()),
+        MlScript::Body(truncated),
+        MlScript::Body(Bytes::from_static(b"{}")),
+        MlScript::Body(Bytes::new()),
+        MlScript::Body(Bytes::from_static(b"null")),
+    ]);
+    h.engine.validate("a".into()).unwrap();
+    let event = h.next_outcome().await;
+    assert!(matches!(event.outcome, Outcome::GaveUp { stage: Stage::Replay, .. }), "{event:?}");
+    assert_eq!(h.fakes.ml.calls(), 5);
+    assert!(h.fakes.chain.submitted().is_empty());
 }
