@@ -2,7 +2,7 @@
 //! tests and (through the `test-util` feature) for other crates' tests.
 //!
 //! The fakes agree on one deterministic logprob per (token, rank), so a replay of a payload made
-//! by [`payloads_for`] on [`FakeMlNode`] scores exactly 1.
+//! by [`payloads_for`] on [`MemoryMlNode`] scores exactly 1.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -404,6 +404,31 @@ impl ChainClient for FakeChain {
     }
 }
 
+/// The completion an ML node answers to the replay request `body`: the enforced tokens, each
+/// with the [`fake_logprob`]s of its top tokens, so it scores exactly 1 against the original
+/// made by [`payloads_for`].
+pub fn echo_completion(body: &Value) -> Bytes {
+    let positions: Vec<(String, Vec<String>)> = body["enforced_tokens"]["tokens"]
+        .as_array()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .map(|t| {
+                    let token = t["token"].as_str().unwrap_or_default().to_owned();
+                    let top = t["top_tokens"]
+                        .as_array()
+                        .map(|top| {
+                            top.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+                        })
+                        .unwrap_or_default();
+                    (token, top)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Bytes::from(completion(&positions).to_string())
+}
+
 // === FakePayloads ===
 
 #[derive(Default)]
@@ -573,9 +598,9 @@ impl ModelLockBroker for FakeBroker {
     }
 }
 
-// === FakeMlNode ===
+// === MemoryMlNode ===
 
-/// A scripted answer of [`FakeMlNode`].
+/// A scripted answer of [`MemoryMlNode`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum MlScript {
     /// Never answers.
@@ -597,7 +622,7 @@ struct MlState {
 /// An in-memory ML node: echoes the enforced tokens with the logprobs of [`fake_logprob`] after
 /// a fixed latency, or follows a script. Records requests and the current and peak concurrency.
 #[derive(Clone)]
-pub struct FakeMlNode {
+pub struct MemoryMlNode {
     state: Arc<Mutex<MlState>>,
     latency: Duration,
     in_flight: Arc<AtomicUsize>,
@@ -605,7 +630,7 @@ pub struct FakeMlNode {
     calls: Arc<AtomicUsize>,
 }
 
-impl FakeMlNode {
+impl MemoryMlNode {
     /// A node answering after `latency`.
     pub fn new(latency: Duration) -> Self {
         Self {
@@ -641,29 +666,6 @@ impl FakeMlNode {
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.state).requests.clone()
     }
-
-    /// The completion echoing the enforced tokens of `body`.
-    pub fn echo(body: &Value) -> Bytes {
-        let positions: Vec<(String, Vec<String>)> = body["enforced_tokens"]["tokens"]
-            .as_array()
-            .map(|tokens| {
-                tokens
-                    .iter()
-                    .map(|t| {
-                        let token = t["token"].as_str().unwrap_or_default().to_owned();
-                        let top = t["top_tokens"]
-                            .as_array()
-                            .map(|top| {
-                                top.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-                            })
-                            .unwrap_or_default();
-                        (token, top)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Bytes::from(completion(&positions).to_string())
-    }
 }
 
 struct InFlight(Arc<AtomicUsize>);
@@ -675,7 +677,7 @@ impl Drop for InFlight {
 }
 
 #[async_trait]
-impl MlNodeClient for FakeMlNode {
+impl MlNodeClient for MemoryMlNode {
     async fn replay(
         &self,
         _node: &MlNode,
@@ -694,7 +696,7 @@ impl MlNodeClient for FakeMlNode {
         };
         tokio::time::sleep(self.latency).await;
         match script {
-            None => Ok(ReplayResponse::Completed(Self::echo(&body))),
+            None => Ok(ReplayResponse::Completed(echo_completion(&body))),
             Some(MlScript::Body(bytes)) => Ok(ReplayResponse::Completed(bytes)),
             Some(MlScript::Reject(status)) => Ok(ReplayResponse::Rejected { status }),
             Some(MlScript::Fail(err)) => Err(err),
@@ -713,7 +715,7 @@ pub struct Fakes {
     /// The broker.
     pub broker: FakeBroker,
     /// The ML node.
-    pub ml: FakeMlNode,
+    pub ml: MemoryMlNode,
 }
 
 impl Fakes {
@@ -723,7 +725,7 @@ impl Fakes {
             chain: FakeChain::new(),
             payloads: FakePayloads::default(),
             broker: FakeBroker::new(broker_slots),
-            ml: FakeMlNode::new(latency),
+            ml: MemoryMlNode::new(latency),
         }
     }
 

@@ -192,7 +192,7 @@ async fn the_message_carries_hash_uuid_value_and_flag() {
     h.next_outcome().await;
 
     let request = &h.fakes.ml.requests()[0];
-    let expected_hash = hex(&Sha256::digest(testkit::fakes::FakeMlNode::echo(request)));
+    let expected_hash = hex(&Sha256::digest(testkit::fakes::echo_completion(request)));
     let submitted = h.fakes.chain.submitted();
     assert_eq!(submitted.len(), 2);
     assert_eq!(submitted[0].response_hash, expected_hash);
