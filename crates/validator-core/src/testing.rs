@@ -123,6 +123,7 @@ struct ChainState {
     recorded: HashSet<(InferenceId, bool)>,
     submit_failures: VecDeque<SubmitError>,
     inference_failures: usize,
+    panic_on_listing: bool,
     queries: HashMap<&'static str, usize>,
 }
 
@@ -270,6 +271,11 @@ impl FakeChain {
         lock(&self.state).inference_failures = n;
     }
 
+    /// Makes the inference listing panic, as a buggy adapter might.
+    pub fn panic_on_listing(&self, panic: bool) {
+        lock(&self.state).panic_on_listing = panic;
+    }
+
     /// Every message submitted and accepted so far.
     pub fn submitted(&self) -> Vec<MsgValidation> {
         lock(&self.state).submitted.clone()
@@ -319,6 +325,10 @@ impl ChainClient for FakeChain {
         limit: u32,
     ) -> Result<InferencePage, ChainError> {
         let state = self.count("inferences_page");
+        if state.panic_on_listing {
+            drop(state);
+            panic!("scripted panic in the inference listing");
+        }
         let start = page_key
             .and_then(|key| String::from_utf8(key).ok())
             .and_then(|key| key.parse::<usize>().ok())

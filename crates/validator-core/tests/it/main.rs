@@ -62,3 +62,16 @@ impl Harness {
         events
     }
 }
+
+/// Lets the engine's tasks run until `condition` holds. Tests run on a single-threaded runtime
+/// with paused time, so this neither sleeps nor moves the clock: it only yields to the tasks
+/// that are ready, and fails if they settle without the condition holding.
+pub(crate) async fn settle(condition: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if condition() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the engine settled without the condition holding");
+}

@@ -55,6 +55,23 @@ async fn the_guard_resets_after_a_failed_detection() {
     assert!(matches!(h.engine.recover(9, 1).unwrap(), RecoveryStart::Started(_)));
 }
 
+/// The guard also resets when the run itself panics, and the run reports the failure.
+#[tokio::test(start_paused = true)]
+async fn the_guard_resets_after_a_panicking_run() {
+    let h = recovery_harness();
+    h.fakes.chain.add_inference("r", 9);
+    h.fakes.chain.panic_on_listing(true);
+    let report = h.engine.recover(9, 1).unwrap().handle().wait().await;
+    assert!(
+        matches!(report.state, RunState::Failed(ref e) if e.contains("panicked")),
+        "{report:?}"
+    );
+    h.fakes.chain.panic_on_listing(false);
+    let report = h.engine.recover(9, 1).unwrap().handle().wait().await;
+    assert_eq!(report.state, RunState::Completed);
+    assert_eq!(report.outcomes.get(OutcomeKind::Submitted), 1);
+}
+
 /// DOMAIN.md 8.40: not active in the current epoch means nothing executes.
 #[tokio::test(start_paused = true)]
 async fn an_inactive_validator_recovers_nothing() {
