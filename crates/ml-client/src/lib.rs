@@ -1,6 +1,20 @@
-//! The HTTP adapter of [`validator_core::ports::MlNodeClient`] and the node-pool broker
-//! implementing [`validator_core::ports::ModelLockBroker`].
+//! The HTTP adapter of [`validator_core::ports::MlNodeClient`] ([`HttpMlNodeClient`]) and the
+//! node-pool broker implementing [`validator_core::ports::ModelLockBroker`] ([`NodePool`]).
 //!
-//! Not built yet: the ports it will implement are fixed in `validator-core`.
+//! Layout:
+//! - [`client`]: the replay request over reqwest: URL, timeout, size cap, status mapping;
+//! - [`pool`]: leases on the least-busy eligible node, per-node health and the optional probe;
+//! - [`config`]: one serde [`Config`] for both;
+//! - [`error`]: construction errors; replay failures are the port's `ReplayError`.
+//!
+//! This is the only crate that knows the ML node's wire format.
 
-pub use validator_core::ports::{MlNodeClient, ModelLockBroker};
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod pool;
+
+pub use client::HttpMlNodeClient;
+pub use config::{Config, HealthConfig, NodeConfig};
+pub use error::{Error, Result};
+pub use pool::{Availability, NodePool, NodeStatus};
