@@ -31,9 +31,11 @@ use crate::{
 /// The dedup key: the same inference is validated and revalidated independently.
 pub(crate) type Key = (InferenceId, bool);
 
-/// How many recently finished keys are remembered, so a late duplicate trigger does not redo a
-/// validation the chain already holds. 64k keys cost a few megabytes at most.
-const RECENT_CAPACITY: usize = 65_536;
+/// How many recently submitted keys are remembered, so a late duplicate trigger does not redo a
+/// validation the chain already holds. It only has to cover the moments until the chain's own
+/// validated set is downloaded again (`Config::validated_set_ttl`); a fixed size keeps memory
+/// independent of the backlog (about 400 KB).
+const RECENT_CAPACITY: usize = 4_096;
 
 /// Attempts started per stage, carried across retries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

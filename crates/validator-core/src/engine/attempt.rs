@@ -257,9 +257,6 @@ impl Attempt<'_> {
                 {
                     *tx_hash = receipt.tx_hash;
                 }
-                if !self.revalidation {
-                    self.inner.validated.insert(self.id);
-                }
                 Step::Terminal(outcome)
             }
             Err(SubmitError::Duplicate) => skip(SkipReason::AlreadyValidated),
@@ -346,12 +343,11 @@ impl Inner {
 }
 
 /// The ids this validator already validated, per epoch, downloaded at most once per TTL instead
-/// of once per validation (upstream's O(n²) over a backlog), plus what this process submitted
-/// since.
+/// of once per validation (upstream's O(n²) over a backlog). What this process submitted since
+/// the last download is covered by the scheduler's set of recently finished keys.
 pub(crate) struct ValidatedCache {
     ttl: Duration,
     epochs: Mutex<HashMap<u64, Downloaded>>,
-    submitted: Mutex<HashSet<InferenceId>>,
 }
 
 /// One epoch's downloaded set and when it was fetched.
@@ -359,16 +355,13 @@ type Downloaded = (Instant, Arc<HashSet<InferenceId>>);
 
 impl ValidatedCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        Self { ttl, epochs: Mutex::default(), submitted: Mutex::default() }
+        Self { ttl, epochs: Mutex::default() }
     }
 
     /// Whether `inference` is already validated by us. A failing query counts as "not
     /// validated", as upstream.
     pub(crate) async fn contains(&self, inner: &Inner, inference: &Inference) -> bool {
         let id = &inference.inference_id;
-        if self.submitted.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
-            return true;
-        }
         let epoch = inference.epoch_id;
         let cached = {
             let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,15 +388,5 @@ impl ValidatedCache {
         epochs.retain(|cached, _| cached.saturating_add(3) > epoch);
         epochs.insert(epoch, (Instant::now(), Arc::new(set)));
         found
-    }
-
-    /// Remembers a submission until the next download covers it.
-    pub(crate) fn insert(&self, id: &InferenceId) {
-        let mut submitted = self.submitted.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: the chain's own set takes over once downloaded again.
-        if submitted.len() >= 100_000 {
-            submitted.clear();
-        }
-        submitted.insert(id.clone());
     }
 }
