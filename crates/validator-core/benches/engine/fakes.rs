@@ -1,0 +1,447 @@
+//! The fakes every strategy runs on. The broker is the crate's own [`FakeBroker`]; the chain,
+//! payload source and ML node are bench versions of the crate's fakes that keep no per-item
+//! history (the crate's fakes record every call for inspection, which grows with the backlog and
+//! would be measured as the design's memory), generate records from the id, inject the faults
+//! of the `faults` scenario, and time each replay.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use validator_core::{
+    ports::{
+        chain::{
+            ChainClient, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
+            InferenceStatus, InferenceSummary, MsgValidation, SubmitError, SubmitReceipt,
+            ValidationDetails, ValidationParameters, ValidationParams, ValidatorPower,
+        },
+        ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
+        model_lock::{MlNode, ModelLockBroker},
+        payload_source::{PayloadError, PayloadSource, Payloads},
+    },
+    testing::{echo_completion, payloads_for, FakeBroker, EXECUTOR, MODEL, SELF_ADDRESS},
+    Ports,
+};
+
+/// The epoch whose missed validations the recovery backlog holds.
+pub(crate) const BACKLOG_EPOCH: u64 = 9;
+/// The current epoch, which live items belong to.
+pub(crate) const LIVE_EPOCH: u64 = 10;
+
+const BACKLOG_PREFIX: &str = "inf-";
+const LIVE_PREFIX: &str = "live-";
+
+pub(crate) fn backlog_id(index: u64) -> InferenceId {
+    InferenceId::new(format!("{BACKLOG_PREFIX}{index:08}"))
+}
+
+pub(crate) fn live_id(index: u64) -> InferenceId {
+    InferenceId::new(format!("{LIVE_PREFIX}{index:08}"))
+}
+
+/// The epoch of a generated id, or `None` for an id the synthetic chain never made.
+fn epoch_of(id: &str) -> Option<u64> {
+    let (epoch, digits) = if let Some(rest) = id.strip_prefix(BACKLOG_PREFIX) {
+        (BACKLOG_EPOCH, rest)
+    } else {
+        (LIVE_EPOCH, id.strip_prefix(LIVE_PREFIX)?)
+    };
+    digits.parse::<u64>().ok().map(|_| epoch)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// SplitMix64: a cheap, well-mixed hash of a counter or seed.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A stable hash of an id (FNV-1a, then mixed).
+pub(crate) fn id_hash(id: &str) -> u64 {
+    let fnv = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    mix(fnv)
+}
+
+/// Which items fail, decided by a hash of the id so every strategy sees the same faulty items.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// Per mille of items whose first payload fetch fails transiently.
+    pub(crate) payload_first_fail: u64,
+    /// Per mille of items whose first replay hangs until the caller's timeout.
+    pub(crate) replay_first_hang: u64,
+}
+
+impl Faults {
+    pub(crate) fn payload_faulty(&self, id: &str) -> bool {
+        id_hash(id) % 1000 < self.payload_first_fail
+    }
+
+    pub(crate) fn replay_faulty(&self, id: &str) -> bool {
+        mix(id_hash(id)) % 1000 < self.replay_first_hang
+    }
+
+    pub(crate) fn healthy(&self, id: &str) -> bool {
+        !self.payload_faulty(id) && !self.replay_faulty(id)
+    }
+}
+
+// === SynthChain ===
+
+/// A chain that stores nothing per inference: the listing, the records and the sampling details
+/// are generated from the id, so its memory does not grow with the backlog. Every backlog item
+/// is sampled for this validator with probability 1 (reputation 0, low traffic), none is
+/// validated yet, and the latest epoch keeps the backlog's epoch fresh.
+pub(crate) struct SynthChain {
+    backlog: u64,
+    faults: Faults,
+    /// Accepted ids, to count duplicate submissions; `None` in the memory scenario.
+    seen: Option<Mutex<HashSet<InferenceId>>>,
+    submitted: AtomicU64,
+    healthy_submitted: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl SynthChain {
+    pub(crate) fn new(backlog: u64, faults: Faults, track_duplicates: bool) -> Self {
+        Self {
+            backlog,
+            faults,
+            seen: track_duplicates.then(Mutex::default),
+            submitted: AtomicU64::new(0),
+            healthy_submitted: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// Messages accepted (validations and invalidations).
+    pub(crate) fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// Of those, for items the fault plan left alone.
+    pub(crate) fn healthy_submitted(&self) -> u64 {
+        self.healthy_submitted.load(Ordering::Relaxed)
+    }
+
+    /// Second submissions for the same inference (the chain's `ErrDuplicateValidation`).
+    pub(crate) fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    fn details(id: &InferenceId, epoch: u64) -> ValidationDetails {
+        ValidationDetails {
+            epoch_id: epoch,
+            inference_id: id.clone(),
+            executor_id: EXECUTOR.into(),
+            executor_reputation: 0,
+            traffic_basis: 10,
+            executor_power: 1,
+            model: MODEL.into(),
+            total_power: 2,
+            created_at_block_height: 1,
+        }
+    }
+
+    fn group(epoch: u64, model: &str) -> EpochGroup {
+        EpochGroup {
+            epoch_index: epoch,
+            model: model.to_owned(),
+            sub_group_models: if model.is_empty() { vec![MODEL.into()] } else { Vec::new() },
+            validation_weights: vec![SELF_ADDRESS.into(), EXECUTOR.into()],
+            has_model_snapshot: !model.is_empty(),
+        }
+    }
+}
+
+#[async_trait]
+impl ChainClient for SynthChain {
+    fn account_address(&self) -> &str {
+        SELF_ADDRESS
+    }
+
+    async fn inference(&self, id: &InferenceId) -> Result<Inference, ChainError> {
+        let epoch = epoch_of(id.as_str()).ok_or(ChainError::NotFound)?;
+        Ok(Inference {
+            inference_id: id.clone(),
+            model: MODEL.into(),
+            epoch_id: epoch,
+            executed_by: EXECUTOR.into(),
+            status: InferenceStatus::Finished,
+            prompt_hash: String::new(),
+            response_hash: String::new(),
+            prompt_payload: String::new(),
+            response_payload: String::new(),
+        })
+    }
+
+    async fn inferences_page(
+        &self,
+        page_key: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<InferencePage, ChainError> {
+        let start = page_key
+            .and_then(|key| String::from_utf8(key).ok())
+            .and_then(|key| key.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(self.backlog);
+        let end = start.saturating_add(u64::from(limit)).min(self.backlog);
+        let inferences = (start..end)
+            .map(|index| InferenceSummary {
+                inference_id: backlog_id(index),
+                epoch_id: BACKLOG_EPOCH,
+                model: MODEL.into(),
+            })
+            .collect();
+        let next_key = (end < self.backlog).then(|| end.to_string().into_bytes());
+        Ok(InferencePage { inferences, next_key })
+    }
+
+    async fn validation_parameters(
+        &self,
+        ids: &[InferenceId],
+    ) -> Result<ValidationParameters, ChainError> {
+        let details = ids
+            .iter()
+            .filter_map(|id| epoch_of(id.as_str()).map(|epoch| Self::details(id, epoch)))
+            .collect();
+        Ok(ValidationParameters {
+            details,
+            validator_powers: vec![
+                ValidatorPower { power: 1, epoch_index: BACKLOG_EPOCH },
+                ValidatorPower { power: 1, epoch_index: LIVE_EPOCH },
+            ],
+            current_height: 100,
+            params: ValidationParams::default(),
+        })
+    }
+
+    async fn validated_inferences(&self, _epoch: u64) -> Result<Vec<InferenceId>, ChainError> {
+        // Nothing of the backlog was validated before the run; what the run submits is not
+        // listed back, so this answer stays constant-size.
+        Err(ChainError::NotFound)
+    }
+
+    async fn epoch_group(&self, epoch: u64, model: &str) -> Result<EpochGroup, ChainError> {
+        if model.is_empty() || model == MODEL {
+            Ok(Self::group(epoch, model))
+        } else {
+            Err(ChainError::NotFound)
+        }
+    }
+
+    async fn current_epoch_group(&self) -> Result<EpochGroup, ChainError> {
+        Ok(Self::group(LIVE_EPOCH, ""))
+    }
+
+    async fn epoch_state(&self) -> Result<EpochState, ChainError> {
+        Ok(EpochState { latest_epoch: LIVE_EPOCH })
+    }
+
+    async fn seed_for_epoch(&self, epoch: u64) -> Result<i64, ChainError> {
+        Ok(epoch as i64)
+    }
+
+    async fn submit_validation(&self, msg: &MsgValidation) -> Result<SubmitReceipt, SubmitError> {
+        if let Some(seen) = &self.seen {
+            if !msg.revalidation && !lock(seen).insert(msg.inference_id.clone()) {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Err(SubmitError::Duplicate);
+            }
+        }
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        if self.faults.healthy(msg.inference_id.as_str()) {
+            self.healthy_submitted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(SubmitReceipt { tx_hash: None })
+    }
+}
+
+// === BenchPayloads ===
+
+/// Serves the crate's [`payloads_for`] for every id; items picked by [`Faults`] fail their first
+/// fetch with a transient error.
+pub(crate) struct BenchPayloads {
+    faults: Faults,
+    failed: Mutex<HashSet<InferenceId>>,
+    failures: AtomicU64,
+}
+
+impl BenchPayloads {
+    pub(crate) fn new(faults: Faults) -> Self {
+        Self { faults, failed: Mutex::default(), failures: AtomicU64::new(0) }
+    }
+
+    /// Fetches failed on purpose.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl PayloadSource for BenchPayloads {
+    async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+        let id = &inference.inference_id;
+        if self.faults.payload_faulty(id.as_str()) && lock(&self.failed).insert(id.clone()) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(PayloadError::Unavailable("executor unreachable (injected)".into()));
+        }
+        Ok(payloads_for(id.as_str()))
+    }
+}
+
+// === TimedMlNode ===
+
+/// An ML node that answers like the crate's `MemoryMlNode` (the enforced tokens echoed with the
+/// fakes' logprobs, so every replay scores 1) after a fixed latency, without recording requests.
+/// It measures the service time it actually gives: tokio rounds timers up to the next
+/// millisecond, so the nominal latency understates it. Items picked by [`Faults`] hang on their
+/// first replay until the caller's timeout drops the call.
+pub(crate) struct TimedMlNode {
+    latency: Duration,
+    faults: Faults,
+    hung: Mutex<HashSet<InferenceId>>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    served: AtomicU64,
+    service_nanos: AtomicU64,
+    hangs: AtomicU64,
+}
+
+impl TimedMlNode {
+    pub(crate) fn new(latency: Duration, faults: Faults) -> Self {
+        Self {
+            latency,
+            faults,
+            hung: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            service_nanos: AtomicU64::new(0),
+            hangs: AtomicU64::new(0),
+        }
+    }
+
+    /// Replays answered.
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Replays that hung on purpose.
+    pub(crate) fn hangs(&self) -> u64 {
+        self.hangs.load(Ordering::Relaxed)
+    }
+
+    /// Most replays in flight at once.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The mean time from a replay's arrival to its answer, or the nominal latency before any.
+    pub(crate) fn mean_service(&self) -> Duration {
+        let served = self.served();
+        if served == 0 {
+            return self.latency;
+        }
+        Duration::from_nanos(self.service_nanos.load(Ordering::Relaxed) / served)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl MlNodeClient for TimedMlNode {
+    async fn replay(
+        &self,
+        _node: &MlNode,
+        request: &ReplayRequest,
+    ) -> Result<ReplayResponse, ReplayError> {
+        let started = Instant::now();
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight);
+        let id = &request.inference_id;
+        if self.faults.replay_faulty(id.as_str()) && lock(&self.hung).insert(id.clone()) {
+            self.hangs.fetch_add(1, Ordering::Relaxed);
+            return std::future::pending().await;
+        }
+        let body: serde_json::Value = serde_json::from_slice(&request.body)
+            .map_err(|err| ReplayError::BadResponse(err.to_string()))?;
+        tokio::time::sleep(self.latency).await;
+        let answer = echo_completion(&body);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.service_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Ok(ReplayResponse::Completed(answer))
+    }
+}
+
+// === Rig ===
+
+/// One scenario's fakes, shared by whichever strategy runs on them.
+pub(crate) struct Rig {
+    pub(crate) chain: Arc<SynthChain>,
+    pub(crate) payloads: Arc<BenchPayloads>,
+    pub(crate) broker: FakeBroker,
+    pub(crate) ml: Arc<TimedMlNode>,
+    /// Replace `broker` and `ml` in the ports (the HTTP adapter and its node pool in
+    /// `http_drain`).
+    pub(crate) broker_port: Option<Arc<dyn ModelLockBroker>>,
+    pub(crate) ml_port: Option<Arc<dyn MlNodeClient>>,
+}
+
+impl Rig {
+    /// A backlog of `backlog` items, an ML node of `latency` with `node_slots` slots.
+    pub(crate) fn new(
+        backlog: u64,
+        latency: Duration,
+        node_slots: usize,
+        faults: Faults,
+        track_duplicates: bool,
+    ) -> Self {
+        Self {
+            chain: Arc::new(SynthChain::new(backlog, faults, track_duplicates)),
+            payloads: Arc::new(BenchPayloads::new(faults)),
+            broker: FakeBroker::new(node_slots),
+            ml: Arc::new(TimedMlNode::new(latency, faults)),
+            broker_port: None,
+            ml_port: None,
+        }
+    }
+
+    pub(crate) fn ports(&self) -> Ports {
+        let ml: Arc<dyn MlNodeClient> = match &self.ml_port {
+            Some(port) => Arc::clone(port),
+            None => Arc::clone(&self.ml) as Arc<dyn MlNodeClient>,
+        };
+        let broker: Arc<dyn ModelLockBroker> = match &self.broker_port {
+            Some(port) => Arc::clone(port),
+            None => Arc::new(self.broker.clone()),
+        };
+        Ports {
+            chain: Arc::clone(&self.chain) as Arc<dyn ChainClient>,
+            payloads: Arc::clone(&self.payloads) as Arc<dyn PayloadSource>,
+            broker,
+            ml,
+        }
+    }
+}
