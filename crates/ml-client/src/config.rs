@@ -13,10 +13,10 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// Bound of one replay, from connecting until the last byte of the answer, in milliseconds.
     /// Upstream's shared client uses 5 min (DOMAIN.md 2.6).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub request_timeout: Duration,
     /// Bound of establishing a connection to a node, in milliseconds, within `request_timeout`.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub connect_timeout: Duration,
     /// Largest answer body accepted, in bytes; a longer one is refused while it is read.
     pub max_response_bytes: u64,
@@ -100,19 +100,19 @@ pub struct HealthConfig {
     pub failure_threshold: u32,
     /// Cool-down after reaching the threshold, in milliseconds; doubled for each further
     /// failure.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub cooldown_base: Duration,
     /// Longest cool-down, in milliseconds.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub cooldown_max: Duration,
     /// Path of each node's health endpoint, relative to its `url` (e.g. `/health`). Unset turns
     /// the background probe off.
     pub probe_path: Option<String>,
     /// Time between two probe rounds, in milliseconds.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub probe_interval: Duration,
     /// Bound of one probe request, in milliseconds.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "validator_core::config::duration_ms")]
     pub probe_timeout: Duration,
 }
 
@@ -198,21 +198,6 @@ fn check_url(url: &str) -> Result<(), &'static str> {
         return Err("a URL without query or fragment");
     }
     Ok(())
-}
-
-/// Durations as whole milliseconds on the wire, so configuration files stay plain numbers.
-mod duration_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
 }
 
 #[cfg(test)]

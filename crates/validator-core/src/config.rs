@@ -184,17 +184,20 @@ impl Config {
     }
 }
 
-/// Durations as whole milliseconds on the wire, so configuration files stay plain numbers.
-mod duration_ms {
+/// Durations as whole milliseconds on the wire, so configuration files stay plain numbers. Use
+/// with `#[serde(with = "validator_core::config::duration_ms")]`; every crate's `Config` does.
+pub mod duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    /// Writes `d` as whole milliseconds (saturating).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    /// Reads whole milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
