@@ -1,7 +1,13 @@
 //! The chain adapter: CometBFT events, chain queries, `MsgValidation` submission, and payload
 //! retrieval from executors, implementing [`validator_core::ports::ChainClient`] and
 //! [`validator_core::ports::PayloadSource`].
-//!
-//! Not built yet: the ports it will implement are fixed in `validator-core`.
 
-pub use validator_core::ports::{ChainClient, PayloadSource};
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod signer;
+
+pub use config::Config;
+pub use directory::ExecutorDirectory;
+pub use error::{Error, Result};
+pub use signer::Signer;

@@ -1,0 +1,222 @@
+//! The chain adapter's configuration: one section per concern. Durations are whole milliseconds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use validator_core::config::duration_ms;
+
+/// Configuration of the chain adapter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The chain node: events over CometBFT RPC and websocket.
+    pub events: EventsConfig,
+    /// Chain queries.
+    pub query: QueryConfig,
+    /// Transaction building and submission.
+    pub tx: TxConfig,
+    /// Payload retrieval from executors.
+    pub payloads: PayloadsConfig,
+}
+
+impl Config {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> crate::Result<()> {
+        self.events.validate()?;
+        self.query.validate()?;
+        self.tx.validate()?;
+        self.payloads.validate()
+    }
+}
+
+fn bad(key: &str, allowed: &'static str) -> crate::Result<()> {
+    Err(crate::Error::InvalidConfig { key: key.to_owned(), allowed })
+}
+
+fn positive(key: &str, duration: Duration) -> crate::Result<()> {
+    if duration.is_zero() {
+        return bad(key, "a positive duration");
+    }
+    Ok(())
+}
+
+/// The CometBFT node the events come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// CometBFT RPC base URL (`http://host:26657`); the websocket is `ws://host:26657/websocket`.
+    pub rpc_url: String,
+    /// How far behind the node's height processing may lag before it restarts at
+    /// `current - catch_up_window` (upstream: 500 blocks).
+    pub catch_up_window: u64,
+    /// Bound of one RPC call.
+    #[serde(with = "duration_ms")]
+    pub rpc_timeout: Duration,
+    /// First reconnect delay; doubled up to `reconnect_max`, with jitter.
+    #[serde(with = "duration_ms")]
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "duration_ms")]
+    pub reconnect_max: Duration,
+    /// Largest websocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Events buffered for the consumer; the source waits when it is full.
+    pub queue_capacity: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            rpc_url: "http://127.0.0.1:26657".into(),
+            catch_up_window: 500,
+            rpc_timeout: Duration::from_secs(10),
+            reconnect_base: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(10),
+            max_message_bytes: 16 * 1024 * 1024,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl EventsConfig {
+    fn validate(&self) -> crate::Result<()> {
+        if self.rpc_url.is_empty() {
+            return bad("events.rpc_url", "an http URL");
+        }
+        if self.catch_up_window == 0 {
+            return bad("events.catch_up_window", "at least 1");
+        }
+        if self.max_message_bytes == 0 {
+            return bad("events.max_message_bytes", "at least 1");
+        }
+        if self.queue_capacity == 0 {
+            return bad("events.queue_capacity", "at least 1");
+        }
+        positive("events.rpc_timeout", self.rpc_timeout)?;
+        positive("events.reconnect_base", self.reconnect_base)
+    }
+}
+
+/// Chain queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Base URL of the chain's query endpoint.
+    pub url: String,
+    /// Bound of one query.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Largest answer accepted, in bytes.
+    pub max_response_bytes: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:1317".into(),
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl QueryConfig {
+    fn validate(&self) -> crate::Result<()> {
+        if self.url.is_empty() {
+            return bad("query.url", "an http URL");
+        }
+        if self.max_response_bytes == 0 {
+            return bad("query.max_response_bytes", "at least 1");
+        }
+        positive("query.timeout", self.timeout)
+    }
+}
+
+/// Transaction building and submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxConfig {
+    /// The chain id signed into every transaction.
+    pub chain_id: String,
+    /// Bech32 prefix of account addresses.
+    pub address_prefix: String,
+    /// Gas limit of one transaction.
+    pub gas_limit: u64,
+    /// Bound of one broadcast.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+}
+
+impl Default for TxConfig {
+    fn default() -> Self {
+        Self {
+            chain_id: "gonka-mainnet".into(),
+            address_prefix: "gonka".into(),
+            gas_limit: 1_000_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TxConfig {
+    fn validate(&self) -> crate::Result<()> {
+        if self.chain_id.is_empty() {
+            return bad("tx.chain_id", "a non-empty chain id");
+        }
+        if self.address_prefix.is_empty() {
+            return bad("tx.address_prefix", "a non-empty bech32 prefix");
+        }
+        if self.gas_limit == 0 {
+            return bad("tx.gas_limit", "at least 1");
+        }
+        positive("tx.timeout", self.timeout)
+    }
+}
+
+/// Payload retrieval from executors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PayloadsConfig {
+    /// Bound of one fetch attempt (upstream: 30 s).
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Largest answer accepted, in bytes, checked while reading.
+    pub max_response_bytes: u64,
+    /// Addresses the outbound guard lets through although private: CIDRs (`10.0.0.0/8`) or
+    /// host names. Empty in production; tests and private networks list theirs.
+    pub allow: Vec<String>,
+}
+
+impl Default for PayloadsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_response_bytes: 32 * 1024 * 1024,
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl PayloadsConfig {
+    fn validate(&self) -> crate::Result<()> {
+        if self.max_response_bytes == 0 {
+            return bad("payloads.max_response_bytes", "at least 1");
+        }
+        positive("payloads.timeout", self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        Config::default().validate().unwrap();
+        let mut config = Config::default();
+        config.payloads.timeout = Duration::ZERO;
+        assert!(config.validate().unwrap_err().to_string().contains("payloads.timeout"));
+        let err = serde_json::from_str::<Config>(r#"{"events": {"rpc_ur": "x"}}"#).unwrap_err();
+        assert!(err.to_string().contains("rpc_ur"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+//! The crate's error type.
+
+/// Errors of the chain adapter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid config value for `{key}`: expected {allowed}")]
+    InvalidConfig {
+        /// The offending key.
+        key: String,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+    /// The chain has no such record.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A call did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(String),
+    /// The connection failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The peer answered with an unexpected HTTP status.
+    #[error("status {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// A short excerpt of the body.
+        body: String,
+    },
+    /// An answer, frame or event could not be decoded.
+    #[error("malformed answer: {0}")]
+    Decode(String),
+    /// An answer or frame exceeded its size cap.
+    #[error("answer larger than {limit} bytes")]
+    TooLarge {
+        /// The cap.
+        limit: u64,
+    },
+    /// The node answered a JSON-RPC call with an error object.
+    #[error("rpc error: {0}")]
+    Rpc(String),
+    /// Key material is unusable.
+    #[error("bad key: {0}")]
+    Key(String),
+    /// A signature did not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// A URL was refused by the outbound address guard.
+    #[error("refused address: {0}")]
+    Refused(String),
+    /// The chain rejected a transaction.
+    #[error("transaction rejected with code {code}: {log}")]
+    TxRejected {
+        /// The ABCI code.
+        code: u32,
+        /// The node's log line.
+        log: String,
+    },
+}
+
+/// The crate's result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,112 @@
+//! The validator's secp256k1 key: request and transaction signatures, and signature checks of
+//! other participants' keys (DOMAIN.md 2.3).
+
+use k256::ecdsa::{
+    signature::{Signer as _, Verifier as _},
+    Signature, SigningKey, VerifyingKey,
+};
+
+use crate::{Error, Result};
+
+/// A secp256k1 signing key. Signatures are ECDSA over SHA-256 of the message, deterministic
+/// (RFC 6979) and low-S normalised, 64 bytes `r || s`, as the Cosmos SDK makes them.
+#[derive(Clone)]
+pub struct Signer {
+    key: SigningKey,
+}
+
+impl Signer {
+    /// A signer from a 32-byte secret.
+    pub fn from_bytes(secret: &[u8]) -> Result<Self> {
+        SigningKey::from_slice(secret)
+            .map(|key| Self { key })
+            .map_err(|err| Error::Key(err.to_string()))
+    }
+
+    /// A signer from a 64-character hex secret.
+    pub fn from_hex(secret: &str) -> Result<Self> {
+        let bytes = decode_hex(secret.trim()).ok_or_else(|| Error::Key("not hex".into()))?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The compressed public key (33 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.verifying_key().to_encoded_point(true).as_bytes().to_vec()
+    }
+
+    /// The 32-byte secret, for libraries that need their own key type.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes().into()
+    }
+
+    /// Signs `message`: ECDSA over its SHA-256, 64 bytes.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let signature: Signature = self.key.sign(message);
+        signature.to_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("public_key", &encode_hex(&self.public_key())).finish()
+    }
+}
+
+/// Whether `signature` (64 bytes `r || s`) over `message` verifies with `public_key`
+/// (compressed or uncompressed SEC1). High-S signatures are accepted, as the Go verifier does.
+pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_sec1_bytes(public_key) else { return false };
+    let Ok(signature) = Signature::from_slice(signature) else { return false };
+    let signature = signature.normalize_s().unwrap_or(signature);
+    key.verify(message, &signature).is_ok()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect()
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "8d1bb3f6a1bda2b6b0b9e0f4f3d3a8f1c6b2a4e5d7c9b1a3f5e7d9c1b3a5f7e9";
+
+    #[test]
+    fn signatures_verify_with_the_public_key_only() {
+        let signer = Signer::from_hex(SECRET).unwrap();
+        let signature = signer.sign(b"inference-1" as &[u8]);
+        assert!(verify(&signer.public_key(), b"inference-1", &signature));
+        assert!(!verify(&signer.public_key(), b"inference-2", &signature));
+        let other = Signer::from_bytes(&[7; 32]).unwrap();
+        assert!(!verify(&other.public_key(), b"inference-1", &signature));
+    }
+
+    #[test]
+    fn signing_is_deterministic_and_low_s() {
+        let signer = Signer::from_hex(SECRET).unwrap();
+        let first = signer.sign(b"m");
+        assert_eq!(first, signer.sign(b"m"));
+        let signature = Signature::from_slice(&first).unwrap();
+        assert!(signature.normalize_s().is_none(), "already low-S");
+    }
+
+    #[test]
+    fn bad_keys_and_signatures_are_errors_not_panics() {
+        assert!(Signer::from_hex("zz").is_err());
+        assert!(Signer::from_bytes(&[0; 32]).is_err());
+        assert!(Signer::from_bytes(&[1; 5]).is_err());
+        assert!(!verify(b"junk", b"m", &[0; 64]));
+        let signer = Signer::from_bytes(&[7; 32]).unwrap();
+        assert!(!verify(&signer.public_key(), b"m", &[0; 10]));
+    }
+}
