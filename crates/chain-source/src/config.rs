@@ -62,6 +62,10 @@ pub struct EventsConfig {
     pub max_message_bytes: usize,
     /// Events buffered for the consumer; the source waits when it is full.
     pub queue_capacity: usize,
+    /// How long the websocket may stay silent before the source assumes the node stalled and
+    /// reconnects (blocks come every ~5 s on mainnet).
+    #[serde(with = "duration_ms")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for EventsConfig {
@@ -74,12 +78,13 @@ impl Default for EventsConfig {
             reconnect_max: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
             queue_capacity: 1024,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl EventsConfig {
-    fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         if self.rpc_url.is_empty() {
             return bad("events.rpc_url", "an http URL");
         }
@@ -93,6 +98,7 @@ impl EventsConfig {
             return bad("events.queue_capacity", "at least 1");
         }
         positive("events.rpc_timeout", self.rpc_timeout)?;
+        positive("events.idle_timeout", self.idle_timeout)?;
         positive("events.reconnect_base", self.reconnect_base)
     }
 }
@@ -198,10 +204,11 @@ impl Default for PayloadsConfig {
 }
 
 impl PayloadsConfig {
-    fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         if self.max_response_bytes == 0 {
             return bad("payloads.max_response_bytes", "at least 1");
         }
+        crate::payloads::guard::Guard::new(&self.allow)?;
         positive("payloads.timeout", self.timeout)
     }
 }

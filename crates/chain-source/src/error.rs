@@ -57,6 +57,10 @@ pub enum Error {
         /// The node's log line.
         log: String,
     },
+    /// The chain already holds this validator's validation of the inference
+    /// (`ErrDuplicateValidation`, code 1143 of the `inference` codespace).
+    #[error("duplicate validation: {0}")]
+    DuplicateValidation(String),
 }
 
 /// The crate's result alias.

@@ -53,11 +53,14 @@ impl std::fmt::Debug for Signer {
 }
 
 /// Whether `signature` (64 bytes `r || s`) over `message` verifies with `public_key`
-/// (compressed or uncompressed SEC1). High-S signatures are accepted, as the Go verifier does.
+/// (compressed or uncompressed SEC1). High-S signatures are refused, as the Cosmos SDK's
+/// secp256k1 verifier refuses them (malleability).
 pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
     let Ok(key) = VerifyingKey::from_sec1_bytes(public_key) else { return false };
     let Ok(signature) = Signature::from_slice(signature) else { return false };
-    let signature = signature.normalize_s().unwrap_or(signature);
+    if signature.normalize_s().is_some() {
+        return false;
+    }
     key.verify(message, &signature).is_ok()
 }
 
@@ -98,6 +101,10 @@ mod tests {
         assert_eq!(first, signer.sign(b"m"));
         let signature = Signature::from_slice(&first).unwrap();
         assert!(signature.normalize_s().is_none(), "already low-S");
+        // The same signature with s replaced by n - s is valid ECDSA but malleable: refused.
+        let (r, s) = signature.split_scalars();
+        let high = Signature::from_scalars(r, -*s).unwrap();
+        assert!(!verify(&signer.public_key(), b"m", &high.to_bytes()));
     }
 
     #[test]

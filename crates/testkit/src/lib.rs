@@ -4,11 +4,22 @@
 //!   `test-util` feature), with inspectable state and scripted failures;
 //! - [`FakeMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
 //!   HTTP adapter's tests, the demo and benchmarks;
+//! - [`FakeExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
+//!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
+//! - [`FakeChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
+//!   the REST gateway, signed transactions), scriptable with accounts, inferences, epochs and
+//!   blocks, and able to drop its websockets, skip heights and stall;
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only.
 
+pub mod chain_node;
+pub mod executor;
 pub mod ml_node;
 pub mod mocks;
 
+pub use chain_node::{FakeChainNode, Submitted, SubmittedMsg, TxEvent};
+pub use executor::{
+    fixture_payloads, ExecutorReply, ExecutorRequest, FakeExecutor, OnChainHashes, StaticDirectory,
+};
 pub use ml_node::{FakeMlNode, Latency, RecordedRequest, Reply};
 
 /// The in-memory fakes of every port.

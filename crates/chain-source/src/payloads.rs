@@ -1,0 +1,295 @@
+//! [`HttpPayloadSource`]: one signed, verified, bounded fetch of an inference's payloads from
+//! its executor (DOMAIN.md 2.3, 6.1-6.3), as upstream's `RetrievePayloadsFromExecutor` does it.
+//!
+//! - [`wire`]: the URL, headers, signed byte strings and the answer's JSON;
+//! - [`hash`]: the prompt and response commitments, byte for byte as upstream computes them;
+//! - [`guard`]: the outbound address guard and the checking DNS resolver.
+//!
+//! The client speaks plain HTTP only (the workspace builds reqwest without TLS): an executor
+//! whose `inference_url` is `https` is refused with that reason, as an unavailable payload.
+
+pub mod guard;
+pub mod hash;
+pub mod wire;
+
+use std::{
+    error::Error as _,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use reqwest::StatusCode;
+use validator_core::ports::{
+    chain::Inference,
+    payload_source::{PayloadError, PayloadSource, Payloads},
+};
+
+use self::{
+    guard::{Guard, GuardedResolver},
+    wire::PayloadResponse,
+};
+use crate::{config::PayloadsConfig, signer, ExecutorDirectory, Signer};
+
+/// How much of an error body goes into a [`PayloadError::Unavailable`] reason.
+const EXCERPT_BYTES: usize = 256;
+
+/// The most a body buffer reserves up front, whatever `Content-Length` claims.
+const MAX_PREALLOCATION: u64 = 1024 * 1024;
+
+/// Fetches payloads from executors over HTTP and verifies them against the executor's keys and
+/// the on-chain commitment.
+///
+/// Each fetch is bounded by the configured timeout, directory lookups and the last byte included,
+/// and dropping the fetch future closes its connection. Answers are read chunk by chunk under the
+/// size cap. Cloning shares the connection pool.
+#[derive(Clone)]
+pub struct HttpPayloadSource {
+    http: reqwest::Client,
+    guard: Arc<Guard>,
+    signer: Signer,
+    account_address: String,
+    directory: Arc<dyn ExecutorDirectory>,
+    timeout: Duration,
+    max_response_bytes: u64,
+}
+
+impl std::fmt::Debug for HttpPayloadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPayloadSource")
+            .field("account_address", &self.account_address)
+            .field("guard", &self.guard)
+            .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpPayloadSource {
+    /// A source signing its requests with `signer` (the warm key) on behalf of
+    /// `account_address`, and learning executors' URLs and keys from `directory`.
+    pub fn new(
+        config: &PayloadsConfig,
+        signer: Signer,
+        account_address: impl Into<String>,
+        directory: Arc<dyn ExecutorDirectory>,
+    ) -> crate::Result<Self> {
+        let guard = Arc::new(Guard::new(&config.allow)?);
+        let resolver = GuardedResolver::system(Arc::clone(&guard));
+        Self::with_resolver(config, signer, account_address, directory, resolver)
+    }
+
+    /// As [`HttpPayloadSource::new`], resolving host names with `resolver` (tests inject a lookup
+    /// instead of real DNS). The resolver's own guard checks resolved addresses; `config.allow`
+    /// is still what literal-IP URLs are checked against.
+    pub fn with_resolver(
+        config: &PayloadsConfig,
+        signer: Signer,
+        account_address: impl Into<String>,
+        directory: Arc<dyn ExecutorDirectory>,
+        resolver: GuardedResolver,
+    ) -> crate::Result<Self> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            // A redirect would lead to an address the guard never saw (literal IPs are not
+            // resolved); upstream's executors do not redirect.
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect on our behalf to whatever the URL names, past the resolver.
+            .no_proxy()
+            .dns_resolver(Arc::new(resolver))
+            .build()
+            .map_err(|err| crate::Error::Transport(err.to_string()))?;
+        Ok(Self {
+            http,
+            guard: Arc::new(Guard::new(&config.allow)?),
+            signer,
+            account_address: account_address.into(),
+            directory,
+            timeout: config.timeout,
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    async fn fetch_once(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+        let id = inference.inference_id.as_str();
+        let executor = inference.executed_by.as_str();
+        let base = self
+            .directory
+            .inference_url(executor)
+            .await
+            .map_err(|err| unavailable(format!("no inference URL for {executor}: {err}")))?;
+        if base.trim().is_empty() {
+            return Err(unavailable(format!("executor {executor} has no inference URL")));
+        }
+        let url = wire::request_url(&base, id).map_err(|err| unavailable(err.to_string()))?;
+        self.guard.check_url(&url).map_err(|err| unavailable(err.to_string()))?;
+
+        let timestamp = unix_nanos();
+        let message =
+            wire::request_signed_bytes(id, inference.epoch_id, timestamp, &self.account_address);
+        let signature = wire::encode_base64(&self.signer.sign(&message));
+        let response = self
+            .http
+            .get(url)
+            .header(wire::HEADER_VALIDATOR_ADDRESS, &self.account_address)
+            .header(wire::HEADER_TIMESTAMP, timestamp.to_string())
+            .header(wire::HEADER_EPOCH_ID, inference.epoch_id.to_string())
+            .header(wire::HEADER_AUTHORIZATION, signature)
+            .send()
+            .await
+            .map_err(from_reqwest)?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(PayloadError::Gone);
+        }
+        if status != StatusCode::OK {
+            let excerpt = excerpt(response).await;
+            return Err(unavailable(format!("executor answered {status}: {excerpt}")));
+        }
+        let body = read_capped(response, self.max_response_bytes).await?;
+        let keys = self
+            .directory
+            .signing_keys(executor)
+            .await
+            .map_err(|err| unavailable(format!("no signing keys for {executor}: {err}")))?;
+        verify_response(inference, &keys, &body)
+    }
+}
+
+#[async_trait]
+impl PayloadSource for HttpPayloadSource {
+    async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+        tokio::time::timeout(self.timeout, self.fetch_once(inference)).await.unwrap_or_else(|_| {
+            Err(unavailable(format!("executor did not answer within {:?}", self.timeout)))
+        })
+    }
+}
+
+/// Verifies an executor's 200 answer `body` for `inference`: decodes it, checks the inference id,
+/// the executor signature against `keys` (any one suffices), then the on-chain hashes (an empty
+/// hash skips its check).
+pub fn verify_response(
+    inference: &Inference,
+    keys: &[Vec<u8>],
+    body: &[u8],
+) -> Result<Payloads, PayloadError> {
+    let answer: PayloadResponse = serde_json::from_slice(body)
+        .map_err(|err| unavailable(format!("malformed payload answer: {err}")))?;
+    let id = inference.inference_id.as_str();
+    if answer.inference_id != id {
+        return Err(unavailable(format!(
+            "answer is for inference {:?}, not {id:?}",
+            answer.inference_id
+        )));
+    }
+    let message = wire::executor_signed_bytes(
+        id,
+        &answer.prompt_payload,
+        &answer.response_payload,
+        &inference.executed_by,
+    );
+    if !verify_executor_signature(keys, &message, &answer.executor_signature) {
+        return Err(PayloadError::BadSignature);
+    }
+    check_hashes(inference, &answer.prompt_payload, &answer.response_payload)?;
+    Ok(Payloads { prompt: answer.prompt_payload, response: answer.response_payload })
+}
+
+/// Compares the payloads with the inference's on-chain commitment (upstream
+/// `VerifyPayloadHashes`): a mismatch or an unhashable payload is [`PayloadError::HashMismatch`].
+pub fn check_hashes(
+    inference: &Inference,
+    prompt: &[u8],
+    response: &[u8],
+) -> Result<(), PayloadError> {
+    if !inference.prompt_hash.is_empty() {
+        let actual = hash::prompt_hash(prompt)
+            .map_err(|err| PayloadError::HashMismatch(format!("prompt cannot be hashed: {err}")))?;
+        if actual != inference.prompt_hash {
+            return Err(PayloadError::HashMismatch(format!(
+                "prompt hash {actual}, on chain {}",
+                inference.prompt_hash
+            )));
+        }
+    }
+    if !inference.response_hash.is_empty() {
+        let actual = hash::response_hash(response).map_err(|err| {
+            PayloadError::HashMismatch(format!("response cannot be hashed: {err}"))
+        })?;
+        if actual != inference.response_hash {
+            return Err(PayloadError::HashMismatch(format!(
+                "response hash {actual}, on chain {}",
+                inference.response_hash
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the base64 `signature` over `message` verifies with any of `keys`. High-S
+/// signatures are refused, as the Cosmos SDK's secp256k1 verifier refuses them.
+pub fn verify_executor_signature(keys: &[Vec<u8>], message: &[u8], signature: &str) -> bool {
+    let Some(signature) = wire::decode_base64(signature) else { return false };
+    keys.iter().any(|key| signer::verify(key, message, &signature))
+}
+
+fn unavailable(reason: impl Into<String>) -> PayloadError {
+    PayloadError::Unavailable(reason.into())
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Reads the body up to `cap` bytes, refusing it as soon as it is known to be longer: from its
+/// `Content-Length` before reading anything, or from the chunk that crosses the cap. Returning
+/// early drops the response, which closes the connection instead of draining it.
+async fn read_capped(mut response: reqwest::Response, cap: u64) -> Result<Bytes, PayloadError> {
+    let too_large = || unavailable(format!("answer is larger than {cap} bytes"));
+    let announced = response.content_length();
+    if announced.is_some_and(|len| len > cap) {
+        return Err(too_large());
+    }
+    let reserve = announced.unwrap_or(0).min(MAX_PREALLOCATION);
+    let mut body = BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(from_reqwest)? {
+        let len = u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX);
+        if len > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The start of an error body, read no further than [`EXCERPT_BYTES`].
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut excerpt = Vec::new();
+    while excerpt.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    excerpt.truncate(EXCERPT_BYTES);
+    String::from_utf8_lossy(&excerpt).trim().to_owned()
+}
+
+fn from_reqwest(err: reqwest::Error) -> PayloadError {
+    // reqwest's own message names the URL; the cause (refused address, reset, closed early) is
+    // further down the source chain.
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    PayloadError::Unavailable(message)
+}
+
+#[cfg(test)]
+mod tests;

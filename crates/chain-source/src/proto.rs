@@ -1,0 +1,110 @@
+//! The `inference.inference` messages this crate sends, written from the module's `tx.proto`
+//! and `params.proto` as prost messages (the module publishes no Rust crate). Everything else on
+//! the wire (transactions, authz `MsgExec`) comes from `cosmrs`.
+
+use cosmrs::Any;
+use prost::Message as _;
+
+/// Type URL of [`MsgValidation`].
+pub const MSG_VALIDATION_TYPE_URL: &str = "/inference.inference.MsgValidation";
+/// Type URL of [`MsgClaimRewards`].
+pub const MSG_CLAIM_REWARDS_TYPE_URL: &str = "/inference.inference.MsgClaimRewards";
+/// Type URL of authz's `MsgExec`, the wrapper a grantee signs.
+pub const MSG_EXEC_TYPE_URL: &str = "/cosmos.authz.v1beta1.MsgExec";
+
+/// `inference.inference.Decimal`: `value × 10^exponent`.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Decimal {
+    /// The coefficient.
+    #[prost(int64, tag = "1")]
+    pub value: i64,
+    /// The power of ten.
+    #[prost(int32, tag = "2")]
+    pub exponent: i32,
+}
+
+/// `inference.inference.MsgValidation` (DOMAIN.md 2.8).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MsgValidation {
+    /// The account the validation is credited to.
+    #[prost(string, tag = "1")]
+    pub creator: String,
+    /// A UUIDv4 chosen by the validator.
+    #[prost(string, tag = "2")]
+    pub id: String,
+    /// The inference validated.
+    #[prost(string, tag = "3")]
+    pub inference_id: String,
+    /// Deprecated; must stay empty or the chain rejects the message.
+    #[prost(string, tag = "4")]
+    pub response_payload: String,
+    /// SHA-256 hex of the validator's response body.
+    #[prost(string, tag = "5")]
+    pub response_hash: String,
+    /// Deprecated float similarity; left at 0.
+    #[prost(double, tag = "6")]
+    pub value: f64,
+    /// Whether this answers an invalidation vote.
+    #[prost(bool, tag = "7")]
+    pub revalidation: bool,
+    /// The similarity as a decimal.
+    #[prost(message, optional, tag = "8")]
+    pub value_decimal: Option<Decimal>,
+}
+
+/// `inference.inference.MsgClaimRewards`: reveals the epoch's seed and claims its rewards.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MsgClaimRewards {
+    /// The claiming account.
+    #[prost(string, tag = "1")]
+    pub creator: String,
+    /// The epoch's sampling seed.
+    #[prost(int64, tag = "2")]
+    pub seed: i64,
+    /// The epoch claimed.
+    #[prost(uint64, tag = "3")]
+    pub epoch_index: u64,
+}
+
+/// `msg` packed as an `Any` under `type_url`.
+pub(crate) fn pack(type_url: &str, msg: &impl prost::Message) -> Any {
+    Any { type_url: type_url.to_owned(), value: msg.encode_to_vec() }
+}
+
+/// `msgs` wrapped in an authz `MsgExec` signed by `grantee`.
+pub(crate) fn exec(grantee: &str, msgs: Vec<Any>) -> Any {
+    let exec = cosmrs::proto::cosmos::authz::v1beta1::MsgExec { grantee: grantee.to_owned(), msgs };
+    Any { type_url: MSG_EXEC_TYPE_URL.to_owned(), value: exec.encode_to_vec() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_validation_has_the_upstream_field_numbers() {
+        let msg = MsgValidation {
+            creator: "c".into(),
+            id: "i".into(),
+            inference_id: "x".into(),
+            response_hash: "h".into(),
+            revalidation: true,
+            value_decimal: Some(Decimal { value: 9987, exponent: -4 }),
+            ..MsgValidation::default()
+        };
+        let bytes = msg.encode_to_vec();
+        // Field 1 "c", 2 "i", 3 "x", 5 "h", 7 true, 8 {1: 9987, 2: -4 (zigzag-free varint)}.
+        assert_eq!(&bytes[..12], &[0x0a, 1, b'c', 0x12, 1, b'i', 0x1a, 1, b'x', 0x2a, 1, b'h']);
+        assert_eq!(&bytes[12..14], &[0x38, 1]);
+        assert_eq!(bytes[14], 0x42);
+        assert_eq!(MsgValidation::decode(bytes.as_slice()).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_zero_decimal_is_still_sent() {
+        let msg =
+            MsgValidation { value_decimal: Some(Decimal::default()), ..MsgValidation::default() };
+        let decoded = MsgValidation::decode(msg.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded.value_decimal, Some(Decimal { value: 0, exponent: 0 }));
+    }
+}

@@ -1,0 +1,736 @@
+//! [`FakeChainNode`]: a chain node on loopback speaking what the chain adapter speaks, for its
+//! tests, the demo and the chaos tests: one HTTP server (`127.0.0.1:0`) answering
+//!
+//! - CometBFT JSON-RPC (`POST /`): `status`, `block_results` (0.38 shapes; 0.34 shapes with
+//!   base64 attributes on request) and `broadcast_tx_sync`, which decodes the signed transaction,
+//!   checks signature, account sequence and authz grants, and records `MsgValidation` and
+//!   `MsgClaimRewards` (also inside `MsgExec`), rejecting a second validation of an inference
+//!   with the module's `ErrDuplicateValidation` (code 1143, codespace `inference`);
+//! - the websocket (`GET /websocket`): `subscribe`, then one NewBlock notification per new
+//!   height, unless the height is set to be skipped or the node is stalled;
+//! - the Cosmos REST gateway routes of the `inference` module and the auth module's account.
+//!
+//! The chain is scripted: accounts and keys, grants, participants, inferences, epochs and
+//! epoch groups, and blocks with their transactions' events. It can drop every websocket, skip
+//! heights in its notifications and stall.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chain_source::query::EpochParams;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, header, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role, Message},
+    WebSocketStream,
+};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use validator_core::ports::chain::{
+    EpochGroup, Inference, InferenceStatus, ValidationDetails, ValidatorPower,
+};
+
+mod rest;
+mod tx;
+
+/// The chain id the fake signs with.
+pub const CHAIN_ID: &str = "gonka-testnet";
+/// The bech32 prefix of the fake's addresses.
+pub const ADDRESS_PREFIX: &str = "gonka";
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One event of a scripted transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxEvent {
+    /// The event type.
+    pub kind: String,
+    /// Its attributes, in order.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl TxEvent {
+    /// `inference_finished{inference_id}`.
+    pub fn inference_finished(id: &str) -> Self {
+        Self {
+            kind: "inference_finished".into(),
+            attributes: vec![("inference_id".into(), id.into())],
+        }
+    }
+
+    /// `inference_validation{inference_id, validator, needs_revalidation, passed}`.
+    pub fn inference_validation(id: &str, validator: &str, needs_revalidation: bool) -> Self {
+        Self {
+            kind: "inference_validation".into(),
+            attributes: vec![
+                ("inference_id".into(), id.into()),
+                ("validator".into(), validator.into()),
+                ("needs_revalidation".into(), needs_revalidation.to_string()),
+                ("passed".into(), (!needs_revalidation).to_string()),
+            ],
+        }
+    }
+}
+
+/// A message the fake accepted, decoded with its own copy of the module's messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmittedMsg {
+    /// `MsgValidation`.
+    Validation {
+        /// `creator`.
+        creator: String,
+        /// `id`.
+        id: String,
+        /// `inference_id`.
+        inference_id: String,
+        /// `response_payload` (deprecated; the fake rejects a non-empty one).
+        response_payload: String,
+        /// `response_hash`.
+        response_hash: String,
+        /// `value` (deprecated).
+        value: f64,
+        /// `revalidation`.
+        revalidation: bool,
+        /// `value_decimal` as `(value, exponent)`.
+        value_decimal: Option<(i64, i32)>,
+    },
+    /// `MsgClaimRewards`.
+    ClaimRewards {
+        /// `creator`.
+        creator: String,
+        /// `seed`.
+        seed: i64,
+        /// `epoch_index`.
+        epoch_index: u64,
+    },
+}
+
+impl SubmittedMsg {
+    /// The message's `creator`.
+    pub fn creator(&self) -> &str {
+        match self {
+            Self::Validation { creator, .. } | Self::ClaimRewards { creator, .. } => creator,
+        }
+    }
+}
+
+/// An accepted message with its transaction's facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The transaction's signer.
+    pub signer: String,
+    /// Whether the message came inside an authz `MsgExec`.
+    pub via_exec: bool,
+    /// The sequence the transaction carried.
+    pub sequence: u64,
+    /// The transaction hash, upper-case hex.
+    pub tx_hash: String,
+    /// The message.
+    pub msg: SubmittedMsg,
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    number: u64,
+    sequence: u64,
+    public_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Epoch {
+    index: u64,
+    poc_start_block_height: i64,
+    params: EpochParams,
+}
+
+struct State {
+    chain_id: String,
+    prefix: String,
+    tip: u64,
+    earliest: u64,
+    blocks: BTreeMap<u64, Vec<Vec<TxEvent>>>,
+    base64_attributes: bool,
+    skipped: BTreeSet<u64>,
+    stalled: bool,
+    websocket_generation: u64,
+    subscriptions: usize,
+    block_results_requests: Vec<u64>,
+    accounts: BTreeMap<String, Account>,
+    grants: Vec<(String, String, String)>,
+    participants: BTreeMap<String, String>,
+    inferences: BTreeMap<String, Inference>,
+    details: BTreeMap<String, ValidationDetails>,
+    validator_powers: Vec<ValidatorPower>,
+    epoch: Epoch,
+    groups: BTreeMap<(u64, String), EpochGroup>,
+    validated: BTreeMap<(String, u64), BTreeSet<String>>,
+    submitted: Vec<Submitted>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        let result = change(&mut lock(&self.state));
+        self.changed.notify_waiters();
+        result
+    }
+
+    async fn wait_until(&self, condition: impl Fn(&State) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if condition(&lock(&self.state)) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A chain node on `127.0.0.1` with an ephemeral port, serving until dropped. Starts at height
+/// 1, epoch 1, with no accounts.
+pub struct FakeChainNode {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _shutdown: DropGuard,
+}
+
+impl FakeChainNode {
+    /// Starts a node.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound; see [`FakeChainNode::try_start`].
+    #[allow(clippy::expect_used)]
+    pub async fn start() -> Self {
+        Self::try_start().await.expect("bind a loopback port for the fake chain node")
+    }
+
+    /// Starts a node, or says why no port could be bound.
+    pub async fn try_start() -> io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                chain_id: CHAIN_ID.into(),
+                prefix: ADDRESS_PREFIX.into(),
+                tip: 1,
+                earliest: 1,
+                blocks: BTreeMap::new(),
+                base64_attributes: false,
+                skipped: BTreeSet::new(),
+                stalled: false,
+                websocket_generation: 0,
+                subscriptions: 0,
+                block_results_requests: Vec::new(),
+                accounts: BTreeMap::new(),
+                grants: Vec::new(),
+                participants: BTreeMap::new(),
+                inferences: BTreeMap::new(),
+                details: BTreeMap::new(),
+                validator_powers: Vec::new(),
+                epoch: Epoch { index: 1, ..Epoch::default() },
+                groups: BTreeMap::new(),
+                validated: BTreeMap::new(),
+                submitted: Vec::new(),
+            }),
+            changed: Notify::new(),
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
+        Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
+    }
+
+    /// The base URL of both the RPC and the REST gateway (`http://127.0.0.1:<port>`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    // === accounts ===
+
+    /// Registers an account for `public_key` (compressed SEC1) and returns its address.
+    pub fn add_key(&self, public_key: &[u8]) -> String {
+        let address = chain_source::tx::address_of(public_key, ADDRESS_PREFIX).unwrap_or_default();
+        self.shared.update(|state| {
+            let number = u64::try_from(state.accounts.len()).unwrap_or(0) + 1;
+            state.accounts.entry(address.clone()).or_insert(Account {
+                number,
+                sequence: 0,
+                public_key: public_key.to_vec(),
+            });
+        });
+        address
+    }
+
+    /// The next sequence of the account at `address`.
+    pub fn sequence(&self, address: &str) -> Option<u64> {
+        lock(&self.shared.state).accounts.get(address).map(|account| account.sequence)
+    }
+
+    /// Lets `grantee` send messages of `type_url` for `granter` (authz).
+    pub fn grant(&self, granter: &str, grantee: &str, type_url: &str) {
+        self.shared
+            .update(|state| state.grants.push((granter.into(), grantee.into(), type_url.into())));
+    }
+
+    /// Registers a participant with its `inference_url`.
+    pub fn set_participant(&self, address: &str, inference_url: &str) {
+        self.shared.update(|state| state.participants.insert(address.into(), inference_url.into()));
+    }
+
+    // === inferences and epochs ===
+
+    /// Adds a finished inference of `epoch` executed by `executor`, with sampling details that
+    /// make a validator of power 1 choose it (reputation 0, low traffic, p = 1).
+    pub fn add_inference(&self, id: &str, epoch: u64, executor: &str) -> Inference {
+        let inference = Inference {
+            inference_id: id.into(),
+            model: validator_core::testing::MODEL.into(),
+            epoch_id: epoch,
+            executed_by: executor.into(),
+            status: InferenceStatus::Finished,
+            prompt_hash: String::new(),
+            response_hash: String::new(),
+            prompt_payload: String::new(),
+            response_payload: String::new(),
+        };
+        let details = ValidationDetails {
+            epoch_id: epoch,
+            inference_id: id.into(),
+            executor_id: executor.into(),
+            executor_reputation: 0,
+            traffic_basis: 10,
+            executor_power: 1,
+            model: inference.model.clone(),
+            total_power: 2,
+            created_at_block_height: 1,
+        };
+        self.shared.update(|state| {
+            state.inferences.insert(id.into(), inference.clone());
+            state.details.insert(id.into(), details);
+            let power = ValidatorPower { power: 1, epoch_index: epoch };
+            if !state.validator_powers.contains(&power) {
+                state.validator_powers.push(power);
+            }
+        });
+        inference
+    }
+
+    /// Adds or replaces an inference record.
+    pub fn put_inference(&self, inference: Inference) {
+        self.shared
+            .update(|state| state.inferences.insert(inference.inference_id.to_string(), inference));
+    }
+
+    /// Sets the latest epoch, its PoC start height and its parameters.
+    pub fn set_epoch(&self, index: u64, poc_start_block_height: i64, params: EpochParams) {
+        self.shared.update(|state| state.epoch = Epoch { index, poc_start_block_height, params });
+    }
+
+    /// Adds or replaces an epoch group (the parent group when `group.model` is empty).
+    pub fn set_epoch_group(&self, group: EpochGroup) {
+        self.shared
+            .update(|state| state.groups.insert((group.epoch_index, group.model.clone()), group));
+    }
+
+    /// Records `ids` as validated by `participant` in `epoch`.
+    pub fn set_validated(&self, participant: &str, epoch: u64, ids: &[&str]) {
+        self.shared.update(|state| {
+            let entry = state.validated.entry((participant.into(), epoch)).or_default();
+            entry.extend(ids.iter().map(|id| (*id).to_owned()));
+        });
+    }
+
+    // === blocks ===
+
+    /// Commits a block with one transaction per entry of `txs`; returns its height.
+    pub fn produce_block(&self, txs: Vec<Vec<TxEvent>>) -> u64 {
+        self.shared.update(|state| {
+            state.tip += 1;
+            state.blocks.insert(state.tip, txs);
+            state.tip
+        })
+    }
+
+    /// Commits `n` empty blocks; returns the new tip.
+    pub fn advance(&self, n: u64) -> u64 {
+        self.shared.update(|state| {
+            state.tip += n;
+            state.tip
+        })
+    }
+
+    /// The latest height.
+    pub fn tip(&self) -> u64 {
+        lock(&self.shared.state).tip
+    }
+
+    /// Forgets every height below `height` (pruning).
+    pub fn set_earliest(&self, height: u64) {
+        self.shared.update(|state| state.earliest = height);
+    }
+
+    /// Writes attributes in base64 and block events as `begin/end_block_events` (CometBFT 0.34).
+    pub fn set_base64_attributes(&self, base64: bool) {
+        self.shared.update(|state| state.base64_attributes = base64);
+    }
+
+    // === faults ===
+
+    /// Sends no NewBlock notification for these heights (their results stay queryable).
+    pub fn skip_notifications(&self, heights: impl IntoIterator<Item = u64>) {
+        self.shared.update(|state| state.skipped.extend(heights));
+    }
+
+    /// Stops (or resumes) NewBlock notifications, as a stalled node would.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.shared.update(|state| state.stalled = stalled);
+    }
+
+    /// Closes every open websocket abruptly.
+    pub fn drop_websockets(&self) {
+        self.shared.update(|state| state.websocket_generation += 1);
+    }
+
+    // === observations ===
+
+    /// Subscriptions received so far.
+    pub fn subscriptions(&self) -> usize {
+        lock(&self.shared.state).subscriptions
+    }
+
+    /// Waits until `n` subscriptions have been received.
+    pub async fn wait_subscriptions(&self, n: usize) {
+        self.shared.wait_until(|state| state.subscriptions >= n).await;
+    }
+
+    /// The heights asked for through `block_results`, in order.
+    pub fn block_results_requests(&self) -> Vec<u64> {
+        lock(&self.shared.state).block_results_requests.clone()
+    }
+
+    /// Every accepted message, in order.
+    pub fn submitted(&self) -> Vec<Submitted> {
+        lock(&self.shared.state).submitted.clone()
+    }
+
+    /// Waits until `n` messages have been accepted.
+    pub async fn wait_submitted(&self, n: usize) {
+        self.shared.wait_until(|state| state.submitted.len() >= n).await;
+    }
+}
+
+type Body = Full<Bytes>;
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                handle(Arc::clone(&shared), shutdown.clone(), request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let _ = connection.await;
+        });
+    }
+}
+
+fn respond(status: u16, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if request.uri().path() == "/websocket" {
+        return Ok(upgrade(shared, shutdown, &mut request));
+    }
+    if request.method() == hyper::Method::GET {
+        let segments: Vec<String> = request
+            .uri()
+            .path()
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .map(|segment| percent_decode(segment, false))
+            .collect();
+        let query: Vec<(String, String)> = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| (percent_decode(key, true), percent_decode(value, true)))
+            .collect();
+        let (status, body) = rest::get(&lock(&shared.state), &segments, &query);
+        return Ok(respond(status, &body));
+    }
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return Ok(respond(400, &json!({"error": "unreadable body"}))),
+    };
+    let Ok(call) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(respond(
+            500,
+            &json!({"jsonrpc": "2.0", "id": -1, "error": {"code": -32700, "message": "Parse error"}}),
+        ));
+    };
+    let id = call.get("id").cloned().unwrap_or(Value::Null);
+    let params = call.get("params").cloned().unwrap_or(Value::Null);
+    let answer = match call.get("method").and_then(Value::as_str).unwrap_or("") {
+        "status" => Ok(status_json(&lock(&shared.state))),
+        "block_results" => block_results(&shared, &params),
+        "broadcast_tx_sync" => {
+            let tx = params.get("tx").and_then(Value::as_str).unwrap_or("").to_owned();
+            Ok(shared.update(|state| tx::broadcast(state, &tx)))
+        }
+        other => Err(format!("method {other} not found")),
+    };
+    Ok(match answer {
+        Ok(result) => respond(200, &json!({"jsonrpc": "2.0", "id": id, "result": result})),
+        Err(data) => respond(
+            500,
+            &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "Internal error", "data": data}}),
+        ),
+    })
+}
+
+/// `text` with `%XX` escapes decoded, and `+` as a space in query strings.
+fn percent_decode(text: &str, query: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+        match (bytes[i], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) if query => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_json(state: &State) -> Value {
+    json!({
+        "node_info": {"network": state.chain_id, "version": "0.38.17"},
+        "sync_info": {
+            "latest_block_height": state.tip.to_string(),
+            "earliest_block_height": state.earliest.to_string(),
+            "catching_up": false,
+        },
+    })
+}
+
+fn block_results(shared: &Shared, params: &Value) -> Result<Value, String> {
+    let height: u64 = match params.get("height") {
+        Some(Value::String(text)) => text.parse().map_err(|_| "invalid height".to_owned())?,
+        Some(Value::Number(number)) => number.as_u64().ok_or("invalid height")?,
+        _ => return Err("height is required".into()),
+    };
+    shared.update(|state| {
+        state.block_results_requests.push(height);
+        if height > state.tip {
+            return Err(format!(
+                "height {height} must be less than or equal to the current blockchain height {}",
+                state.tip
+            ));
+        }
+        if height < state.earliest {
+            return Err(format!("height {height} is not available, lowest height is {}", state.earliest));
+        }
+        let encode = |text: &str| {
+            if state.base64_attributes {
+                base64::engine::general_purpose::STANDARD.encode(text)
+            } else {
+                text.to_owned()
+            }
+        };
+        let txs: Vec<Value> = state
+            .blocks
+            .get(&height)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|events| {
+                let events: Vec<Value> = events
+                    .iter()
+                    .map(|event| {
+                        let attributes: Vec<Value> = event
+                            .attributes
+                            .iter()
+                            .map(|(key, value)| json!({"key": encode(key), "value": encode(value), "index": true}))
+                            .collect();
+                        json!({"type": event.kind, "attributes": attributes})
+                    })
+                    .collect();
+                json!({"code": 0, "data": null, "log": "", "info": "", "gas_wanted": "0",
+                    "gas_used": "0", "events": events, "codespace": ""})
+            })
+            .collect();
+        let mut result = json!({
+            "height": height.to_string(),
+            "txs_results": txs,
+            "validator_updates": [],
+            "consensus_param_updates": null,
+        });
+        if state.base64_attributes {
+            result["begin_block_events"] = json!([]);
+            result["end_block_events"] = json!([]);
+        } else {
+            result["finalize_block_events"] = json!([]);
+            result["app_hash"] = json!("");
+        }
+        Ok(result)
+    })
+}
+
+fn new_block_frame(chain_id: &str, height: u64) -> String {
+    json!({
+        "jsonrpc": "2.0",
+        "id": "1",
+        "result": {
+            "query": "tm.event='NewBlock'",
+            "data": {
+                "type": "tendermint/event/NewBlock",
+                "value": {
+                    "block": {
+                        "header": {"chain_id": chain_id, "height": height.to_string(), "time": "2026-01-01T00:00:00Z"},
+                        "data": {"txs": []},
+                        "evidence": {"evidence": []},
+                        "last_commit": null,
+                    },
+                    "block_id": {"hash": "", "parts": {"total": 1, "hash": ""}},
+                    "result_finalize_block": {"events": [], "tx_results": [], "validator_updates": [], "app_hash": ""},
+                },
+            },
+            "events": {"tm.event": ["NewBlock"]},
+        },
+    })
+    .to_string()
+}
+
+fn upgrade(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    request: &mut Request<Incoming>,
+) -> Response<Body> {
+    let Some(key) =
+        request.headers().get(header::SEC_WEBSOCKET_KEY).map(|key| key.as_bytes().to_vec())
+    else {
+        return respond(400, &json!({"error": "not a websocket request"}));
+    };
+    let upgrading = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrading.await else { return };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = websocket_session(socket, shared) => {}
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = header::HeaderValue::from_str(&derive_accept_key(&key)) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+async fn websocket_session<S>(mut socket: WebSocketStream<S>, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let id = loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let Ok(call) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                if call.get("method").and_then(Value::as_str) == Some("subscribe") {
+                    break call.get("id").cloned().unwrap_or(Value::Null);
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => return,
+        }
+    };
+    let ack = json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
+    if socket.send(Message::text(ack)).await.is_err() {
+        return;
+    }
+    let (generation, mut last) = shared.update(|state| {
+        state.subscriptions += 1;
+        (state.websocket_generation, state.tip)
+    });
+    loop {
+        let changed = shared.changed.notified();
+        let frames = {
+            let state = lock(&shared.state);
+            if state.websocket_generation != generation {
+                return;
+            }
+            let frames: Vec<String> = (last + 1..=state.tip)
+                .filter(|height| !state.stalled && !state.skipped.contains(height))
+                .map(|height| new_block_frame(&state.chain_id, height))
+                .collect();
+            last = state.tip;
+            frames
+        };
+        for frame in frames {
+            if socket.send(Message::text(frame)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = changed => {}
+            incoming = socket.next() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

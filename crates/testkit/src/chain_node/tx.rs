@@ -1,0 +1,243 @@
+//! The fake's `broadcast_tx_sync`: decodes a signed transaction, checks it as the chain's ante
+//! handler and the `inference` module would, and applies it. Its message types are written here
+//! from the module's `tx.proto`, independently of the adapter's.
+
+use base64::Engine as _;
+use cosmrs::proto::cosmos::{
+    authz::v1beta1::MsgExec,
+    crypto::secp256k1::PubKey,
+    tx::v1beta1::{AuthInfo, SignDoc, TxBody, TxRaw},
+};
+use prost::Message as _;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{State, Submitted, SubmittedMsg};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Decimal {
+    #[prost(int64, tag = "1")]
+    value: i64,
+    #[prost(int32, tag = "2")]
+    exponent: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MsgValidation {
+    #[prost(string, tag = "1")]
+    creator: String,
+    #[prost(string, tag = "2")]
+    id: String,
+    #[prost(string, tag = "3")]
+    inference_id: String,
+    #[prost(string, tag = "4")]
+    response_payload: String,
+    #[prost(string, tag = "5")]
+    response_hash: String,
+    #[prost(double, tag = "6")]
+    value: f64,
+    #[prost(bool, tag = "7")]
+    revalidation: bool,
+    #[prost(message, optional, tag = "8")]
+    value_decimal: Option<Decimal>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MsgClaimRewards {
+    #[prost(string, tag = "1")]
+    creator: String,
+    #[prost(int64, tag = "2")]
+    seed: i64,
+    #[prost(uint64, tag = "3")]
+    epoch_index: u64,
+}
+
+/// ABCI code and codespace of `ErrDuplicateValidation`.
+pub(super) const DUPLICATE: (u32, &str) = (1143, "inference");
+
+struct Rejection {
+    code: u32,
+    codespace: &'static str,
+    log: String,
+}
+
+fn reject(code: u32, codespace: &'static str, log: impl Into<String>) -> Rejection {
+    Rejection { code, codespace, log: log.into() }
+}
+
+/// The `broadcast_tx_sync` result for `tx` (base64), applying it to `state` when accepted.
+pub(super) fn broadcast(state: &mut State, encoded: &str) -> Value {
+    let hash = match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(bytes) => {
+            let hash = hex_upper(&Sha256::digest(&bytes));
+            match check_and_apply(state, &bytes, &hash) {
+                Ok(()) => {
+                    return json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash})
+                }
+                Err(rejection) => {
+                    return json!({"code": rejection.code, "data": "", "log": rejection.log,
+                        "codespace": rejection.codespace, "hash": hash})
+                }
+            }
+        }
+        Err(_) => String::new(),
+    };
+    json!({"code": 2, "data": "", "log": "tx parse error", "codespace": "sdk", "hash": hash})
+}
+
+fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Rejection> {
+    let parse = |what: &str| reject(2, "sdk", format!("tx parse error: {what}"));
+    let raw = TxRaw::decode(bytes).map_err(|_| parse("raw"))?;
+    let body = TxBody::decode(raw.body_bytes.as_slice()).map_err(|_| parse("body"))?;
+    let auth_info =
+        AuthInfo::decode(raw.auth_info_bytes.as_slice()).map_err(|_| parse("auth info"))?;
+    let [signer_info] = auth_info.signer_infos.as_slice() else {
+        return Err(reject(4, "sdk", "expected exactly one signer"));
+    };
+    let [signature] = raw.signatures.as_slice() else {
+        return Err(reject(4, "sdk", "expected exactly one signature"));
+    };
+    let key = signer_info
+        .public_key
+        .as_ref()
+        .filter(|any| any.type_url == "/cosmos.crypto.secp256k1.PubKey")
+        .and_then(|any| PubKey::decode(any.value.as_slice()).ok())
+        .ok_or_else(|| reject(4, "sdk", "missing secp256k1 public key"))?
+        .key;
+    let signer = chain_source::tx::address_of(&key, &state.prefix)
+        .map_err(|_| reject(4, "sdk", "bad public key"))?;
+    let account = state
+        .accounts
+        .get(&signer)
+        .cloned()
+        .ok_or_else(|| reject(9, "sdk", format!("account {signer} not found")))?;
+    if !account.public_key.is_empty() && account.public_key != key {
+        return Err(reject(4, "sdk", "pubKey does not match signer address"));
+    }
+    let sign_doc = SignDoc {
+        body_bytes: raw.body_bytes.clone(),
+        auth_info_bytes: raw.auth_info_bytes.clone(),
+        chain_id: state.chain_id.clone(),
+        account_number: account.number,
+    };
+    if !chain_source::signer::verify(&key, &sign_doc.encode_to_vec(), signature) {
+        return Err(reject(4, "sdk", "signature verification failed; please verify account number and chain-id: unauthorized"));
+    }
+    if signer_info.sequence != account.sequence {
+        return Err(reject(
+            32,
+            "sdk",
+            format!(
+                "account sequence mismatch, expected {}, got {}: incorrect account sequence",
+                account.sequence, signer_info.sequence
+            ),
+        ));
+    }
+    let mut messages = Vec::new();
+    for any in &body.messages {
+        if any.type_url == "/cosmos.authz.v1beta1.MsgExec" {
+            let exec = MsgExec::decode(any.value.as_slice()).map_err(|_| parse("MsgExec"))?;
+            if exec.grantee != signer {
+                return Err(reject(4, "sdk", "MsgExec grantee is not the signer"));
+            }
+            for inner in &exec.msgs {
+                let msg = decode_msg(&inner.type_url, &inner.value)?;
+                let granted = state.grants.iter().any(|(granter, grantee, type_url)| {
+                    granter == msg.creator() && grantee == &signer && type_url == &inner.type_url
+                });
+                if !granted {
+                    return Err(reject(2, "authz", "authorization not found"));
+                }
+                messages.push((msg, true));
+            }
+        } else {
+            let msg = decode_msg(&any.type_url, &any.value)?;
+            if msg.creator() != signer {
+                return Err(reject(4, "sdk", "creator is not the signer"));
+            }
+            messages.push((msg, false));
+        }
+    }
+    let mut validated = Vec::new();
+    for (msg, _) in &messages {
+        if let SubmittedMsg::Validation {
+            creator,
+            inference_id,
+            revalidation,
+            response_payload,
+            ..
+        } = msg
+        {
+            let inference = state
+                .inferences
+                .get(inference_id)
+                .ok_or_else(|| reject(1102, "inference", "inference with id not found"))?;
+            if !response_payload.is_empty() {
+                return Err(reject(1152, "inference", "validation response payload is deprecated"));
+            }
+            if !revalidation {
+                let key = (creator.clone(), inference.epoch_id);
+                let already =
+                    state.validated.get(&key).is_some_and(|ids| ids.contains(inference_id))
+                        || validated.contains(&(key.clone(), inference_id.clone()));
+                if already {
+                    return Err(reject(
+                        DUPLICATE.0,
+                        DUPLICATE.1,
+                        "participant has already validated this inference",
+                    ));
+                }
+                validated.push((key, inference_id.clone()));
+            }
+        }
+    }
+    for (key, id) in validated {
+        state.validated.entry(key).or_default().insert(id);
+    }
+    if let Some(account) = state.accounts.get_mut(&signer) {
+        account.sequence += 1;
+    }
+    for (msg, via_exec) in messages {
+        state.submitted.push(Submitted {
+            signer: signer.clone(),
+            via_exec,
+            sequence: signer_info.sequence,
+            tx_hash: hash.to_owned(),
+            msg,
+        });
+    }
+    Ok(())
+}
+
+fn decode_msg(type_url: &str, value: &[u8]) -> Result<SubmittedMsg, Rejection> {
+    match type_url {
+        "/inference.inference.MsgValidation" => {
+            let msg =
+                MsgValidation::decode(value).map_err(|_| reject(2, "sdk", "bad MsgValidation"))?;
+            Ok(SubmittedMsg::Validation {
+                creator: msg.creator,
+                id: msg.id,
+                inference_id: msg.inference_id,
+                response_payload: msg.response_payload,
+                response_hash: msg.response_hash,
+                value: msg.value,
+                revalidation: msg.revalidation,
+                value_decimal: msg.value_decimal.map(|decimal| (decimal.value, decimal.exponent)),
+            })
+        }
+        "/inference.inference.MsgClaimRewards" => {
+            let msg = MsgClaimRewards::decode(value)
+                .map_err(|_| reject(2, "sdk", "bad MsgClaimRewards"))?;
+            Ok(SubmittedMsg::ClaimRewards {
+                creator: msg.creator,
+                seed: msg.seed,
+                epoch_index: msg.epoch_index,
+            })
+        }
+        other => Err(reject(6, "sdk", format!("unrecognized message type {other}"))),
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
+}

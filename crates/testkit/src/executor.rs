@@ -1,0 +1,700 @@
+//! [`FakeExecutor`]: the executor side of the payload endpoint (DOMAIN.md 2.3, 6.1) over real
+//! HTTP on loopback, and [`StaticDirectory`], an in-memory [`ExecutorDirectory`].
+//!
+//! The fake answers `GET …/v1/inference/payloads?inference_id=…` as an executor's API node does:
+//! it requires the four headers (400, or 401 for `Authorization`), refuses timestamps older than
+//! 60 s or more than 10 s ahead (400), checks the requester's signature over the inference's
+//! real epoch (not the header's) against the requester's registered keys (401), looks the
+//! payloads up under that epoch, then epoch-1, then epoch+1 (404 when absent), and signs its
+//! answer with the executor key. Scripted [`ExecutorReply`]s, per inference id or for the next
+//! requests, make it serve tampered payloads, foreign signatures, errors, stalls, oversize
+//! bodies or redirects.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chain_source::{
+    payloads::{
+        hash,
+        wire::{self, PayloadResponse},
+    },
+    signer, ExecutorDirectory, Signer,
+};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, StreamBody};
+use hyper::{
+    body::{Frame, Incoming},
+    header, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use validator_core::{
+    ports::{
+        chain::{Inference, InferenceStatus},
+        payload_source::Payloads,
+    },
+    testing::{payloads_for, MODEL},
+};
+
+/// Oldest request timestamp the executor accepts (upstream: 60 s).
+pub const MAX_REQUEST_AGE: Duration = Duration::from_secs(60);
+
+/// Furthest a request timestamp may lie ahead (upstream: 10 s).
+pub const MAX_REQUEST_LEAD: Duration = Duration::from_secs(10);
+
+/// Size of the chunks of an oversize body.
+const FILLER_CHUNK: usize = 64 * 1024;
+
+static FILLER: [u8; FILLER_CHUNK] = [b' '; FILLER_CHUNK];
+
+/// Where the ML-node response fixtures live.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/ml-node/");
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A scripted answer to one authorised payload request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorReply {
+    /// The stored payloads, signed (what unscripted requests get).
+    Serve,
+    /// The stored payloads with one byte of the prompt flipped, signed as served.
+    FlipPrompt,
+    /// The stored payloads with one byte of the response flipped, signed as served.
+    FlipResponse,
+    /// The stored payloads signed by a key nobody registered.
+    UnrelatedSignature,
+    /// 404, as for an absent payload.
+    NotFound,
+    /// This status (500 if it is not a valid one) with a short text body.
+    Status(u16),
+    /// Never answers; the request stays in flight until the client goes away.
+    Hang,
+    /// 200 with `bytes` bytes of filler, in 64 KiB chunks, announced in `Content-Length` or
+    /// not (chunked).
+    Oversize {
+        /// Body length.
+        bytes: u64,
+        /// Whether the length is announced up front.
+        content_length: bool,
+    },
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// The on-chain commitment of stored payloads, as the chain's `Inference` record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnChainHashes {
+    /// SHA-256 hex of the canonical prompt.
+    pub prompt_hash: String,
+    /// SHA-256 hex of the response, plain or in the streamed form.
+    pub response_hash: String,
+}
+
+impl OnChainHashes {
+    /// The commitment of `payloads`.
+    ///
+    /// # Panics
+    ///
+    /// If a payload cannot be hashed; test payloads always can.
+    #[allow(clippy::expect_used)]
+    pub fn of(payloads: &Payloads) -> Self {
+        Self {
+            prompt_hash: hash::prompt_hash(&payloads.prompt).expect("the prompt is JSON"),
+            response_hash: hash::response_hash(&payloads.response).expect("the response is JSON"),
+        }
+    }
+}
+
+/// A request that reached the endpoint, with the status it was answered with (0 while pending
+/// or for a stall).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorRequest {
+    /// The path requested.
+    pub path: String,
+    /// The `inference_id` query parameter, decoded.
+    pub inference_id: Option<String>,
+    /// The request headers, names lowercase (the first value of each).
+    pub headers: BTreeMap<String, String>,
+    /// The status answered.
+    pub status: u16,
+}
+
+impl ExecutorRequest {
+    /// A header by its lowercase name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+struct Stored {
+    inference_epoch: u64,
+    storage_epoch: u64,
+    payloads: Payloads,
+}
+
+struct State {
+    signing_key: Signer,
+    stored: HashMap<String, Stored>,
+    requesters: HashMap<String, Vec<Vec<u8>>>,
+    scripted: HashMap<String, VecDeque<ExecutorReply>>,
+    next: VecDeque<ExecutorReply>,
+    requests: Vec<ExecutorRequest>,
+    disconnects: usize,
+}
+
+struct Shared {
+    address: String,
+    account_key: Signer,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        let result = change(&mut lock(&self.state));
+        self.changed.notify_waiters();
+        result
+    }
+
+    async fn wait_until(&self, condition: impl Fn(&State) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if condition(&lock(&self.state)) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// An executor's payload endpoint on `127.0.0.1` with an ephemeral port, serving until dropped.
+pub struct FakeExecutor {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _shutdown: DropGuard,
+}
+
+impl FakeExecutor {
+    /// Starts an executor with account `address` whose account key is `key`; it signs its
+    /// answers with that key until [`FakeExecutor::sign_with`] says otherwise.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound; see [`FakeExecutor::try_start`].
+    #[allow(clippy::expect_used)]
+    pub async fn start(address: &str, key: Signer) -> Self {
+        Self::try_start(address, key).await.expect("bind a loopback port for the fake executor")
+    }
+
+    /// Starts an executor, or says why no port could be bound.
+    pub async fn try_start(address: &str, key: Signer) -> io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            address: address.to_owned(),
+            account_key: key.clone(),
+            state: Mutex::new(State {
+                signing_key: key,
+                stored: HashMap::new(),
+                requesters: HashMap::new(),
+                scripted: HashMap::new(),
+                next: VecDeque::new(),
+                requests: Vec::new(),
+                disconnects: 0,
+            }),
+            changed: Notify::new(),
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
+        Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
+    }
+
+    /// The base URL, `http://127.0.0.1:{port}`: the executor's `inference_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The executor's account address.
+    pub fn address(&self) -> &str {
+        &self.shared.address
+    }
+
+    /// The executor's account key (compressed SEC1).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.shared.account_key.public_key()
+    }
+
+    /// Lets `requester` fetch payloads when its requests are signed by one of `keys` (its
+    /// account key and its grantees'); unregistered requesters get 401.
+    pub fn register_requester(&self, requester: &str, keys: Vec<Vec<u8>>) {
+        self.shared.update(|state| state.requesters.insert(requester.to_owned(), keys));
+    }
+
+    /// Signs answers with `key` from now on (a grantee's warm key, or an unrelated one).
+    pub fn sign_with(&self, key: Signer) {
+        self.shared.update(|state| state.signing_key = key);
+    }
+
+    /// Stores `payloads` for inference `id` of `epoch`, under that epoch, and returns their
+    /// on-chain commitment.
+    pub fn insert(&self, id: &str, epoch: u64, payloads: Payloads) -> OnChainHashes {
+        self.insert_at(id, epoch, epoch, payloads)
+    }
+
+    /// Stores `payloads` for inference `id` of `inference_epoch` under `storage_epoch` (an
+    /// executor that stored them at an epoch boundary).
+    pub fn insert_at(
+        &self,
+        id: &str,
+        inference_epoch: u64,
+        storage_epoch: u64,
+        payloads: Payloads,
+    ) -> OnChainHashes {
+        let hashes = OnChainHashes::of(&payloads);
+        let stored = Stored { inference_epoch, storage_epoch, payloads };
+        self.shared.update(|state| state.stored.insert(id.to_owned(), stored));
+        hashes
+    }
+
+    /// Stores the generated payloads of [`payloads_for`]`(id)`.
+    pub fn insert_generated(&self, id: &str, epoch: u64) -> OnChainHashes {
+        self.insert(id, epoch, payloads_for(id))
+    }
+
+    /// Forgets the payloads of `id`.
+    pub fn remove(&self, id: &str) {
+        self.shared.update(|state| state.stored.remove(id));
+    }
+
+    /// The commitment of the payloads stored for `id`.
+    pub fn hashes(&self, id: &str) -> Option<OnChainHashes> {
+        lock(&self.shared.state).stored.get(id).map(|stored| OnChainHashes::of(&stored.payloads))
+    }
+
+    /// The payloads stored for `id`.
+    pub fn payloads(&self, id: &str) -> Option<Payloads> {
+        lock(&self.shared.state).stored.get(id).map(|stored| stored.payloads.clone())
+    }
+
+    /// The chain's record of the stored inference `id`: finished, executed by this executor,
+    /// carrying the stored payloads' commitment, on the fakes' model.
+    pub fn inference(&self, id: &str) -> Option<Inference> {
+        let state = lock(&self.shared.state);
+        let stored = state.stored.get(id)?;
+        let hashes = OnChainHashes::of(&stored.payloads);
+        Some(Inference {
+            inference_id: id.into(),
+            model: MODEL.into(),
+            epoch_id: stored.inference_epoch,
+            executed_by: self.shared.address.clone(),
+            status: InferenceStatus::Finished,
+            prompt_hash: hashes.prompt_hash,
+            response_hash: hashes.response_hash,
+            prompt_payload: String::new(),
+            response_payload: String::new(),
+        })
+    }
+
+    /// Queues replies for the next authorised requests for inference `id`, one each, in order.
+    pub fn script(&self, id: &str, replies: impl IntoIterator<Item = ExecutorReply>) {
+        self.shared
+            .update(|state| state.scripted.entry(id.to_owned()).or_default().extend(replies));
+    }
+
+    /// Queues replies for the next authorised requests for an inference without replies of its
+    /// own.
+    pub fn script_next(&self, replies: impl IntoIterator<Item = ExecutorReply>) {
+        self.shared.update(|state| state.next.extend(replies));
+    }
+
+    /// Every request to the endpoint, in arrival order.
+    pub fn requests(&self) -> Vec<ExecutorRequest> {
+        lock(&self.shared.state).requests.clone()
+    }
+
+    /// Requests whose client went away before the answer was complete.
+    pub fn disconnects(&self) -> usize {
+        lock(&self.shared.state).disconnects
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_requests(&self, n: usize) {
+        self.shared.wait_until(|state| state.requests.len() >= n).await;
+    }
+
+    /// Waits until at least `n` clients went away mid-answer.
+    pub async fn wait_disconnects(&self, n: usize) {
+        self.shared.wait_until(|state| state.disconnects >= n).await;
+    }
+}
+
+/// The payloads of an executor that served a response fixture of `../shared/fixtures/ml-node`
+/// (`inference_response.json`, ...): the fixture's bytes as the response, and a chat request
+/// for the fixture's model, as the executor's API node rewrites it, as the prompt.
+pub fn fixture_payloads(name: &str) -> io::Result<Payloads> {
+    let response = std::fs::read(format!("{FIXTURES}{name}"))?;
+    let parsed: serde_json::Value = serde_json::from_slice(&response)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+    let model = parsed.get("model").and_then(serde_json::Value::as_str).unwrap_or(MODEL);
+    let prompt = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Answer from the context."},
+            {"role": "user", "content": "To whom did the Virgin Mary allegedly appear in 1858 in Lourdes France?"},
+        ],
+        "seed": 1_742_626_074,
+        "temperature": 0.6,
+        "logprobs": true,
+        "top_logprobs": 3,
+        "max_tokens": 100,
+        "max_completion_tokens": 100,
+        "skip_special_tokens": false,
+    });
+    Ok(Payloads { prompt: Bytes::from(prompt.to_string()), response: Bytes::from(response) })
+}
+
+// === StaticDirectory ===
+
+/// An executor's inference URL and signing keys.
+type DirectoryEntry = (String, Vec<Vec<u8>>);
+
+/// An in-memory [`ExecutorDirectory`]: executor address to inference URL and signing keys.
+/// Cloning shares the map.
+#[derive(Debug, Clone, Default)]
+pub struct StaticDirectory {
+    entries: Arc<Mutex<HashMap<String, DirectoryEntry>>>,
+}
+
+impl StaticDirectory {
+    /// An empty directory: every executor is unknown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `executor`'s inference URL and signing keys (its account key, then its grantees').
+    pub fn insert(&self, executor: &str, url: &str, keys: Vec<Vec<u8>>) {
+        lock(&self.entries).insert(executor.to_owned(), (url.to_owned(), keys));
+    }
+
+    /// Registers `fake` under its address, with its account key and `grantee_keys`.
+    pub fn add_executor(&self, fake: &FakeExecutor, grantee_keys: Vec<Vec<u8>>) {
+        let mut keys = vec![fake.public_key()];
+        keys.extend(grantee_keys);
+        self.insert(fake.address(), &fake.url(), keys);
+    }
+}
+
+#[async_trait]
+impl ExecutorDirectory for StaticDirectory {
+    async fn inference_url(&self, executor: &str) -> chain_source::Result<String> {
+        lock(&self.entries)
+            .get(executor)
+            .map(|(url, _)| url.clone())
+            .ok_or_else(|| chain_source::Error::NotFound(format!("participant {executor}")))
+    }
+
+    async fn signing_keys(&self, executor: &str) -> chain_source::Result<Vec<Vec<u8>>> {
+        lock(&self.entries)
+            .get(executor)
+            .map(|(_, keys)| keys.clone())
+            .ok_or_else(|| chain_source::Error::NotFound(format!("account {executor}")))
+    }
+}
+
+// === serving ===
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| handle(Arc::clone(&shared), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = connection => {}
+            }
+        });
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Counts the answer as abandoned by the client unless it was handed over in full.
+struct Answering {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Answering {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.update(|state| state.disconnects += 1);
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<Response<Body>> {
+    let path = request.uri().path().to_owned();
+    let inference_id = request.uri().query().and_then(|query| query_param(query, "inference_id"));
+    let headers: BTreeMap<String, String> = request
+        .headers()
+        .keys()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.as_str().to_owned(), value.to_owned()))
+        })
+        .collect();
+    let index = shared.update(|state| {
+        state.requests.push(ExecutorRequest {
+            path: path.clone(),
+            inference_id: inference_id.clone(),
+            headers: headers.clone(),
+            status: 0,
+        });
+        state.requests.len() - 1
+    });
+    let answering = Answering { shared: Arc::clone(&shared), finished: false };
+    let (response, hang) = answer(&shared, &path, inference_id.as_deref(), &headers);
+    if hang {
+        // Never completes; `answering` counts the disconnect when hyper drops this future.
+        std::future::pending::<()>().await;
+    }
+    let status = response.0.as_u16();
+    shared.update(|state| {
+        if let Some(request) = state.requests.get_mut(index) {
+            request.status = status;
+        }
+    });
+    Ok(build(response, answering))
+}
+
+/// What to answer: a status, a body plan and the content length to announce; and whether to
+/// stall instead.
+type Plan = (StatusCode, BodyPlan, Vec<(header::HeaderName, String)>);
+
+enum BodyPlan {
+    Whole(Bytes),
+    Filler { bytes: u64, content_length: bool },
+}
+
+fn text(status: StatusCode, message: &str) -> Plan {
+    (status, BodyPlan::Whole(Bytes::from(format!("{{\"message\":\"{message}\"}}"))), Vec::new())
+}
+
+fn answer(
+    shared: &Shared,
+    path: &str,
+    inference_id: Option<&str>,
+    headers: &BTreeMap<String, String>,
+) -> (Plan, bool) {
+    if !path.ends_with(&format!("/{}", wire::PAYLOADS_PATH)) {
+        return (text(StatusCode::NOT_FOUND, "not found"), false);
+    }
+    let header = |name: &str| headers.get(&name.to_ascii_lowercase()).filter(|v| !v.is_empty());
+    let Some(id) = inference_id.filter(|id| !id.is_empty()) else {
+        return (text(StatusCode::BAD_REQUEST, "inference_id required"), false);
+    };
+    let (Some(requester), Some(timestamp), Some(epoch)) = (
+        header(wire::HEADER_VALIDATOR_ADDRESS),
+        header(wire::HEADER_TIMESTAMP),
+        header(wire::HEADER_EPOCH_ID),
+    ) else {
+        return (text(StatusCode::BAD_REQUEST, "header required"), false);
+    };
+    let Some(signature) = header(wire::HEADER_AUTHORIZATION) else {
+        return (text(StatusCode::UNAUTHORIZED, "Authorization header required"), false);
+    };
+    let (Ok(timestamp), Ok(header_epoch)) = (timestamp.parse::<i64>(), epoch.parse::<u64>()) else {
+        return (text(StatusCode::BAD_REQUEST, "invalid header"), false);
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX));
+    let age = now.saturating_sub(timestamp);
+    if age > MAX_REQUEST_AGE.as_nanos() as i64 {
+        return (text(StatusCode::BAD_REQUEST, "request timestamp too old"), false);
+    }
+    if age < -(MAX_REQUEST_LEAD.as_nanos() as i64) {
+        return (text(StatusCode::BAD_REQUEST, "request timestamp in the future"), false);
+    }
+
+    let mut state = lock(&shared.state);
+    // The inference's real epoch authorises the request, whatever the header says.
+    let epoch = state.stored.get(id).map_or(header_epoch, |stored| stored.inference_epoch);
+    let Some(keys) = state.requesters.get(requester) else {
+        return (text(StatusCode::UNAUTHORIZED, "validator not found"), false);
+    };
+    let message = wire::request_signed_bytes(id, epoch, timestamp, requester);
+    let valid = wire::decode_base64(signature)
+        .is_some_and(|signature| keys.iter().any(|key| signer::verify(key, &message, &signature)));
+    if !valid {
+        return (text(StatusCode::UNAUTHORIZED, "invalid signature"), false);
+    }
+
+    let reply = match state.scripted.get_mut(id).and_then(VecDeque::pop_front) {
+        Some(reply) => reply,
+        None => state.next.pop_front().unwrap_or(ExecutorReply::Serve),
+    };
+    let found = state.stored.get(id).filter(|stored| {
+        let storage = stored.storage_epoch;
+        storage == epoch || Some(storage) == epoch.checked_sub(1) || storage == epoch + 1
+    });
+    let (mut prompt, mut response) = match (&reply, found) {
+        (ExecutorReply::Hang, _) => return (text(StatusCode::OK, ""), true),
+        (ExecutorReply::Status(status), _) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (text(status, "scripted status"), false);
+        }
+        (ExecutorReply::Oversize { bytes, content_length }, _) => {
+            let plan = BodyPlan::Filler { bytes: *bytes, content_length: *content_length };
+            return ((StatusCode::OK, plan, Vec::new()), false);
+        }
+        (ExecutorReply::Redirect(location), _) => {
+            let mut plan = text(StatusCode::FOUND, "moved");
+            plan.2.push((header::LOCATION, location.clone()));
+            return (plan, false);
+        }
+        (ExecutorReply::NotFound, _) | (_, None) => {
+            return (text(StatusCode::NOT_FOUND, "payload not found"), false)
+        }
+        (_, Some(stored)) => (stored.payloads.prompt.to_vec(), stored.payloads.response.to_vec()),
+    };
+    match reply {
+        ExecutorReply::FlipPrompt => flip(&mut prompt),
+        ExecutorReply::FlipResponse => flip(&mut response),
+        _ => {}
+    }
+    let key = match reply {
+        ExecutorReply::UnrelatedSignature => unrelated_key(),
+        _ => state.signing_key.clone(),
+    };
+    drop(state);
+    let message = wire::executor_signed_bytes(id, &prompt, &response, &shared.address);
+    let body = PayloadResponse {
+        inference_id: id.to_owned(),
+        prompt_payload: Bytes::from(prompt),
+        response_payload: Bytes::from(response),
+        executor_signature: wire::encode_base64(&key.sign(&message)),
+    };
+    match serde_json::to_vec(&body) {
+        Ok(json) => ((StatusCode::OK, BodyPlan::Whole(Bytes::from(json)), Vec::new()), false),
+        Err(_) => (text(StatusCode::INTERNAL_SERVER_ERROR, "failed to encode"), false),
+    }
+}
+
+/// Flips the low bit of the middle byte: the payload changes, its length does not.
+fn flip(bytes: &mut [u8]) {
+    let middle = bytes.len() / 2;
+    if let Some(byte) = bytes.get_mut(middle) {
+        *byte ^= 1;
+    }
+}
+
+/// A key no directory lists.
+#[allow(clippy::expect_used)]
+fn unrelated_key() -> Signer {
+    Signer::from_bytes(&[0x5a; 32]).expect("0x5a.. is below the curve order")
+}
+
+fn build(plan: Plan, mut answering: Answering) -> Response<Body> {
+    let (status, body, extra) = plan;
+    let (length, body) = match body {
+        BodyPlan::Whole(bytes) => {
+            answering.finish();
+            (
+                Some(bytes.len() as u64),
+                BodyExt::boxed_unsync(
+                    http_body_util::Full::new(bytes).map_err(|never| match never {}),
+                ),
+            )
+        }
+        BodyPlan::Filler { bytes, content_length } => {
+            let frames = futures_util::stream::unfold(
+                (bytes, answering),
+                |(left, mut answering)| async move {
+                    if left == 0 {
+                        answering.finish();
+                        return None;
+                    }
+                    let n = left.min(FILLER_CHUNK as u64);
+                    let frame = Frame::data(Bytes::from_static(&FILLER[..n as usize]));
+                    Some((Ok::<_, io::Error>(frame), (left - n, answering)))
+                },
+            );
+            (content_length.then_some(bytes), BodyExt::boxed_unsync(StreamBody::new(frames)))
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    }
+    for (name, value) in extra {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// The first value of `key` in a query string, `+` and `%XX` decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(name) == key).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+        match (bytes[i], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (byte, _) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
