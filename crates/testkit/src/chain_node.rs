@@ -19,7 +19,7 @@ use std::{
     convert::Infallible,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
 use base64::Engine as _;
@@ -47,10 +47,6 @@ mod tx;
 pub const CHAIN_ID: &str = "gonka-testnet";
 /// The bech32 prefix of the fake's addresses.
 pub const ADDRESS_PREFIX: &str = "gonka";
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// One event of a scripted transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,28 +175,7 @@ struct State {
     submitted: Vec<Submitted>,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Notify,
-}
-
-impl Shared {
-    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
-        let result = change(&mut lock(&self.state));
-        self.changed.notify_waiters();
-        result
-    }
-
-    async fn wait_until(&self, condition: impl Fn(&State) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            if condition(&lock(&self.state)) {
-                return;
-            }
-            changed.await;
-        }
-    }
-}
+type Shared = crate::watched::Watched<State>;
 
 /// A chain node on `127.0.0.1` with an ephemeral port, serving until dropped. Starts at height
 /// 1, epoch 1, with no accounts.
@@ -279,7 +254,7 @@ impl FakeChainNode {
 
     /// The next sequence of the account at `address`.
     pub fn sequence(&self, address: &str) -> Option<u64> {
-        lock(&self.shared.state).accounts.get(address).map(|account| account.sequence)
+        self.shared.lock().accounts.get(address).map(|account| account.sequence)
     }
 
     /// Lets `grantee` send messages of `type_url` for `granter` (authz).
@@ -377,7 +352,7 @@ impl FakeChainNode {
 
     /// The latest height.
     pub fn tip(&self) -> u64 {
-        lock(&self.shared.state).tip
+        self.shared.lock().tip
     }
 
     /// Forgets every height below `height` (pruning).
@@ -411,7 +386,7 @@ impl FakeChainNode {
 
     /// Subscriptions received so far.
     pub fn subscriptions(&self) -> usize {
-        lock(&self.shared.state).subscriptions
+        self.shared.lock().subscriptions
     }
 
     /// Waits until `n` subscriptions have been received.
@@ -421,12 +396,12 @@ impl FakeChainNode {
 
     /// The heights asked for through `block_results`, in order.
     pub fn block_results_requests(&self) -> Vec<u64> {
-        lock(&self.shared.state).block_results_requests.clone()
+        self.shared.lock().block_results_requests.clone()
     }
 
     /// Every accepted message, in order.
     pub fn submitted(&self) -> Vec<Submitted> {
-        lock(&self.shared.state).submitted.clone()
+        self.shared.lock().submitted.clone()
     }
 
     /// Waits until `n` messages have been accepted.
@@ -494,7 +469,7 @@ async fn handle(
             .filter_map(|pair| pair.split_once('='))
             .map(|(key, value)| (percent_decode(key, true), percent_decode(value, true)))
             .collect();
-        let (status, body) = rest::get(&lock(&shared.state), &segments, &query);
+        let (status, body) = rest::get(&shared.lock(), &segments, &query);
         return Ok(respond(status, &body));
     }
     let body = match request.into_body().collect().await {
@@ -510,7 +485,7 @@ async fn handle(
     let id = call.get("id").cloned().unwrap_or(Value::Null);
     let params = call.get("params").cloned().unwrap_or(Value::Null);
     let answer = match call.get("method").and_then(Value::as_str).unwrap_or("") {
-        "status" => Ok(status_json(&lock(&shared.state))),
+        "status" => Ok(status_json(&shared.lock())),
         "block_results" => block_results(&shared, &params),
         "broadcast_tx_sync" => {
             let tx = params.get("tx").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -709,7 +684,7 @@ where
     loop {
         let changed = shared.changed.notified();
         let frames = {
-            let state = lock(&shared.state);
+            let state = shared.lock();
             if state.websocket_generation != generation {
                 return;
             }

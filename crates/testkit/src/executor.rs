@@ -34,7 +34,9 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
+
+use crate::watched::Watched;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::{
     ports::{
@@ -155,26 +157,7 @@ struct State {
 struct Shared {
     address: String,
     account_key: Signer,
-    state: Mutex<State>,
-    changed: Notify,
-}
-
-impl Shared {
-    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
-        let result = change(&mut lock(&self.state));
-        self.changed.notify_waiters();
-        result
-    }
-
-    async fn wait_until(&self, condition: impl Fn(&State) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            if condition(&lock(&self.state)) {
-                return;
-            }
-            changed.await;
-        }
-    }
+    watched: Watched<State>,
 }
 
 /// An executor's payload endpoint on `127.0.0.1` with an ephemeral port, serving until dropped.
@@ -203,7 +186,7 @@ impl FakeExecutor {
         let shared = Arc::new(Shared {
             address: address.to_owned(),
             account_key: key.clone(),
-            state: Mutex::new(State {
+            watched: Watched::new(State {
                 signing_key: key,
                 stored: HashMap::new(),
                 requesters: HashMap::new(),
@@ -212,7 +195,6 @@ impl FakeExecutor {
                 requests: Vec::new(),
                 disconnects: 0,
             }),
-            changed: Notify::new(),
         });
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
@@ -242,12 +224,12 @@ impl FakeExecutor {
     /// Lets `requester` fetch payloads when its requests are signed by one of `keys` (its
     /// account key and its grantees'); unregistered requesters get 401.
     pub fn register_requester(&self, requester: &str, keys: Vec<Vec<u8>>) {
-        self.shared.update(|state| state.requesters.insert(requester.to_owned(), keys));
+        self.shared.watched.update(|state| state.requesters.insert(requester.to_owned(), keys));
     }
 
     /// Signs answers with `key` from now on (a grantee's warm key, or an unrelated one).
     pub fn sign_with(&self, key: Signer) {
-        self.shared.update(|state| state.signing_key = key);
+        self.shared.watched.update(|state| state.signing_key = key);
     }
 
     /// Stores `payloads` for inference `id` of `epoch`, under that epoch, and returns their
@@ -267,7 +249,7 @@ impl FakeExecutor {
     ) -> OnChainHashes {
         let hashes = OnChainHashes::of(&payloads);
         let stored = Stored { inference_epoch, storage_epoch, payloads };
-        self.shared.update(|state| state.stored.insert(id.to_owned(), stored));
+        self.shared.watched.update(|state| state.stored.insert(id.to_owned(), stored));
         hashes
     }
 
@@ -278,23 +260,23 @@ impl FakeExecutor {
 
     /// Forgets the payloads of `id`.
     pub fn remove(&self, id: &str) {
-        self.shared.update(|state| state.stored.remove(id));
+        self.shared.watched.update(|state| state.stored.remove(id));
     }
 
     /// The commitment of the payloads stored for `id`.
     pub fn hashes(&self, id: &str) -> Option<OnChainHashes> {
-        lock(&self.shared.state).stored.get(id).map(|stored| OnChainHashes::of(&stored.payloads))
+        self.shared.watched.lock().stored.get(id).map(|stored| OnChainHashes::of(&stored.payloads))
     }
 
     /// The payloads stored for `id`.
     pub fn payloads(&self, id: &str) -> Option<Payloads> {
-        lock(&self.shared.state).stored.get(id).map(|stored| stored.payloads.clone())
+        self.shared.watched.lock().stored.get(id).map(|stored| stored.payloads.clone())
     }
 
     /// The chain's record of the stored inference `id`: finished, executed by this executor,
     /// carrying the stored payloads' commitment, on the fakes' model.
     pub fn inference(&self, id: &str) -> Option<Inference> {
-        let state = lock(&self.shared.state);
+        let state = self.shared.watched.lock();
         let stored = state.stored.get(id)?;
         let hashes = OnChainHashes::of(&stored.payloads);
         Some(Inference {
@@ -313,33 +295,34 @@ impl FakeExecutor {
     /// Queues replies for the next authorised requests for inference `id`, one each, in order.
     pub fn script(&self, id: &str, replies: impl IntoIterator<Item = ExecutorReply>) {
         self.shared
+            .watched
             .update(|state| state.scripted.entry(id.to_owned()).or_default().extend(replies));
     }
 
     /// Queues replies for the next authorised requests for an inference without replies of its
     /// own.
     pub fn script_next(&self, replies: impl IntoIterator<Item = ExecutorReply>) {
-        self.shared.update(|state| state.next.extend(replies));
+        self.shared.watched.update(|state| state.next.extend(replies));
     }
 
     /// Every request to the endpoint, in arrival order.
     pub fn requests(&self) -> Vec<ExecutorRequest> {
-        lock(&self.shared.state).requests.clone()
+        self.shared.watched.lock().requests.clone()
     }
 
     /// Requests whose client went away before the answer was complete.
     pub fn disconnects(&self) -> usize {
-        lock(&self.shared.state).disconnects
+        self.shared.watched.lock().disconnects
     }
 
     /// Waits until at least `n` requests have arrived.
     pub async fn wait_requests(&self, n: usize) {
-        self.shared.wait_until(|state| state.requests.len() >= n).await;
+        self.shared.watched.wait_until(|state| state.requests.len() >= n).await;
     }
 
     /// Waits until at least `n` clients went away mid-answer.
     pub async fn wait_disconnects(&self, n: usize) {
-        self.shared.wait_until(|state| state.disconnects >= n).await;
+        self.shared.watched.wait_until(|state| state.disconnects >= n).await;
     }
 }
 
@@ -460,7 +443,7 @@ impl Answering {
 impl Drop for Answering {
     fn drop(&mut self) {
         if !self.finished {
-            self.shared.update(|state| state.disconnects += 1);
+            self.shared.watched.update(|state| state.disconnects += 1);
         }
     }
 }
@@ -476,7 +459,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
             Some((name.as_str().to_owned(), value.to_owned()))
         })
         .collect();
-    let index = shared.update(|state| {
+    let index = shared.watched.update(|state| {
         state.requests.push(ExecutorRequest {
             path: path.clone(),
             inference_id: inference_id.clone(),
@@ -492,7 +475,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
         std::future::pending::<()>().await;
     }
     let status = response.0.as_u16();
-    shared.update(|state| {
+    shared.watched.update(|state| {
         if let Some(request) = state.requests.get_mut(index) {
             request.status = status;
         }
@@ -550,7 +533,7 @@ fn answer(
         return (text(StatusCode::BAD_REQUEST, "request timestamp in the future"), false);
     }
 
-    let mut state = lock(&shared.state);
+    let mut state = shared.watched.lock();
     // The inference's real epoch authorises the request, whatever the header says.
     let epoch = state.stored.get(id).map_or(header_epoch, |stored| stored.inference_epoch);
     let Some(keys) = state.requesters.get(requester) else {

@@ -26,3 +26,5 @@ pub use ml_node::{FakeMlNode, Latency, RecordedRequest, Reply};
 pub mod fakes {
     pub use validator_core::testing::*;
 }
+
+mod watched;

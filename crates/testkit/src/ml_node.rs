@@ -10,7 +10,7 @@ use std::{
     collections::VecDeque,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -37,10 +37,6 @@ const COMPLETIONS_SUFFIX: &str = "/v1/chat/completions";
 const FILLER_CHUNK: usize = 64 * 1024;
 
 static FILLER: [u8; FILLER_CHUNK] = [b' '; FILLER_CHUNK];
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// How long the fake waits before it answers a chat-completion request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,28 +124,7 @@ struct State {
     service_total: Duration,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Notify,
-}
-
-impl Shared {
-    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
-        let result = change(&mut lock(&self.state));
-        self.changed.notify_waiters();
-        result
-    }
-
-    async fn wait_until(&self, condition: impl Fn(&State) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            if condition(&lock(&self.state)) {
-                return;
-            }
-            changed.await;
-        }
-    }
-}
+type Shared = crate::watched::Watched<State>;
 
 /// An ML node on `127.0.0.1` with an ephemeral port, serving until dropped.
 ///
@@ -230,33 +205,33 @@ impl FakeMlNode {
 
     /// Every request received, health checks aside, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.state).requests.clone()
+        self.shared.lock().requests.clone()
     }
 
     /// Health checks received.
     pub fn health_checks(&self) -> usize {
-        lock(&self.shared.state).health_checks
+        self.shared.lock().health_checks
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        lock(&self.shared.state).in_flight
+        self.shared.lock().in_flight
     }
 
     /// Most requests in flight at once.
     pub fn peak(&self) -> usize {
-        lock(&self.shared.state).peak
+        self.shared.lock().peak
     }
 
     /// Requests whose client went away before the answer was complete.
     pub fn disconnects(&self) -> usize {
-        lock(&self.shared.state).disconnects
+        self.shared.lock().disconnects
     }
 
     /// Mean time from arrival to the last byte of the answer over the requests answered in
     /// full; `None` before the first.
     pub fn mean_service_time(&self) -> Option<Duration> {
-        let state = lock(&self.shared.state);
+        let state = self.shared.lock();
         let completed = u32::try_from(state.completed).ok().filter(|n| *n > 0)?;
         Some(state.service_total / completed)
     }
