@@ -13,13 +13,11 @@ pub mod hash;
 pub mod wire;
 
 use std::{
-    error::Error as _,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use validator_core::ports::{
     chain::Inference,
@@ -30,13 +28,10 @@ use self::{
     guard::{Guard, GuardedResolver},
     wire::PayloadResponse,
 };
-use crate::{config::PayloadsConfig, signer, ExecutorDirectory, Signer};
+use crate::{config::PayloadsConfig, http, signer, ExecutorDirectory, Signer};
 
 /// How much of an error body goes into a [`PayloadError::Unavailable`] reason.
 const EXCERPT_BYTES: usize = 256;
-
-/// The most a body buffer reserves up front, whatever `Content-Length` claims.
-const MAX_PREALLOCATION: u64 = 1024 * 1024;
 
 /// Fetches payloads from executors over HTTP and verifies them against the executor's keys and
 /// the on-chain commitment.
@@ -147,7 +142,9 @@ impl HttpPayloadSource {
             let excerpt = excerpt(response).await;
             return Err(unavailable(format!("executor answered {status}: {excerpt}")));
         }
-        let body = read_capped(response, self.max_response_bytes).await?;
+        let body = http::read_capped(response, self.max_response_bytes)
+            .await
+            .map_err(|err| unavailable(err.to_string()))?;
         let keys = self
             .directory
             .signing_keys(executor)
@@ -244,27 +241,6 @@ fn unix_nanos() -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Reads the body up to `cap` bytes, refusing it as soon as it is known to be longer: from its
-/// `Content-Length` before reading anything, or from the chunk that crosses the cap. Returning
-/// early drops the response, which closes the connection instead of draining it.
-async fn read_capped(mut response: reqwest::Response, cap: u64) -> Result<Bytes, PayloadError> {
-    let too_large = || unavailable(format!("answer is larger than {cap} bytes"));
-    let announced = response.content_length();
-    if announced.is_some_and(|len| len > cap) {
-        return Err(too_large());
-    }
-    let reserve = announced.unwrap_or(0).min(MAX_PREALLOCATION);
-    let mut body = BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
-    while let Some(chunk) = response.chunk().await.map_err(from_reqwest)? {
-        let len = u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX);
-        if len > cap {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 /// The start of an error body, read no further than [`EXCERPT_BYTES`].
 async fn excerpt(mut response: reqwest::Response) -> String {
     let mut excerpt = Vec::new();
@@ -278,17 +254,9 @@ async fn excerpt(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&excerpt).trim().to_owned()
 }
 
+/// The crate's transport and size errors, as the port's retryable failure.
 fn from_reqwest(err: reqwest::Error) -> PayloadError {
-    // reqwest's own message names the URL; the cause (refused address, reset, closed early) is
-    // further down the source chain.
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    PayloadError::Unavailable(message)
+    unavailable(http::from_reqwest(err).to_string())
 }
 
 #[cfg(test)]

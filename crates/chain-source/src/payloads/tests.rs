@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 use validator_core::{ports::chain::InferenceStatus, testing::payloads_for};
 
+use bytes::Bytes;
 use k256::ecdsa::Signature;
 
 use super::*;
