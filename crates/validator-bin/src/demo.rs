@@ -1,201 +1,619 @@
-//! `validator demo`: a recovery backlog, live sampled validations arriving meanwhile, and a few
-//! revalidations, run by the real engine on in-memory fakes of the chain, the executors and the
-//! ML node. Retry back-offs are scaled down from minutes to milliseconds so it ends in seconds.
+//! `validator demo`: the real app (engine, chain client, payload source, node pool, ML client,
+//! event stream, admin API, metrics) against loopback fakes of a chain node, an executor and an
+//! ML node, all in this process.
+//!
+//! The fake chain holds a recovery backlog in the previous epoch (inferences carrying the
+//! executor's real payload hashes, this validator active and holding weight), then produces
+//! blocks carrying `inference_finished` events at `--live-rate` and a few `needs_revalidation`
+//! events. At the claim height the app's dispatcher detects the missed validations, recovers
+//! them, then claims; the demo ends when the claim is done and every live validation and
+//! revalidation has an outcome. Retry back-offs are scaled from minutes to milliseconds.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context};
+use chain_source::{events::MemoryHeightStore, query::EpochParams, Signer};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ml_client::NodeConfig;
+use serde_json::json;
+use testkit::{ExecutorReply, FakeChainNode, FakeExecutor, FakeMlNode, Latency, TxEvent};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use validator_core::{
-    ports::payload_source::PayloadError,
-    testing::{Fakes, MODEL},
-    Config, Engine, Lane, OutcomeKind, RecoveryStart, RetryPolicy,
+    ports::chain::EpochGroup, testing::MODEL, Lane, OutcomeCounts, OutcomeKind, RetryPolicy,
+    RunReport,
+};
+
+use crate::{
+    app::{App, ClaimRecord, Identity},
+    settings::Settings,
 };
 
 /// The demo's flags.
-pub(crate) struct Options {
-    backlog: usize,
-    slots: usize,
-    ml_latency: Duration,
-    live_rate: f64,
-    json: bool,
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// Missed validations waiting in the previous epoch.
+    #[arg(long, default_value_t = 2000)]
+    pub backlog: usize,
+    /// Engine slots (validations at once).
+    #[arg(long, default_value_t = 10)]
+    pub slots: usize,
+    /// The fake ML node's answer time, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub ml_latency_ms: u64,
+    /// Replay on this ML node (`http://host:port`, serving the fakes' model) instead of the
+    /// fake one.
+    #[arg(long)]
+    pub ml_node: Option<String>,
+    /// Bound of one replay, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub replay_timeout_ms: u64,
+    /// Live `inference_finished` events per second while the backlog drains.
+    #[arg(long, default_value_t = 50.0)]
+    pub live_rate: f64,
+    /// Keep serving the admin API and metrics after the demo, until SIGINT or SIGTERM.
+    #[arg(long)]
+    pub hold: bool,
+    /// Admin API address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_addr: SocketAddr,
+    /// Metrics address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+    /// Admin token file (default: a file in the system's temporary directory).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// No progress bars; one JSON line at the end.
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut options = Self {
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
             backlog: 2000,
             slots: 10,
-            ml_latency: Duration::from_millis(20),
+            ml_latency_ms: 20,
+            ml_node: None,
+            replay_timeout_ms: 5000,
             live_rate: 50.0,
+            hold: false,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token_file: None,
             json: false,
-        };
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--backlog" => options.backlog = value()?.parse().context("--backlog")?,
-                "--slots" => options.slots = value()?.parse().context("--slots")?,
-                "--ml-latency-ms" => {
-                    options.ml_latency =
-                        Duration::from_millis(value()?.parse().context("--ml-latency-ms")?);
-                }
-                "--live-rate" => options.live_rate = value()?.parse().context("--live-rate")?,
-                "--json" => options.json = true,
-                other => bail!("unknown flag `{other}`"),
-            }
         }
+    }
+}
+
+/// The epoch whose validations were missed.
+pub const BACKLOG_EPOCH: u64 = 9;
+/// The current epoch.
+pub const LIVE_EPOCH: u64 = 10;
+/// Disputed inferences every validator revalidates.
+pub const DISPUTED: usize = 5;
+/// Blocks between the start and the claim height.
+const CLAIM_AFTER_BLOCKS: i64 = 5;
+/// Time between two fake blocks.
+const BLOCK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The fakes the demo's app runs against.
+pub struct Scenario {
+    /// The fake chain node.
+    pub chain: FakeChainNode,
+    /// The fake executor serving the payloads.
+    pub executor: FakeExecutor,
+    /// The fake ML node, unless `--ml-node` named another.
+    pub ml: Option<FakeMlNode>,
+    /// This validator's account address.
+    pub address: String,
+    /// The executor's account address.
+    pub executor_address: String,
+}
+
+/// The demo's settings: fakes on loopback, back-offs scaled down.
+pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: bool) -> Settings {
+    let mut settings = Settings::default();
+    let replay_timeout = Duration::from_millis(options.replay_timeout_ms.max(1));
+    settings.core.slots = options.slots;
+    settings.core.payload_retry = RetryPolicy {
+        attempts: 10,
+        interval: Duration::from_millis(50),
+        jitter_min: Duration::from_millis(1),
+        jitter_max: Duration::from_millis(50),
+    };
+    settings.core.replay_retry = RetryPolicy::fixed(5, Duration::from_millis(100));
+    settings.core.submit_retry = RetryPolicy::fixed(5, Duration::from_millis(50));
+    settings.core.replay_timeout = replay_timeout;
+    settings.core.payload_timeout = Duration::from_secs(5);
+    settings.core.chain_timeout = Duration::from_secs(5);
+    let mut node = NodeConfig::new("demo-ml", ml_url, &[MODEL], options.slots);
+    node.max_concurrent = options.slots.max(1);
+    settings.ml.nodes = vec![node];
+    settings.ml.request_timeout = replay_timeout;
+    settings.ml.connect_timeout = replay_timeout.min(Duration::from_secs(2));
+    settings.ml.health.cooldown_base = Duration::from_millis(100);
+    settings.ml.health.cooldown_max = Duration::from_millis(500);
+    if fake_ml {
+        settings.ml.health.probe_path = Some(testkit::ml_node::HEALTH_PATH.into());
+        settings.ml.health.probe_interval = Duration::from_millis(500);
+    }
+    settings.chain.events.rpc_url = chain_url.into();
+    settings.chain.events.reconnect_base = Duration::from_millis(50);
+    settings.chain.events.reconnect_max = Duration::from_millis(500);
+    settings.chain.query.url = chain_url.into();
+    settings.chain.tx.chain_id = testkit::chain_node::CHAIN_ID.into();
+    settings.chain.tx.address_prefix = testkit::chain_node::ADDRESS_PREFIX.into();
+    settings.chain.payloads.allow = vec!["127.0.0.0/8".into()];
+    settings.admin.listen = options.admin_addr;
+    settings.metrics.listen = options.metrics_addr;
+    settings.metrics.refresh_interval = Duration::from_millis(500);
+    let dir = std::env::temp_dir().join(format!("validator-demo-{}", std::process::id()));
+    settings.admin.token_file =
+        Some(options.admin_token_file.clone().unwrap_or_else(|| dir.join("admin.token")));
+    settings.data_dir = dir;
+    settings
+}
+
+impl Scenario {
+    /// Starts the fakes, scripts the epochs and the backlog, and builds the app on them (bound,
+    /// not yet running).
+    pub async fn build(options: &DemoOptions) -> anyhow::Result<(Self, App)> {
         if options.slots == 0 {
             bail!("--slots must be at least 1");
         }
-        if !(options.live_rate >= 0.0 && options.live_rate.is_finite()) {
-            bail!("--live-rate must be a non-negative number");
+        let chain = FakeChainNode::try_start().await.context("starting the fake chain node")?;
+        let validator_key = Signer::from_bytes(&[0x11; 32])?;
+        let address = chain.add_key(&validator_key.public_key());
+        let executor_key = Signer::from_bytes(&[0x22; 32])?;
+        let executor_address = chain.add_key(&executor_key.public_key());
+        let executor = FakeExecutor::try_start(&executor_address, executor_key)
+            .await
+            .context("starting the fake executor")?;
+        chain.set_participant(&executor_address, &executor.url());
+        executor.register_requester(&address, vec![validator_key.public_key()]);
+
+        // Delays are 0 below height 500, so the claim comes exactly at the claim-money height.
+        let params = EpochParams {
+            epoch_length: 100_000,
+            epoch_shift: 0,
+            poc_stage_duration: 1,
+            poc_validation_delay: 0,
+            poc_validation_duration: 1,
+            set_new_validators_delay: 0,
+            inference_validation_cutoff: 0,
+        };
+        let poc_start = i64::try_from(chain.tip()).unwrap_or(1) + CLAIM_AFTER_BLOCKS - 3;
+        chain.set_epoch(LIVE_EPOCH, poc_start, params);
+        for epoch in [BACKLOG_EPOCH, LIVE_EPOCH] {
+            let parent = EpochGroup {
+                epoch_index: epoch,
+                model: String::new(),
+                sub_group_models: vec![MODEL.into()],
+                validation_weights: vec![address.clone()],
+                has_model_snapshot: false,
+            };
+            chain.set_epoch_group(EpochGroup {
+                model: MODEL.into(),
+                has_model_snapshot: true,
+                ..parent.clone()
+            });
+            chain.set_epoch_group(parent);
         }
-        Ok(options)
+        for i in 0..options.backlog {
+            let id = format!("backlog-{i:06}");
+            add_inference(&chain, &executor, &id, BACKLOG_EPOCH)?;
+            // One executor in twenty is briefly unreachable: its first fetch fails and is retried.
+            if i % 20 == 7 {
+                executor.script(&id, [ExecutorReply::Status(503)]);
+            }
+        }
+        // Validations already on chain: detection leaves them out.
+        let validated: Vec<String> =
+            (0..options.backlog / 20).map(|i| format!("validated-{i:06}")).collect();
+        for id in &validated {
+            add_inference(&chain, &executor, id, BACKLOG_EPOCH)?;
+        }
+        let validated: Vec<&str> = validated.iter().map(String::as_str).collect();
+        chain.set_validated(&address, BACKLOG_EPOCH, &validated);
+        for i in 0..DISPUTED {
+            add_inference(&chain, &executor, &format!("disputed-{i}"), LIVE_EPOCH)?;
+        }
+
+        let (ml, ml_url) = match &options.ml_node {
+            Some(url) => (None, url.clone()),
+            None => {
+                let ml = FakeMlNode::try_start().await.context("starting the fake ML node")?;
+                ml.set_latency(Latency::Fixed(Duration::from_millis(options.ml_latency_ms)));
+                let url = ml.url();
+                (Some(ml), url)
+            }
+        };
+        let settings = settings(options, &chain.url(), &ml_url, ml.is_some());
+        settings.validate()?;
+        let identity = Identity { account_address: address.clone(), signer: validator_key };
+        let heights = Arc::new(MemoryHeightStore::new(Some(chain.tip())));
+        let app = App::build(settings, identity, heights).await?;
+        Ok((Self { chain, executor, ml, address, executor_address }, app))
     }
 }
 
-const BACKLOG_EPOCH: u64 = 9;
-const LIVE_EPOCH: u64 = 10;
-const DISPUTED: usize = 5;
+fn add_inference(
+    chain: &FakeChainNode,
+    executor: &FakeExecutor,
+    id: &str,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    chain.add_inference(id, epoch, executor.address());
+    executor.insert_generated(id, epoch);
+    let record = executor.inference(id).context("the executor lost a stored inference")?;
+    chain.put_inference(record);
+    Ok(())
+}
 
-pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let fakes = Fakes::new(options.ml_latency, options.slots);
-    fakes.chain.set_epoch_models(BACKLOG_EPOCH, &[MODEL]);
-    for i in 0..options.backlog {
-        let id = format!("backlog-{i:06}");
-        fakes.chain.add_inference(&id, BACKLOG_EPOCH);
-        // One in twenty executors is briefly unreachable: its first fetch fails and is retried.
-        if i % 20 == 0 {
-            fakes.payloads.script(&id, [PayloadError::Unavailable("connection refused".into())]);
-        }
-    }
-    let config = Config {
-        slots: options.slots,
-        payload_retry: RetryPolicy {
-            interval: Duration::from_millis(50),
-            jitter_min: Duration::from_millis(1),
-            jitter_max: Duration::from_millis(50),
-            ..RetryPolicy::payload_default()
-        },
-        replay_retry: RetryPolicy::fixed(5, Duration::from_millis(100)),
-        submit_retry: RetryPolicy::fixed(5, Duration::from_millis(50)),
-        ..Config::default()
-    };
-    let engine = Engine::start(config, fakes.ports())?;
-    let mut outcomes = engine.outcomes();
-    let started = Instant::now();
-    let RecoveryStart::Started(run) = engine.recover(BACKLOG_EPOCH, 7)? else {
-        bail!("a recovery run was already going");
-    };
-    let mut live =
-        tokio::spawn(feed_live(engine.clone(), fakes.clone(), options.live_rate, run.clone()));
-    for i in 0..DISPUTED {
-        let id = format!("disputed-{i}");
-        fakes.chain.add_inference(&id, LIVE_EPOCH);
-        engine.revalidate(id.into())?;
-    }
-
-    // Every sampled id is chosen (the fakes make p = 1), so the demo ends when the backlog, the
-    // live ids sent and the revalidations all have an outcome.
-    let mut live_waits = Vec::new();
-    let (mut finished, mut live_sent) = (0, None);
-    while live_sent.is_none_or(|sent| finished < options.backlog + sent + DISPUTED) {
+/// Produces a block every [`BLOCK_INTERVAL`]: live finished inferences at `rate` per second
+/// until `stop_live`, and one disputed inference per block for the first blocks.
+async fn produce_blocks(
+    chain: Arc<FakeChainNode>,
+    executor: Arc<FakeExecutor>,
+    rate: f64,
+    live_sent: Arc<AtomicUsize>,
+    disputed_sent: Arc<AtomicUsize>,
+    stop_live: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(BLOCK_INTERVAL);
+    let mut owed = 0.0;
+    let mut block = 0usize;
+    loop {
         tokio::select! {
-            event = outcomes.recv() => {
-                let event = event.context("outcome stream")?;
-                if event.lane == Lane::Live {
-                    live_waits.push(event.wait.unwrap_or_default());
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        block += 1;
+        let mut txs = Vec::new();
+        if !stop_live.is_cancelled() && rate > 0.0 {
+            owed += rate * BLOCK_INTERVAL.as_secs_f64();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let id = format!("live-{:06}", live_sent.load(Ordering::Relaxed));
+                if add_inference(&chain, &executor, &id, LIVE_EPOCH).is_err() {
+                    continue;
                 }
-                finished += 1;
+                txs.push(vec![TxEvent::inference_finished(&id)]);
+                live_sent.fetch_add(1, Ordering::Relaxed);
             }
-            sent = &mut live, if live_sent.is_none() => live_sent = Some(sent.context("live feeder")?),
+        }
+        let disputed = disputed_sent.load(Ordering::Relaxed);
+        if block % 3 == 0 && disputed < DISPUTED {
+            let id = format!("disputed-{disputed}");
+            txs.push(vec![TxEvent::inference_validation(&id, "gonka1othervalidator", true)]);
+            disputed_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        chain.produce_block(txs);
+    }
+}
+
+struct Bars {
+    recovery: ProgressBar,
+    live: ProgressBar,
+    revalidation: ProgressBar,
+}
+
+impl Bars {
+    fn new(backlog: usize, visible: bool) -> Self {
+        let multi = MultiProgress::with_draw_target(if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let style = ProgressStyle::with_template("{prefix:>13} [{bar:40}] {pos:>5}/{len:5} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = |name: &str, len: usize| {
+            let bar = multi.add(ProgressBar::new(len as u64).with_style(style.clone()));
+            bar.set_prefix(name.to_owned());
+            bar
+        };
+        Self {
+            recovery: bar("recovery", backlog),
+            live: bar("live", 0),
+            revalidation: bar("revalidation", DISPUTED),
         }
     }
-    let report = run.wait().await;
-    let live_sent = live_sent.unwrap_or_default();
+
+    fn finish(&self) {
+        for bar in [&self.recovery, &self.live, &self.revalidation] {
+            bar.finish();
+        }
+    }
+}
+
+/// Runs the demo to its end (and, with `--hold`, until SIGINT or SIGTERM).
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let (scenario, app) = Scenario::build(&options).await?;
+    let Scenario { chain, executor, ml, .. } = scenario;
+    let chain = Arc::new(chain);
+    let executor = Arc::new(executor);
+    let handle = app.handle();
+    let signalled = CancellationToken::new();
+    let signal = crate::signal::shutdown();
+    {
+        let signalled = signalled.clone();
+        tokio::spawn(async move {
+            signal.await;
+            signalled.cancel();
+        });
+    }
+    let listening = json!({
+        "event": "listening",
+        "admin_addr": handle.admin_addr.to_string(),
+        "metrics_addr": handle.metrics_addr.to_string(),
+        "admin_token": &*handle.token,
+        "admin_token_file": handle.token_file.display().to_string(),
+    });
+    if options.json {
+        println!("{listening}");
+    } else {
+        println!("validator demo: loopback fakes of a chain node, an executor and an ML node; retry back-offs scaled from minutes to milliseconds");
+        println!(
+            "  admin API  http://{}  (token {} , kept in {})",
+            handle.admin_addr,
+            handle.token,
+            handle.token_file.display()
+        );
+        println!("  metrics    http://{}/metrics", handle.metrics_addr);
+    }
+
+    let demo_done = CancellationToken::new();
+    let app_stop = {
+        let (signalled, demo_done) = (signalled.clone(), demo_done.clone());
+        async move {
+            tokio::select! {
+                () = signalled.cancelled() => {}
+                () = demo_done.cancelled() => {}
+            }
+        }
+    };
+    let mut outcomes = handle.engine.outcomes();
+    let mut claims = handle.claimer.subscribe();
+    let mut app_task = tokio::spawn(app.run(app_stop));
+    tokio::select! {
+        () = chain.wait_subscriptions(1) => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => bail!("the event source never subscribed to the fake chain"),
+        () = signalled.cancelled() => {}
+    }
+
+    let visible = !options.json && std::io::stderr().is_terminal();
+    let bars = Bars::new(options.backlog, visible);
+    let (live_sent, disputed_sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (stop_live, stop_blocks) = (CancellationToken::new(), CancellationToken::new());
+    let producer = tokio::spawn(produce_blocks(
+        Arc::clone(&chain),
+        Arc::clone(&executor),
+        options.live_rate,
+        Arc::clone(&live_sent),
+        Arc::clone(&disputed_sent),
+        stop_live.clone(),
+        stop_blocks.clone(),
+    ));
+    let started = Instant::now();
+    let mut recovery_elapsed = None;
+    let mut claim: Option<ClaimRecord> = None;
+    let mut done_by_lane = [0usize; 3];
+    let mut live_waits = Vec::new();
+    let mut interrupted = false;
+    let mut app_result = None;
+    let mut refresh = tokio::time::interval(Duration::from_millis(100));
+    let tail_bound = Duration::from_millis(options.replay_timeout_ms.saturating_mul(6))
+        + Duration::from_secs(10);
+    let mut tail_deadline = None;
+    loop {
+        tokio::select! {
+            event = outcomes.recv() => match event {
+                Ok(event) => {
+                    match event.lane {
+                        Lane::Recovery => bars.recovery.inc(1),
+                        Lane::Live => {
+                            bars.live.inc(1);
+                            live_waits.push(event.wait.unwrap_or_default());
+                        }
+                        Lane::Revalidation => bars.revalidation.inc(1),
+                    }
+                    done_by_lane[event.lane.index_for_demo()] += 1;
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+            changed = claims.changed() => {
+                if changed.is_err() { break; }
+                if let Some(record) = handle.claimer.records().into_iter().find(|r| r.epoch_index == BACKLOG_EPOCH) {
+                    recovery_elapsed = Some(started.elapsed());
+                    claim = Some(record);
+                    stop_live.cancel();
+                    tail_deadline = Some(tokio::time::Instant::now() + tail_bound);
+                }
+            }
+            _ = refresh.tick() => {
+                bars.live.set_length(live_sent.load(Ordering::Relaxed) as u64);
+                if let Some(run) = handle.engine.current_run() {
+                    bars.recovery.set_message(format!("run {} detected {}", run.id(), run.report().detected));
+                }
+                if tail_deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                    break;
+                }
+            }
+            () = signalled.cancelled() => { interrupted = true; break; }
+            result = &mut app_task => { app_result = Some(result); break; }
+        }
+        let live_done = done_by_lane[1] >= live_sent.load(Ordering::Relaxed);
+        let disputed_done =
+            done_by_lane[0] >= DISPUTED && disputed_sent.load(Ordering::Relaxed) >= DISPUTED;
+        if claim.is_some() && live_done && disputed_done {
+            break;
+        }
+    }
+    stop_live.cancel();
+    bars.finish();
     let elapsed = started.elapsed();
-    let status = engine.status();
-    engine.shutdown(Duration::from_secs(5)).await;
+    let status = handle.engine.status();
+    let run: Option<RunReport> = claim
+        .as_ref()
+        .and_then(|c| c.run.clone())
+        .or_else(|| handle.engine.runs().last().map(|run| run.report()));
+    let mean_replay = ml
+        .as_ref()
+        .and_then(FakeMlNode::mean_service_time)
+        .unwrap_or(Duration::from_millis(options.ml_latency_ms));
+    let recovery_elapsed = recovery_elapsed.unwrap_or(elapsed).as_secs_f64();
+    let ideal = options.backlog as f64 * mean_replay.as_secs_f64() / options.slots as f64;
     live_waits.sort();
     let percentile = |p: f64| -> f64 {
         let index = ((live_waits.len() as f64 - 1.0) * p).round().max(0.0) as usize;
         live_waits.get(index).map_or(0.0, Duration::as_secs_f64)
     };
-
-    // Ideal: every replay back to back on every slot, for all the work done.
-    let ideal = finished as f64 * options.ml_latency.as_secs_f64() / options.slots as f64;
-    let summary = serde_json::json!({
+    let peak = ml.as_ref().map_or(status.slots_peak, FakeMlNode::peak);
+    let terminal = run.as_ref().map_or(0, |run| run.outcomes.total());
+    let summary = json!({
         "backlog": options.backlog,
         "slots": options.slots,
-        "terminal": status.outcomes.total(),
+        "terminal": terminal,
+        "detected": run.as_ref().map_or(0, |run| run.detected),
         "outcomes": status.outcomes,
-        "recovery": report,
-        "live_sampled": live_sent,
-        "peak_in_flight": fakes.ml.peak(),
-        "elapsed_s": elapsed.as_secs_f64(),
+        "recovery_outcomes": run.as_ref().map(|run| run.outcomes),
+        "recovery_state": run.as_ref().map(|run| json!(run)["state"].clone()),
+        "live_sent": live_sent.load(Ordering::Relaxed),
+        "live_done": done_by_lane[1],
+        "revalidations_done": done_by_lane[0],
+        "claim_tx": claim.as_ref().and_then(|c| c.tx_hash.clone()),
+        "peak_in_flight": peak,
+        "peak_measured_at": if ml.is_some() { "fake ML node" } else { "engine slots" },
+        "elapsed_s": recovery_elapsed,
+        "total_s": elapsed.as_secs_f64(),
+        "mean_replay_s": mean_replay.as_secs_f64(),
         "ideal_s": ideal,
-        "efficiency": if elapsed.as_secs_f64() > 0.0 { ideal / elapsed.as_secs_f64() } else { 0.0 },
+        "efficiency": if recovery_elapsed > 0.0 { ideal / recovery_elapsed } else { 0.0 },
         "live_wait_p50_s": percentile(0.50),
         "live_wait_p99_s": percentile(0.99),
-        "dispatched": status.lanes.iter().map(|lane| (lane.lane.as_str(), lane.dispatched)).collect::<std::collections::BTreeMap<_, _>>(),
-        "note": "in-memory fakes; retry back-offs scaled from minutes to milliseconds",
+        "interrupted": interrupted,
+        "note": "loopback fakes; retry back-offs scaled from minutes to milliseconds",
     });
     if options.json {
         println!("{summary}");
     } else {
-        println!(
-            "validator demo: in-memory fakes, retry back-offs scaled from minutes to milliseconds"
+        print_table(
+            &options,
+            &summary,
+            &status.outcomes,
+            run.as_ref(),
+            peak,
+            ideal,
+            recovery_elapsed,
+            percentile(0.5),
+            percentile(0.99),
         );
-        println!(
-            "  backlog {} items, {} slots, ML latency {:?}",
-            options.backlog, options.slots, options.ml_latency
-        );
-        println!(
-            "  recovery run {}: {:?}, detected {}",
-            report.run_id, report.state, report.detected
-        );
-        for kind in OutcomeKind::ALL {
-            let n = status.outcomes.get(kind);
-            if n > 0 {
-                println!("  {:<28} {n}", kind.as_str());
-            }
+    }
+
+    if options.hold && !interrupted && app_result.is_none() {
+        if !options.json {
+            println!("holding: admin API and metrics stay up until SIGINT or SIGTERM");
         }
-        for lane in &status.lanes {
-            println!("  dispatched {:<14} {}", lane.lane.as_str(), lane.dispatched);
+        tokio::select! {
+            () = signalled.cancelled() => {}
+            result = &mut app_task => app_result = Some(result),
         }
-        println!("  peak in flight at the ML node {} of {} slots", fakes.ml.peak(), options.slots);
+    }
+    demo_done.cancel();
+    stop_blocks.cancel();
+    let _ = producer.await;
+    let stopped = match app_result {
+        Some(result) => result,
+        None => app_task.await,
+    };
+    let stopped = stopped.context("the app task")??;
+    if !options.json {
         println!(
-            "  elapsed {:.2} s, ideal {ideal:.2} s (all {finished} replays back to back on every slot)",
-            elapsed.as_secs_f64()
-        );
-        println!(
-            "  live wait for a slot: p50 {:.1} ms, p99 {:.1} ms ({live_sent} live validations)",
-            percentile(0.50) * 1e3,
-            percentile(0.99) * 1e3
+            "stopped ({}): {} queued and {} running validations cancelled, drained {}",
+            stopped.reason,
+            stopped.engine.cancelled_idle,
+            stopped.engine.running,
+            stopped.engine.drained
         );
     }
     Ok(())
 }
 
-/// Sends live `inference_finished` events at `rate` per second until the recovery run ends.
-async fn feed_live(
-    engine: Engine,
-    fakes: Fakes,
-    rate: f64,
-    run: validator_core::RunHandle,
-) -> usize {
-    if rate <= 0.0 {
-        return 0;
+#[allow(clippy::too_many_arguments)]
+fn print_table(
+    options: &DemoOptions,
+    summary: &serde_json::Value,
+    outcomes: &OutcomeCounts,
+    run: Option<&RunReport>,
+    peak: usize,
+    ideal: f64,
+    elapsed: f64,
+    p50: f64,
+    p99: f64,
+) {
+    println!();
+    println!(
+        "  backlog            {} missed validations, {} slots, ML latency {} ms",
+        options.backlog, options.slots, options.ml_latency_ms
+    );
+    if let Some(run) = run {
+        println!(
+            "  recovery run       {} of epoch {}: {} detected, {} terminal, {}",
+            run.run_id,
+            run.epoch,
+            run.detected,
+            run.outcomes.total(),
+            summary["recovery_state"]
+        );
     }
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut sent = 0;
-    while !run.report().state.is_final() {
-        tick.tick().await;
-        let id = format!("live-{sent:06}");
-        fakes.chain.add_inference(&id, LIVE_EPOCH);
-        if engine.sample(vec![id.into()]).is_ok() {
-            sent += 1;
+    println!("  claim              {}", summary["claim_tx"]);
+    println!("  outcomes (all lanes)");
+    let counts: BTreeMap<&str, u64> = OutcomeKind::ALL
+        .iter()
+        .map(|kind| (kind.as_str(), outcomes.get(*kind)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    for (kind, n) in counts {
+        println!("    {kind:<28} {n:>6}");
+    }
+    println!(
+        "  live               {} sent, {} done; revalidations {} done",
+        summary["live_sent"], summary["live_done"], summary["revalidations_done"]
+    );
+    println!(
+        "  peak in flight     {peak} of {} slots ({})",
+        options.slots,
+        summary["peak_measured_at"].as_str().unwrap_or_default()
+    );
+    println!("  elapsed            {elapsed:.2} s vs ideal {ideal:.2} s (backlog x mean replay {:.1} ms / slots): efficiency {:.0} %", summary["mean_replay_s"].as_f64().unwrap_or_default() * 1e3, if elapsed > 0.0 { ideal / elapsed * 100.0 } else { 0.0 });
+    println!("  live wait          p50 {:.1} ms, p99 {:.1} ms", p50 * 1e3, p99 * 1e3);
+    println!("  (retry back-offs scaled from minutes to milliseconds)");
+}
+
+trait LaneIndex {
+    fn index_for_demo(self) -> usize;
+}
+
+impl LaneIndex for Lane {
+    fn index_for_demo(self) -> usize {
+        match self {
+            Lane::Revalidation => 0,
+            Lane::Live => 1,
+            Lane::Recovery => 2,
         }
     }
-    sent
 }

@@ -1,36 +1,105 @@
-//! The `validator` binary. For now it has one subcommand, `demo`, which runs the real engine on
-//! in-memory fakes of the chain, the executors and the ML node.
+//! The `validator` binary: `run`, `check-config`, `demo` and `score`.
 
-mod demo;
+use std::{path::PathBuf, process::ExitCode};
 
-use std::process::ExitCode;
+use clap::{Parser, Subcommand};
+use tracing::info;
+use validator_bin::{
+    app, demo,
+    settings::{LogFormat, Settings},
+    signal, telemetry, EXIT_USAGE,
+};
+
+/// A validator node for a decentralized AI inference network.
+#[derive(Debug, Parser)]
+#[command(name = "validator", version)]
+struct Cli {
+    /// Log format; `RUST_LOG` sets the filter.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the node.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Prints the merged configuration (defaults, file, environment) as TOML.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Runs the whole system on loopback fakes.
+    Demo(demo::DemoOptions),
+    /// Scores two chat-completion JSON files and prints one JSON line.
+    Score {
+        /// The executor's response.
+        original: PathBuf,
+        /// Our ML node's response.
+        validation: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(64);
-    };
-    let result = match command.as_str() {
-        "demo" => demo::Options::parse(rest).and_then(|options| {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(demo::run(options))
-        }),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score { original, validation } => {
+            validator_bin::score::score_files(&original, &validation).map(|line| println!("{line}"))
         }
-        other => Err(anyhow::anyhow!("unknown command `{other}`\n{USAGE}")),
+        Command::CheckConfig { config } => match Settings::load(config.as_deref()) {
+            Ok(settings) => settings.to_toml().map(|text| print!("{text}")),
+            Err(err) => return usage(err),
+        },
+        Command::Demo(options) => {
+            telemetry::init_logs(cli.log_format.unwrap_or(LogFormat::Pretty), "warn");
+            runtime().and_then(|rt| rt.block_on(demo::run(options)))
+        }
+        Command::Run { config } => {
+            let settings = match Settings::load(Some(&config))
+                .and_then(|s| s.validate_for_run().map(|()| s))
+            {
+                Ok(settings) => settings,
+                Err(err) => return usage(err),
+            };
+            telemetry::init_logs(
+                cli.log_format.unwrap_or(settings.log.format),
+                &settings.log.filter,
+            );
+            runtime().and_then(|rt| rt.block_on(run(settings)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(64)
+            ExitCode::FAILURE
         }
     }
 }
 
-const USAGE: &str = "usage: validator demo [--backlog N] [--slots K] [--ml-latency-ms MS] [--live-rate PER_SEC] [--json]";
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let identity = app::Identity::load(&settings.identity)?;
+    let heights = app::FileHeightStore::new(settings.data_dir.join("last_height"))?;
+    let app = app::App::build(settings, identity, std::sync::Arc::new(heights)).await?;
+    let handle = app.handle();
+    println!("admin token: {} (kept in {})", handle.token, handle.token_file.display());
+    info!(admin = %handle.admin_addr, metrics = %handle.metrics_addr, "listening");
+    let stopped = app.run(signal::shutdown()).await?;
+    info!(reason = %stopped.reason, drained = stopped.engine.drained, "exiting");
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn usage(err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(EXIT_USAGE)
+}

@@ -1,0 +1,321 @@
+//! The admin API (axum), on its own listener (`127.0.0.1:9200` by default).
+//!
+//! Routes:
+//! - `GET  /healthz`: 200 while the process serves (no token);
+//! - `GET  /readyz`: 200 once the app runs and until shutdown begins, else 503 (no token);
+//! - `GET  /admin/v1/status`: engine status (slots, lanes, in flight, outcomes), ML node pool,
+//!   current recovery run, claimed epochs;
+//! - `POST /admin/v1/recovery`, optional body `{"epoch_index", "seed"}` (default: the previous
+//!   epoch and its seed): `202 {"run_id", "state": "started"}`, or
+//!   `409 {"run_id", "state": "already_running"}` naming the run going on;
+//! - `GET  /admin/v1/recovery/{run_id}`: the run's state and counts per outcome;
+//! - `POST /admin/v1/claim-reward/recover`, upstream's request `{"seed"?, "force_claim",
+//!   "epoch_index"?}` and response fields `{success, message, epoch_index, seed,
+//!   missed_validations, already_claimed, claim_executed}`. Unlike upstream it never holds the
+//!   request for the whole recovery: it starts (or joins) the run and waits at most
+//!   `admin.claim_wait`; if the run is still going it answers `202` with the run id and the
+//!   claim follows in the background when the run ends;
+//! - `POST /admin/v1/shutdown`: stops the node as a signal would; served only with
+//!   `admin.allow_shutdown`.
+//!
+//! Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`, compared in
+//! constant time. Bodies are capped at `admin.body_limit_bytes`. A caller's mistake is a 4xx
+//! with `{"error": ...}`, anything else a 500.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::mpsc;
+use validator_core::{Error as EngineError, RecoveryStart};
+
+use crate::app::AppHandle;
+
+/// What the admin routes work on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The running app.
+    pub app: AppHandle,
+    /// The readiness latch.
+    pub ready: Arc<AtomicBool>,
+    /// Where `POST /admin/v1/shutdown` sends its request; `None` leaves the route out.
+    pub shutdown: Option<mpsc::Sender<String>>,
+    /// How long the claim route waits for the recovery run.
+    pub claim_wait: Duration,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+}
+
+/// The admin router with every route, the token check and the body cap.
+pub fn router(state: AdminState) -> Router {
+    let mut protected = Router::new()
+        .route("/admin/v1/status", get(status))
+        .route("/admin/v1/recovery", post(start_recovery))
+        .route("/admin/v1/recovery/{run_id}", get(recovery_run))
+        .route("/admin/v1/claim-reward/recover", post(claim_reward_recover));
+    if state.shutdown.is_some() {
+        protected = protected.route("/admin/v1/shutdown", post(shutdown));
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .with_state(state)
+}
+
+/// A failed admin request.
+#[derive(Debug)]
+pub enum ApiError {
+    /// No or a wrong bearer token.
+    Unauthorized,
+    /// The request is malformed.
+    BadRequest(String),
+    /// The thing asked for does not exist.
+    NotFound(String),
+    /// The node is shutting down.
+    Unavailable(String),
+    /// Something went wrong on our side.
+    Internal(anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())
+            }
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, message),
+            ApiError::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
+            ApiError::Internal(err) => {
+                tracing::error!(err = %format!("{err:#}"), "admin request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+            }
+        };
+        let mut response = (status, Json(json!({"error": message}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn engine_error(err: EngineError) -> ApiError {
+    match err {
+        EngineError::ShuttingDown => ApiError::Unavailable(err.to_string()),
+        other => ApiError::Internal(other.into()),
+    }
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let expected = state.app.token.as_bytes();
+    if bool::from(given.as_bytes().ct_eq(expected)) && !expected.is_empty() {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Acquire) && state.app.engine.status().accepting {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response()
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let engine = state.app.engine.status();
+    Json(json!({
+        "current_run": engine.current_run,
+        "engine": engine,
+        "nodes": state.app.pool.status(),
+        "claims": state.app.claimer.records(),
+    }))
+}
+
+/// Parses an optional JSON body: empty means the type's default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("bad request body: {err}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryRequest {
+    epoch_index: Option<u64>,
+    seed: Option<i64>,
+}
+
+async fn start_recovery(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: RecoveryRequest = optional_body(&body)?;
+    let claimer = &state.app.claimer;
+    let epoch = match request.epoch_index {
+        Some(epoch) => epoch,
+        None => claimer.previous_epoch().await.map_err(ApiError::Internal)?,
+    };
+    let seed = request.seed.unwrap_or_else(|| claimer.seed(epoch));
+    let start = state.app.engine.recover(epoch, seed).map_err(engine_error)?;
+    let response = match &start {
+        RecoveryStart::Started(run) => {
+            tracing::info!(run_id = run.id(), epoch, "recovery started from the admin API");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"run_id": run.id(), "epoch_index": epoch, "state": "started"})),
+            )
+        }
+        RecoveryStart::AlreadyRunning(run) => (
+            StatusCode::CONFLICT,
+            Json(
+                json!({"run_id": run.id(), "epoch_index": run.report().epoch, "state": "already_running"}),
+            ),
+        ),
+    };
+    Ok(response.into_response())
+}
+
+async fn recovery_run(
+    State(state): State<AdminState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run_id: u64 = run_id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("run id `{run_id}` is not a number")))?;
+    let run = state
+        .app
+        .engine
+        .run(run_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no recent recovery run {run_id}")))?;
+    Ok(Json(json!(run.report())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClaimRequest {
+    seed: Option<i64>,
+    #[serde(default)]
+    force_claim: bool,
+    epoch_index: Option<u64>,
+}
+
+async fn claim_reward_recover(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ClaimRequest = optional_body(&body)?;
+    let claimer = &state.app.claimer;
+    let epoch = match request.epoch_index {
+        Some(epoch) => epoch,
+        None => claimer.previous_epoch().await.map_err(ApiError::Internal)?,
+    };
+    let seed = request.seed.unwrap_or_else(|| claimer.seed(epoch));
+    let answer = |status: StatusCode,
+                  success: bool,
+                  message: String,
+                  missed: u64,
+                  already: bool,
+                  executed: bool| {
+        (
+            status,
+            Json(json!({
+                "success": success,
+                "message": message,
+                "epoch_index": epoch,
+                "seed": seed,
+                "missed_validations": missed,
+                "already_claimed": already,
+                "claim_executed": executed,
+            })),
+        )
+            .into_response()
+    };
+    if claimer.is_claimed(epoch) && !request.force_claim {
+        return Ok(answer(
+            StatusCode::OK,
+            false,
+            "rewards already claimed for this epoch; set force_claim to claim again".into(),
+            0,
+            true,
+            false,
+        ));
+    }
+    if state.app.engine.is_stopped() {
+        return Err(ApiError::Unavailable("the engine is shutting down".into()));
+    }
+    let already = claimer.is_claimed(epoch);
+    let pending = claimer.spawn(epoch, seed);
+    match tokio::time::timeout(state.claim_wait, pending).await {
+        Ok(Ok(record)) => {
+            let missed = record.run.as_ref().map_or(0, |run| run.detected);
+            let message = match (&record.tx_hash, &record.error) {
+                (Some(hash), _) => format!("recovery done, rewards claimed in {hash}"),
+                (None, Some(err)) => format!("recovery done, claim failed: {err}"),
+                (None, None) => "recovery done, no claim sent".into(),
+            };
+            Ok(answer(StatusCode::OK, record.claimed(), message, missed, already, record.claimed()))
+        }
+        Ok(Err(_)) => Err(ApiError::Unavailable("the claim task ended without a result".into())),
+        Err(_) => {
+            let run = state.app.engine.current_run();
+            let (run_id, detected) =
+                run.map_or((None, 0), |run| (Some(run.id()), run.report().detected));
+            let message = match run_id {
+                Some(id) => {
+                    format!("recovery run {id} still going; the claim follows when it ends")
+                }
+                None => "recovery still going; the claim follows when it ends".into(),
+            };
+            let mut response =
+                answer(StatusCode::ACCEPTED, true, message, detected, already, false);
+            if let Some(id) = run_id {
+                response.headers_mut().insert("x-run-id", header::HeaderValue::from(id));
+            }
+            Ok(response)
+        }
+    }
+}
+
+async fn shutdown(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let Some(sender) = state.shutdown else {
+        return Err(ApiError::NotFound("shutdown is not enabled".into()));
+    };
+    let _ = sender.try_send("admin API request".into());
+    Ok((StatusCode::ACCEPTED, Json(json!({"state": "shutting_down"}))).into_response())
+}

@@ -1,0 +1,296 @@
+//! The node's settings: every crate's own `Config`, plus the binary's listeners, identity, data
+//! directory and logs.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, then environment variables
+//! prefixed `VALIDATOR_` with `__` between levels (`VALIDATOR_CORE__SLOTS=12` sets
+//! `core.slots`). Durations are whole milliseconds, as in every crate's `Config`.
+//!
+//! No secret lives in the settings: keys and the admin token are read from files whose paths
+//! are configured here, and those files' contents are never printed or logged.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+use validator_core::config::duration_ms;
+
+/// Everything the node is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Directory for the node's state: the last processed height and, unless
+    /// `admin.token_file` says otherwise, the admin token.
+    pub data_dir: PathBuf,
+    /// How long shutdown waits for in-flight work before giving up on it, in milliseconds.
+    #[serde(with = "duration_ms")]
+    pub shutdown_grace: Duration,
+    /// The validation engine.
+    pub core: validator_core::Config,
+    /// The ML nodes.
+    pub ml: ml_client::Config,
+    /// The chain node and executors.
+    pub chain: chain_source::Config,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// The Prometheus listener.
+    pub metrics: MetricsConfig,
+    /// Who this validator is.
+    pub identity: IdentityConfig,
+    /// Logs.
+    pub log: LogConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./validator-data"),
+            shutdown_grace: Duration::from_secs(10),
+            core: validator_core::Config::default(),
+            ml: ml_client::Config::default(),
+            chain: chain_source::Config::default(),
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
+            identity: IdentityConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address the admin API listens on.
+    pub listen: SocketAddr,
+    /// File holding the bearer token; generated (mode 0600) at first start. Unset means
+    /// `{data_dir}/admin.token`.
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long `POST /admin/v1/claim-reward/recover` waits for the recovery run before it
+    /// answers with the run id and leaves the claim to a background task, in milliseconds.
+    #[serde(with = "duration_ms")]
+    pub claim_wait: Duration,
+    /// Whether `POST /admin/v1/shutdown` is served (off by default).
+    pub allow_shutdown: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9200)),
+            token_file: None,
+            body_limit_bytes: 64 * 1024,
+            claim_wait: Duration::from_secs(30),
+            allow_shutdown: false,
+        }
+    }
+}
+
+/// The Prometheus listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address `GET /metrics` is served on.
+    pub listen: SocketAddr,
+    /// How often `validator_ml_node_up` is refreshed from the node pool, in milliseconds.
+    #[serde(with = "duration_ms")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            refresh_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who this validator is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The participant's bech32 account address.
+    pub account_address: String,
+    /// File holding the account key as 64 hex characters.
+    pub key_file: PathBuf,
+    /// File holding a warm key (64 hex characters) the account granted `MsgValidation` and
+    /// `MsgClaimRewards`; when set it signs instead of the account key.
+    pub warm_key_file: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` (human-readable, coloured on a terminal) or `json` (one object per line).
+    pub format: LogFormat,
+    /// Filter directives used when `RUST_LOG` is unset (`info`, `validator_core=debug`, ...).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, filter: "info".into() }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot be used, with the key at fault where known.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Merges the defaults, `file` (if given; it must exist) and the `VALIDATOR_` environment,
+    /// then validates. Reads nothing else and binds nothing.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError(format!("no configuration file at {}", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("VALIDATOR_").split("__"));
+        Self::from_figment(&figment)
+    }
+
+    /// Parses settings from TOML text alone (defaults for the rest), then validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text));
+        Self::from_figment(&figment)
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|err| {
+            let messages: Vec<String> = err.into_iter().map(describe).collect();
+            ConfigError(messages.join("; "))
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every section, naming the first bad key with its section prefix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.core.validate().map_err(|err| ConfigError(format!("core: {err}")))?;
+        self.ml.validate().map_err(|err| ConfigError(format!("ml: {err}")))?;
+        self.chain.validate().map_err(|err| ConfigError(format!("chain: {err}")))?;
+        if self.shutdown_grace.is_zero() {
+            return Err(ConfigError("`shutdown_grace`: allowed is a positive duration".into()));
+        }
+        if self.admin.body_limit_bytes == 0 {
+            return Err(ConfigError("`admin.body_limit_bytes`: allowed is at least 1".into()));
+        }
+        if self.metrics.refresh_interval.is_zero() {
+            return Err(ConfigError(
+                "`metrics.refresh_interval`: allowed is a positive duration".into(),
+            ));
+        }
+        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(ConfigError(
+                "`log.filter`: allowed is tracing filter directives such as `info`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what only `validator run` needs: an identity.
+    pub fn validate_for_run(&self) -> Result<(), ConfigError> {
+        if self.identity.account_address.is_empty() {
+            return Err(ConfigError(
+                "`identity.account_address`: allowed is the participant's bech32 address".into(),
+            ));
+        }
+        if self.identity.key_file.as_os_str().is_empty() {
+            return Err(ConfigError(
+                "`identity.key_file`: allowed is the path of a file holding a hex key".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML. They hold no secret (see the module docs); key and token files
+    /// appear by path only.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Where the admin token is kept.
+    pub fn token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+}
+
+fn describe(err: figment::Error) -> String {
+    let key = err.path.join(".");
+    let hint = if key.ends_with("timeout")
+        || key.ends_with("interval")
+        || key.ends_with("_ttl")
+        || key.ends_with("grace")
+        || key.ends_with("cooldown_base")
+        || key.ends_with("cooldown_max")
+        || key.ends_with("jitter_min")
+        || key.ends_with("jitter_max")
+        || key.ends_with("claim_wait")
+    {
+        " (durations are whole milliseconds)"
+    } else {
+        ""
+    };
+    if key.is_empty() {
+        format!("{}{hint}", err.kind)
+    } else {
+        format!("`{key}`: {}{hint}", err.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = Settings::default().to_toml().unwrap();
+        assert_eq!(Settings::from_toml(&text).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, needle) in [
+            ("[core]\nslotz = 3", "slotz"),
+            ("[core]\nslots = -3", "core.slots"),
+            ("[core]\nslots = 0", "slots"),
+            ("[core]\nreplay_timeout = \"5m\"", "core.replay_timeout"),
+            ("[ml]\nrequest_timeout = 0", "request_timeout"),
+        ] {
+            let err = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}
