@@ -32,7 +32,6 @@ use hyper::{
     body::{Frame, Incoming},
     header, Request, Response, StatusCode,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -197,7 +196,11 @@ impl FakeExecutor {
             }),
         });
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
+        let handler = {
+            let shared = Arc::clone(&shared);
+            move |request| handle(Arc::clone(&shared), request)
+        };
+        tokio::spawn(crate::serve::serve(listener, shutdown.clone(), handler));
         Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
     }
 
@@ -400,31 +403,6 @@ impl ExecutorDirectory for StaticDirectory {
 }
 
 // === serving ===
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| handle(Arc::clone(&shared), request));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                _ = connection => {}
-            }
-        });
-    }
-}
 
 type Body = UnsyncBoxBody<Bytes, io::Error>;
 

@@ -27,4 +27,5 @@ pub mod fakes {
     pub use validator_core::testing::*;
 }
 
+mod serve;
 mod watched;

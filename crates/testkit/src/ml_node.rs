@@ -20,7 +20,6 @@ use hyper::{
     body::{Frame, Incoming},
     header, Request, Response, StatusCode,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::Notify, time::Instant};
@@ -169,7 +168,11 @@ impl FakeMlNode {
             changed: Notify::new(),
         });
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
+        let handler = {
+            let shared = Arc::clone(&shared);
+            move |request| handle(Arc::clone(&shared), request)
+        };
+        tokio::spawn(crate::serve::serve(listener, shutdown.clone(), handler));
         Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
     }
 
@@ -254,31 +257,6 @@ impl FakeMlNode {
     /// Waits until at least `n` health checks have been answered.
     pub async fn wait_health_checks(&self, n: usize) {
         self.shared.wait_until(|state| state.health_checks >= n).await;
-    }
-}
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| handle(Arc::clone(&shared), request));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                _ = connection => {}
-            }
-        });
     }
 }
 
