@@ -101,10 +101,13 @@ async fn a_down_node_is_skipped_and_comes_back_after_its_cooldown() {
     }
     assert_eq!(a.requests().len(), 2);
 
-    // The cool-down is the subject here; real sockets rule out paused time.
+    // The cool-down is the subject: the clock is paused and moved past it, then released for
+    // the real sockets.
     let left = pool.status()[0].down_remaining_ms.unwrap();
     assert!(left <= 300);
-    tokio::time::sleep(Duration::from_millis(left + 10)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(left + 1)).await;
+    tokio::time::resume();
     assert_eq!(pool.status()[0].availability, Availability::HalfOpen);
     let (id, answer) = call(&pool, &client).await;
     assert_eq!(id, "a");
