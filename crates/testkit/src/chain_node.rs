@@ -227,7 +227,11 @@ impl FakeChainNode {
             changed: Notify::new(),
         });
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::clone(&shared), shutdown.clone()));
+        let handler = {
+            let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+            move |request| handle(Arc::clone(&shared), shutdown.clone(), request)
+        };
+        tokio::spawn(crate::serve::serve(listener, shutdown.clone(), handler));
         Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
     }
 
@@ -412,29 +416,6 @@ impl FakeChainNode {
 
 type Body = Full<Bytes>;
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                handle(Arc::clone(&shared), shutdown.clone(), request)
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let _ = connection.await;
-        });
-    }
-}
-
 fn respond(status: u16, body: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() =
@@ -459,7 +440,7 @@ async fn handle(
             .path()
             .split('/')
             .filter(|segment| !segment.is_empty())
-            .map(|segment| percent_decode(segment, false))
+            .map(|segment| crate::serve::percent_decode(segment, false))
             .collect();
         let query: Vec<(String, String)> = request
             .uri()
@@ -467,7 +448,9 @@ async fn handle(
             .unwrap_or("")
             .split('&')
             .filter_map(|pair| pair.split_once('='))
-            .map(|(key, value)| (percent_decode(key, true), percent_decode(value, true)))
+            .map(|(key, value)| {
+                (crate::serve::percent_decode(key, true), crate::serve::percent_decode(value, true))
+            })
             .collect();
         let (status, body) = rest::get(&shared.lock(), &segments, &query);
         return Ok(respond(status, &body));
@@ -500,31 +483,6 @@ async fn handle(
             &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "Internal error", "data": data}}),
         ),
     })
-}
-
-/// `text` with `%XX` escapes decoded, and `+` as a space in query strings.
-fn percent_decode(text: &str, query: bool) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|pair| std::str::from_utf8(pair).ok());
-        match (bytes[i], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) if query => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn status_json(state: &State) -> Value {

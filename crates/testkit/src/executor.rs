@@ -35,7 +35,7 @@ use hyper::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::watched::Watched;
+use crate::{serve::percent_decode, watched::Watched};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::{
     ports::{
@@ -636,26 +636,6 @@ fn build(plan: Plan, mut answering: Answering) -> Response<Body> {
 fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(name) == key).then(|| percent_decode(value))
+        (percent_decode(name, true) == key).then(|| percent_decode(value, true))
     })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|pair| std::str::from_utf8(pair).ok());
-        match (bytes[i], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-            (b'+', _) => out.push(b' '),
-            (byte, _) => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
