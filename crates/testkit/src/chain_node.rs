@@ -36,9 +36,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
-use validator_core::ports::chain::{
-    EpochGroup, Inference, InferenceStatus, ValidationDetails, ValidatorPower,
-};
+use validator_core::ports::chain::{EpochGroup, Inference, ValidationDetails, ValidatorPower};
 
 mod rest;
 mod tx;
@@ -277,28 +275,8 @@ impl FakeChainNode {
     /// Adds a finished inference of `epoch` executed by `executor`, with sampling details that
     /// make a validator of power 1 choose it (reputation 0, low traffic, p = 1).
     pub fn add_inference(&self, id: &str, epoch: u64, executor: &str) -> Inference {
-        let inference = Inference {
-            inference_id: id.into(),
-            model: validator_core::testing::MODEL.into(),
-            epoch_id: epoch,
-            executed_by: executor.into(),
-            status: InferenceStatus::Finished,
-            prompt_hash: String::new(),
-            response_hash: String::new(),
-            prompt_payload: String::new(),
-            response_payload: String::new(),
-        };
-        let details = ValidationDetails {
-            epoch_id: epoch,
-            inference_id: id.into(),
-            executor_id: executor.into(),
-            executor_reputation: 0,
-            traffic_basis: 10,
-            executor_power: 1,
-            model: inference.model.clone(),
-            total_power: 2,
-            created_at_block_height: 1,
-        };
+        let inference = validator_core::testing::finished_inference(id, epoch, executor);
+        let details = validator_core::testing::chosen_details(id, epoch, executor, 2);
         self.shared.update(|state| {
             state.inferences.insert(id.into(), inference.clone());
             state.details.insert(id.into(), details);

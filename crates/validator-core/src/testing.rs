@@ -105,6 +105,39 @@ pub fn payloads_for(id: &str) -> Payloads {
     }
 }
 
+/// A finished inference of `epoch` on [`MODEL`] executed by `executor`, with no committed hashes
+/// and no legacy payloads.
+pub fn finished_inference(id: &str, epoch: u64, executor: &str) -> Inference {
+    Inference {
+        inference_id: id.into(),
+        model: MODEL.into(),
+        epoch_id: epoch,
+        executed_by: executor.into(),
+        status: InferenceStatus::Finished,
+        prompt_hash: String::new(),
+        response_hash: String::new(),
+        prompt_payload: String::new(),
+        response_payload: String::new(),
+    }
+}
+
+/// Sampling details of an inference by `executor` with reputation 0, low traffic and executor
+/// power 1: a validator of power 1 chooses it with probability `1 / (total_power - 1)` (certainly
+/// at the default `total_power` of 2).
+pub fn chosen_details(id: &str, epoch: u64, executor: &str, total_power: u64) -> ValidationDetails {
+    ValidationDetails {
+        epoch_id: epoch,
+        inference_id: id.into(),
+        executor_id: executor.into(),
+        executor_reputation: 0,
+        traffic_basis: 10,
+        executor_power: 1,
+        model: MODEL.into(),
+        total_power,
+        created_at_block_height: 1,
+    }
+}
+
 // === FakeChain ===
 
 /// Chain state the fake serves, scripted by the test.
@@ -155,28 +188,8 @@ impl FakeChain {
     /// Adds a finished inference of `epoch` with the default model, and sampling details that
     /// make every validator with power 1 choose it (reputation 0, low traffic, p = 1).
     pub fn add_inference(&self, id: &str, epoch: u64) -> Inference {
-        let inference = Inference {
-            inference_id: id.into(),
-            model: MODEL.into(),
-            epoch_id: epoch,
-            executed_by: EXECUTOR.into(),
-            status: InferenceStatus::Finished,
-            prompt_hash: String::new(),
-            response_hash: String::new(),
-            prompt_payload: String::new(),
-            response_payload: String::new(),
-        };
-        let details = ValidationDetails {
-            epoch_id: epoch,
-            inference_id: id.into(),
-            executor_id: EXECUTOR.into(),
-            executor_reputation: 0,
-            traffic_basis: 10,
-            executor_power: 1,
-            model: MODEL.into(),
-            total_power: 2,
-            created_at_block_height: 1,
-        };
+        let inference = finished_inference(id, epoch, EXECUTOR);
+        let details = chosen_details(id, epoch, EXECUTOR, 2);
         let mut state = lock(&self.state);
         state.inferences.insert(id.into(), inference.clone());
         state.details.insert(id.into(), details);

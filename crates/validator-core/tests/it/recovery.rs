@@ -183,17 +183,7 @@ async fn live_sampling_uses_the_seed_of_the_inference_epoch() {
 }
 
 fn details(id: &str, epoch: u64, total_power: u64) -> ValidationDetails {
-    ValidationDetails {
-        epoch_id: epoch,
-        inference_id: id.into(),
-        executor_id: testkit::fakes::EXECUTOR.into(),
-        executor_reputation: 0,
-        traffic_basis: 10,
-        executor_power: 1,
-        model: MODEL.into(),
-        total_power,
-        created_at_block_height: 1,
-    }
+    testkit::fakes::chosen_details(id, epoch, testkit::fakes::EXECUTOR, total_power)
 }
 
 /// Recovery memory is bounded: a backlog larger than the recovery window is streamed through
