@@ -51,6 +51,19 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(body.get(..end).unwrap_or_default()).trim().to_owned()
 }
 
+/// [`excerpt`] of an answer whose body is not needed otherwise: reads no further than
+/// [`EXCERPT_BYTES`], and keeps what arrived if reading fails.
+pub(crate) async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut prefix = Vec::new();
+    while prefix.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    excerpt(&prefix)
+}
+
 /// reqwest's error with its source chain, as the crate's error.
 pub(crate) fn from_reqwest(err: reqwest::Error) -> Error {
     if err.is_timeout() {

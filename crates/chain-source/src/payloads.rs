@@ -30,9 +30,6 @@ use self::{
 };
 use crate::{config::PayloadsConfig, http, signer, ExecutorDirectory, Signer};
 
-/// How much of an error body goes into a [`PayloadError::Unavailable`] reason.
-const EXCERPT_BYTES: usize = 256;
-
 /// Fetches payloads from executors over HTTP and verifies them against the executor's keys and
 /// the on-chain commitment.
 ///
@@ -139,7 +136,7 @@ impl HttpPayloadSource {
             return Err(PayloadError::Gone);
         }
         if status != StatusCode::OK {
-            let excerpt = excerpt(response).await;
+            let excerpt = http::read_excerpt(response).await;
             return Err(unavailable(format!("executor answered {status}: {excerpt}")));
         }
         let body = http::read_capped(response, self.max_response_bytes)
@@ -239,19 +236,6 @@ fn unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// The start of an error body, read no further than [`EXCERPT_BYTES`].
-async fn excerpt(mut response: reqwest::Response) -> String {
-    let mut excerpt = Vec::new();
-    while excerpt.len() < EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    excerpt.truncate(EXCERPT_BYTES);
-    String::from_utf8_lossy(&excerpt).trim().to_owned()
 }
 
 /// The crate's transport and size errors, as the port's retryable failure.
