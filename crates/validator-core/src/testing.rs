@@ -501,11 +501,6 @@ impl FakePayloads {
             called.await;
         }
     }
-
-    /// Fetches of every id.
-    pub fn total_calls(&self) -> usize {
-        lock(&self.state).calls.values().map(Vec::len).sum()
-    }
 }
 
 #[async_trait]
