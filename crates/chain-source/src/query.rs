@@ -19,7 +19,7 @@ use crate::{config::QueryConfig, http, Error, Result};
 
 mod wire;
 
-pub use wire::{BaseAccount, EpochInfo, EpochParams, Grantee};
+pub use wire::{BaseAccount, EpochInfo, EpochParams, Grantee, SettleAmount};
 
 /// Path prefix of the `inference` module's REST routes.
 pub const INFERENCE_ROUTE: &str = "/productscience/inference/inference";
@@ -164,6 +164,14 @@ impl QueryClient {
     pub async fn epoch_info(&self) -> Result<EpochInfo> {
         let answer: wire::EpochInfoAnswer = self.get(&inference_path(&["epoch_info"]), &[]).await?;
         Ok(answer.into_domain())
+    }
+
+    /// `SettleAmount{participant}`: the rewards waiting for `participant`'s claim;
+    /// [`Error::NotFound`] when nothing is settled for it.
+    pub async fn settle_amount(&self, participant: &str) -> Result<SettleAmount> {
+        let answer: wire::SettleAmountAnswer =
+            self.get(&inference_path(&["settle_amount", participant]), &[]).await?;
+        Ok(answer.settle_amount)
     }
 
     /// The auth module's account record: number and next sequence.

@@ -170,7 +170,16 @@ struct State {
     epoch: Epoch,
     groups: BTreeMap<(u64, String), EpochGroup>,
     validated: BTreeMap<(String, u64), BTreeSet<String>>,
+    settle_amounts: BTreeMap<String, SettleAmount>,
     submitted: Vec<Submitted>,
+}
+
+/// Rewards waiting for a participant's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SettleAmount {
+    epoch_index: u64,
+    reward_coins: u64,
+    work_coins: u64,
 }
 
 type Shared = crate::watched::Watched<State>;
@@ -220,6 +229,7 @@ impl FakeChainNode {
                 epoch: Epoch { index: 1, ..Epoch::default() },
                 groups: BTreeMap::new(),
                 validated: BTreeMap::new(),
+                settle_amounts: BTreeMap::new(),
                 submitted: Vec::new(),
             }),
             changed: Notify::new(),
@@ -311,6 +321,20 @@ impl FakeChainNode {
             let entry = state.validated.entry((participant.into(), epoch)).or_default();
             entry.extend(ids.iter().map(|id| (*id).to_owned()));
         });
+    }
+
+    /// Settles `reward_coins` and `work_coins` of `epoch` for `participant`, answered by the
+    /// `settle_amount` route until a `MsgClaimRewards` of that epoch by the participant is
+    /// accepted, which removes them as the chain does.
+    pub fn set_settle_amount(
+        &self,
+        participant: &str,
+        epoch: u64,
+        reward_coins: u64,
+        work_coins: u64,
+    ) {
+        let amount = SettleAmount { epoch_index: epoch, reward_coins, work_coins };
+        self.shared.update(|state| state.settle_amounts.insert(participant.into(), amount));
     }
 
     // === blocks ===

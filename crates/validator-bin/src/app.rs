@@ -7,10 +7,11 @@
 //! - the claim-time dispatcher (DOMAIN.md 3.6 (a)): at the claim height of the current epoch
 //!   (`chain_source::schedule::claim_due`) it recovers epoch-1, awaits that run (or the run
 //!   another trigger started), then claims the rewards, also when recovery failed;
+//! - the periodic reward-recovery checker (DOMAIN.md 3.6 (b)): inside its window of the epoch
+//!   (`chain_source::schedule::reward_recovery_due`), at most once per 1000 blocks and one check
+//!   at a time, it asks the chain what is still settled for this validator; when coins wait,
+//!   it recovers their epoch, awaits the run, then claims (the same path as the dispatcher);
 //! - the admin API ([`crate::admin`]).
-//!
-//! The periodic reward-recovery checker (DOMAIN.md 3.6 (b)) is not wired: it starts from the
-//! `SettleAmount` query, which the chain adapter does not have.
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +27,7 @@ use std::{
 use anyhow::Context;
 use chain_source::{
     events::{ChainEvent, EventStream, HeightStore},
-    schedule::{claim_due, EpochSchedule},
+    schedule::{claim_due, reward_recovery_due, EpochSchedule},
     ChainClient, HttpPayloadSource, Signer,
 };
 use ml_client::{HttpMlNodeClient, NodePool};
@@ -171,6 +172,50 @@ impl Claimer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClaimRecord>> {
         self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The periodic reward check on a tracked task: queries what is settled for `address`
+    /// and, when coins wait, recovers their epoch then claims. `running` is set by the caller
+    /// and cleared when the check ends, however it ends.
+    fn spawn_reward_check(self: &Arc<Self>, address: String, running: Arc<AtomicBool>) {
+        let claimer = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let _running = ClearOnDrop(running);
+            let settled = tokio::select! {
+                settled = tokio::time::timeout(
+                    SETTLE_QUERY_TIMEOUT,
+                    claimer.chain.query().settle_amount(&address),
+                ) => settled,
+                () = claimer.cancel.cancelled() => return,
+            };
+            let settled = match settled {
+                Ok(Ok(settled)) => settled,
+                Ok(Err(chain_source::Error::NotFound(_))) => {
+                    info!("reward check: nothing settled to claim");
+                    return;
+                }
+                Ok(Err(err)) => {
+                    warn!(%err, "reward check: settle amount query failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!("reward check: settle amount query timed out");
+                    return;
+                }
+            };
+            if !settled.has_coins() {
+                info!(epoch = settled.epoch_index, "reward check: no coins left to claim");
+                return;
+            }
+            let epoch = settled.epoch_index;
+            info!(
+                epoch,
+                reward_coins = settled.reward_coins,
+                work_coins = settled.work_coins,
+                "reward check: unclaimed rewards; recovering their epoch, then claiming"
+            );
+            claimer.recover_then_claim(epoch, claimer.seed(epoch)).await;
+        });
     }
 
     /// Runs [`Claimer::recover_then_claim`] on a tracked task; the receiver gets the record.
@@ -413,6 +458,9 @@ impl App {
             chain: handle.chain.clone(),
             schedule: None,
             refreshed_at: 0,
+            launched_at: None,
+            last_reward_check: None,
+            reward_check: Arc::default(),
         };
         tasks.spawn(event_loop(events, handle.engine.clone(), dispatcher, cancel.clone()));
         ready.store(true, Ordering::Release);
@@ -480,13 +528,32 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
 /// How many blocks the cached epoch schedule is reused before it is queried again.
 const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
 
-/// The claim-time dispatcher (DOMAIN.md 3.6 (a)).
+/// The reward check's bound on its settle-amount query (upstream's 30 s).
+const SETTLE_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Clears its flag when dropped, so a check that ends by any path reopens the next one.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The per-block triggers: the claim-time dispatcher (DOMAIN.md 3.6 (a)) and the periodic
+/// reward-recovery checker (3.6 (b)).
 struct Dispatcher {
     address: String,
     claimer: Arc<Claimer>,
     chain: ChainClient,
     schedule: Option<EpochSchedule>,
     refreshed_at: u64,
+    /// The first block the checker saw.
+    launched_at: Option<i64>,
+    /// The block of the checker's last attempt.
+    last_reward_check: Option<i64>,
+    /// Set while a reward check runs.
+    reward_check: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
@@ -506,6 +573,7 @@ impl Dispatcher {
             }
         }
         let Some(schedule) = self.schedule else { return };
+        self.check_rewards(signed, &schedule);
         if !claim_due(&self.address, signed, &schedule) {
             return;
         }
@@ -518,6 +586,19 @@ impl Dispatcher {
         let seed = self.claimer.seed(epoch);
         // The claim runs on its own; the dispatcher does not wait for its record.
         drop(self.claimer.spawn(epoch, seed));
+    }
+
+    fn check_rewards(&mut self, height: i64, schedule: &EpochSchedule) {
+        let launched_at = *self.launched_at.get_or_insert(height);
+        if !reward_recovery_due(height, launched_at, self.last_reward_check, schedule) {
+            return;
+        }
+        if self.reward_check.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_reward_check = Some(height);
+        info!(height, "reward check due");
+        self.claimer.spawn_reward_check(self.address.clone(), Arc::clone(&self.reward_check));
     }
 }
 

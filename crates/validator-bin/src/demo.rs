@@ -115,6 +115,8 @@ pub struct Scenario {
     pub executor: FakeExecutor,
     /// The fake ML node, unless `--ml-node` named another.
     pub ml: Option<FakeMlNode>,
+    /// The ML node replays go to: the fake's URL or `--ml-node`.
+    pub ml_url: String,
     /// This validator's account address.
     pub address: String,
     /// The executor's account address.
@@ -169,19 +171,36 @@ impl Scenario {
     /// Starts the fakes, scripts the epochs and the backlog, and builds the app on them (bound,
     /// not yet running).
     pub async fn build(options: &DemoOptions) -> anyhow::Result<(Self, App)> {
+        let scenario = Self::start(options).await?;
+        let settings = scenario.settings(options);
+        settings.validate()?;
+        let identity =
+            Identity { account_address: scenario.address.clone(), signer: validator_key()? };
+        let heights = Arc::new(MemoryHeightStore::new(Some(scenario.chain.tip())));
+        let app = App::build(settings, identity, heights).await?;
+        Ok((scenario, app))
+    }
+
+    /// The app's settings on these fakes ([`settings`]).
+    pub fn settings(&self, options: &DemoOptions) -> Settings {
+        settings(options, &self.chain.url(), &self.ml_url, self.ml.is_some())
+    }
+
+    /// Starts the fakes and scripts the epochs and the backlog, for an app built here or a
+    /// `validator run` process signing with [`validator_key`].
+    pub async fn start(options: &DemoOptions) -> anyhow::Result<Self> {
         if options.slots == 0 {
             bail!("--slots must be at least 1");
         }
         let chain = FakeChainNode::try_start().await.context("starting the fake chain node")?;
-        let validator_key = Signer::from_bytes(&[0x11; 32])?;
-        let address = chain.add_key(&validator_key.public_key());
+        let address = chain.add_key(&validator_key()?.public_key());
         let executor_key = Signer::from_bytes(&[0x22; 32])?;
         let executor_address = chain.add_key(&executor_key.public_key());
         let executor = FakeExecutor::try_start(&executor_address, executor_key)
             .await
             .context("starting the fake executor")?;
         chain.set_participant(&executor_address, &executor.url());
-        executor.register_requester(&address, vec![validator_key.public_key()]);
+        executor.register_requester(&address, vec![validator_key()?.public_key()]);
 
         // Delays are 0 below height 500, so the claim comes exactly at the claim-money height.
         let params = EpochParams {
@@ -239,13 +258,13 @@ impl Scenario {
                 (Some(ml), url)
             }
         };
-        let settings = settings(options, &chain.url(), &ml_url, ml.is_some());
-        settings.validate()?;
-        let identity = Identity { account_address: address.clone(), signer: validator_key };
-        let heights = Arc::new(MemoryHeightStore::new(Some(chain.tip())));
-        let app = App::build(settings, identity, heights).await?;
-        Ok((Self { chain, executor, ml, address, executor_address }, app))
+        Ok(Self { chain, executor, ml, ml_url, address, executor_address })
     }
+}
+
+/// The demo validator's key (a fixed test key; the fake chain knows its account).
+pub fn validator_key() -> anyhow::Result<Signer> {
+    Ok(Signer::from_bytes(&[0x11; 32])?)
 }
 
 fn add_inference(

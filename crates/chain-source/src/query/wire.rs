@@ -486,6 +486,39 @@ impl EpochInfoAnswer {
     }
 }
 
+// === settle amounts ===
+
+/// What the chain holds for a participant to claim (`SettleAmount`): the rewards of one epoch,
+/// set at the epoch's settlement and removed by a successful claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SettleAmount {
+    /// The participant's address.
+    #[serde(default, deserialize_with = "text")]
+    pub participant: String,
+    /// Reward coins waiting to be claimed.
+    #[serde(default, deserialize_with = "int")]
+    pub reward_coins: u64,
+    /// Work coins waiting to be claimed.
+    #[serde(default, deserialize_with = "int")]
+    pub work_coins: u64,
+    /// The epoch the amounts were settled for.
+    #[serde(default, deserialize_with = "int")]
+    pub epoch_index: u64,
+}
+
+impl SettleAmount {
+    /// Whether anything is left to claim (upstream's `reward_coins + work_coins > 0`).
+    pub fn has_coins(&self) -> bool {
+        self.reward_coins.saturating_add(self.work_coins) > 0
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct SettleAmountAnswer {
+    #[serde(default)]
+    pub(super) settle_amount: SettleAmount,
+}
+
 // === accounts ===
 
 /// The signing facts of an account (`cosmos.auth.v1beta1.BaseAccount`).

@@ -162,6 +162,23 @@ async fn a_submitted_validation_decodes_to_the_exact_fields() {
 }
 
 #[tokio::test]
+async fn the_settle_amount_is_read_and_a_claim_of_its_epoch_clears_it() {
+    let (node, client, address) = setup().await;
+    assert!(matches!(client.query().settle_amount(&address).await, Err(Error::NotFound(_))));
+
+    node.set_settle_amount(&address, 6, 1_500, 0);
+    let settled = client.query().settle_amount(&address).await.unwrap();
+    assert_eq!((settled.participant.as_str(), settled.epoch_index), (address.as_str(), 6));
+    assert_eq!((settled.reward_coins, settled.work_coins), (1_500, 0));
+    assert!(settled.has_coins());
+
+    client.claim_rewards(11, 5).await.unwrap();
+    assert!(client.query().settle_amount(&address).await.is_ok(), "another epoch's claim");
+    client.claim_rewards(11, 6).await.unwrap();
+    assert!(matches!(client.query().settle_amount(&address).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
 async fn ten_concurrent_submissions_land_with_consecutive_sequences() {
     let (node, client, address) = setup().await;
     let ids: Vec<String> = (0..10).map(|i| format!("inf-{i}")).collect();

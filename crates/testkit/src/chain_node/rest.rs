@@ -142,6 +142,17 @@ pub(super) fn get(state: &State, segments: &[String], query: &[(String, String)]
                 .collect();
             ok(json!({"grantees": grantees}))
         }
+        ["settle_amount", participant] => match state.settle_amounts.get(*participant) {
+            Some(amount) => ok(json!({"settle_amount": {
+                "participant": participant,
+                "reward_coins": amount.reward_coins.to_string(),
+                "work_coins": amount.work_coins.to_string(),
+                "epoch_index": amount.epoch_index.to_string(),
+                "seed_signature": "",
+                "last_claim_attempt": "0",
+            }})),
+            None => not_found("settle amount not found"),
+        },
         ["epoch_info"] => ok(json!({
             "block_height": state.tip.to_string(),
             "params": {"epoch_params": state.epoch.params},

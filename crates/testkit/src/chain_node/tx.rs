@@ -194,6 +194,17 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
     for (key, id) in validated {
         state.validated.entry(key).or_default().insert(id);
     }
+    for (msg, _) in &messages {
+        if let SubmittedMsg::ClaimRewards { creator, epoch_index, .. } = msg {
+            if state
+                .settle_amounts
+                .get(creator)
+                .is_some_and(|amount| amount.epoch_index == *epoch_index)
+            {
+                state.settle_amounts.remove(creator);
+            }
+        }
+    }
     if let Some(account) = state.accounts.get_mut(&signer) {
         account.sequence += 1;
     }

@@ -9,6 +9,8 @@ mod config;
 mod process;
 // `validator score` on the recorded vLLM fixtures.
 mod score;
+// The recovery triggers: the claim-time dispatcher, the reward checker, the admin claim.
+mod triggers;
 
 use std::path::PathBuf;
 

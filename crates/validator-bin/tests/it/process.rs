@@ -8,6 +8,9 @@ use std::{
 use serde_json::Value;
 use testkit::{FakeMlNode, Latency, Reply};
 
+/// Bound on each awaited condition.
+const BOUND: Duration = Duration::from_secs(20);
+
 /// Waits for `child` to exit, at most `bound`.
 fn wait_exit(mut child: std::process::Child, bound: Duration) -> std::process::ExitStatus {
     let (sender, receiver) = mpsc::channel();
@@ -110,4 +113,70 @@ async fn an_external_ml_node_never_sees_more_than_the_slots_even_when_replays_ha
     ] {
         assert!(!summary[key].is_null(), "{key} in {summary}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
+    use testkit::{SubmittedMsg, TxEvent};
+    use validator_bin::demo::{DemoOptions, Scenario, LIVE_EPOCH};
+
+    const BACKLOG: usize = 4;
+    let options =
+        DemoOptions { backlog: BACKLOG, slots: 2, ml_latency_ms: 1, ..Default::default() };
+    let scenario = Scenario::start(&options).await.unwrap();
+    let mut settings = scenario.settings(&options);
+    let data_dir = crate::temp_path("data");
+    let key_file = data_dir.with_file_name("validator.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    settings.data_dir = data_dir.clone();
+    settings.admin.token_file = None;
+    settings.identity.account_address = scenario.address.clone();
+    settings.identity.key_file = key_file;
+    let config = data_dir.with_file_name("validator.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+
+    let child = Command::new(crate::binary())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let chain = &scenario.chain;
+    tokio::time::timeout(BOUND, chain.wait_subscriptions(1)).await.unwrap();
+
+    // The claim height is five blocks ahead: recovery of the previous epoch, then the claim.
+    let claim_height = chain.advance(6);
+    tokio::time::timeout(BOUND, chain.wait_submitted(BACKLOG + 1)).await.unwrap();
+    // A live inference finishes: sampled (every inference is, in this scenario) and validated.
+    chain.add_inference("live-run", LIVE_EPOCH, &scenario.executor_address);
+    scenario.executor.insert_generated("live-run", LIVE_EPOCH);
+    chain.put_inference(scenario.executor.inference("live-run").unwrap());
+    chain.produce_block(vec![vec![TxEvent::inference_finished("live-run")]]);
+    tokio::time::timeout(BOUND, chain.wait_submitted(BACKLOG + 2)).await.unwrap();
+
+    let submitted = chain.submitted();
+    let kinds: Vec<bool> =
+        submitted.iter().map(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. })).collect();
+    assert_eq!(kinds.iter().filter(|claim| **claim).count(), 1);
+    assert!(kinds[BACKLOG], "the claim follows the recovered validations: {submitted:?}");
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+    assert_eq!(token.trim().len(), 64);
+
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: sends a signal to the child this test spawned and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut child = child;
+    let stdout = child.stdout.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let printed = std::io::read_to_string(stdout).unwrap();
+    assert!(printed.contains("admin token"), "{printed}");
+    let height: u64 =
+        std::fs::read_to_string(data_dir.join("last_height")).unwrap().trim().parse().unwrap();
+    assert!(height >= claim_height, "the processed height is kept: {height}");
 }

@@ -1,0 +1,206 @@
+use std::time::Duration;
+
+use chain_source::query::EpochParams;
+use serde_json::{json, Value};
+use testkit::{Submitted, SubmittedMsg};
+use tokio::sync::oneshot;
+use validator_bin::{
+    app::{AppHandle, ClaimRecord},
+    demo::{DemoOptions, Scenario, BACKLOG_EPOCH, LIVE_EPOCH},
+};
+use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
+
+const BACKLOG: usize = 8;
+const BOUND: Duration = Duration::from_secs(20);
+
+/// The demo's epoch parameters: stages one block long, no delays, a long inference phase.
+const PARAMS: EpochParams = EpochParams {
+    epoch_length: 100_000,
+    epoch_shift: 0,
+    poc_stage_duration: 1,
+    poc_validation_delay: 0,
+    poc_validation_duration: 1,
+    set_new_validators_delay: 0,
+    inference_validation_cutoff: 0,
+};
+
+struct Running {
+    scenario: Scenario,
+    app: AppHandle,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The demo's fakes with a small backlog and no live traffic; `script` adjusts the chain
+    /// before the app starts following it.
+    async fn start(script: impl FnOnce(&Scenario)) -> Self {
+        let options = DemoOptions {
+            backlog: BACKLOG,
+            slots: 2,
+            ml_latency_ms: 1,
+            live_rate: 0.0,
+            admin_token_file: Some(crate::temp_path("admin.token")),
+            json: true,
+            ..DemoOptions::default()
+        };
+        let (scenario, app) = Scenario::build(&options).await.unwrap();
+        script(&scenario);
+        let handle = app.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { scenario, app: handle, stop, task }
+    }
+
+    /// The next claim record.
+    async fn next_claim(&self, previous: usize) -> ClaimRecord {
+        let mut changed = self.app.claimer.subscribe();
+        tokio::time::timeout(BOUND, changed.wait_for(|n| *n > previous)).await.unwrap().unwrap();
+        self.app.claimer.records().pop().unwrap()
+    }
+
+    fn claims(&self) -> Vec<Submitted> {
+        let submitted = self.scenario.chain.submitted();
+        submitted
+            .into_iter()
+            .filter(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. }))
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+fn claimed_epoch(submitted: &Submitted) -> u64 {
+    match submitted.msg {
+        SubmittedMsg::ClaimRewards { epoch_index, .. } => epoch_index,
+        SubmittedMsg::Validation { .. } => panic!("not a claim: {submitted:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
+    let running = Running::start(|_| {}).await;
+    // The demo's claim-money height is five blocks ahead; below height 500 there is no delay.
+    running.scenario.chain.advance(6);
+    let record = running.next_claim(0).await;
+
+    assert_eq!(record.epoch_index, BACKLOG_EPOCH);
+    assert!(record.claimed(), "{record:?}");
+    let run = record.run.as_ref().unwrap();
+    assert_eq!((run.epoch, &run.state), (BACKLOG_EPOCH, &RunState::Completed));
+    assert_eq!(run.outcomes.get(OutcomeKind::Submitted), BACKLOG as u64);
+    let submitted = running.scenario.chain.submitted();
+    let claim_at =
+        submitted.iter().position(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. })).unwrap();
+    assert_eq!(claim_at, BACKLOG, "every recovered validation lands before the claim");
+    assert_eq!(claimed_epoch(&submitted[claim_at]), BACKLOG_EPOCH);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_claims_even_when_recovery_fails() {
+    // Epoch 12 is current and this validator is in it, but the chain has no group for epoch
+    // 11: detection fails at once.
+    let running = Running::start(|scenario| {
+        let chain = &scenario.chain;
+        let poc_start = i64::try_from(chain.tip()).unwrap() + 2;
+        chain.set_epoch(12, poc_start, PARAMS);
+        chain.set_epoch_group(EpochGroup {
+            epoch_index: 12,
+            model: String::new(),
+            sub_group_models: vec![],
+            validation_weights: vec![scenario.address.clone()],
+            has_model_snapshot: false,
+        });
+    })
+    .await;
+    running.scenario.chain.advance(6);
+    let record = running.next_claim(0).await;
+
+    assert_eq!(record.epoch_index, 11);
+    let run = record.run.as_ref().unwrap();
+    assert_eq!(run.epoch, 11);
+    assert!(matches!(run.state, RunState::Failed(_)), "{run:?}");
+    assert!(record.claimed(), "the claim goes out after a failed recovery: {record:?}");
+    let claims = running.claims();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claimed_epoch(&claims[0]), 11);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reward_checker_recovers_the_settled_epoch_then_claims() {
+    // The chain is 1200 blocks ahead of the app, so its first blocks are already past the
+    // dispatcher's claim height and inside the checker's window (claim money + 1000 onwards).
+    let running = Running::start(|scenario| {
+        let chain = &scenario.chain;
+        let tip = i64::try_from(chain.advance(1_200)).unwrap();
+        chain.set_epoch(LIVE_EPOCH, tip - 1_100, PARAMS);
+        chain.set_settle_amount(&scenario.address, BACKLOG_EPOCH, 1_000, 0);
+    })
+    .await;
+    let record = running.next_claim(0).await;
+
+    assert_eq!(record.epoch_index, BACKLOG_EPOCH);
+    assert!(record.claimed(), "{record:?}");
+    let run = record.run.as_ref().unwrap();
+    assert_eq!((run.epoch, &run.state), (BACKLOG_EPOCH, &RunState::Completed));
+    assert_eq!(run.outcomes.get(OutcomeKind::Submitted), BACKLOG as u64);
+    let claims = running.claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let query = running.app.chain.query();
+    assert!(query.settle_amount(&running.scenario.address).await.is_err(), "claimed coins go");
+    running.stop().await;
+}
+
+async fn claim_reward_recover(app: &AppHandle, body: Option<Value>) -> Value {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}/admin/v1/claim-reward/recover", app.admin_addr))
+        .bearer_auth(&*app.token)
+        .timeout(BOUND);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_claim_answers_already_claimed_without_running_recovery() {
+    let running = Running::start(|_| {}).await;
+    let app = &running.app;
+
+    let first = claim_reward_recover(app, None).await;
+    assert_eq!(first["success"], true, "{first}");
+    assert_eq!(first["epoch_index"], BACKLOG_EPOCH);
+    assert_eq!(first["missed_validations"], BACKLOG);
+    assert_eq!(
+        (&first["already_claimed"], &first["claim_executed"]),
+        (&json!(false), &json!(true))
+    );
+    assert_eq!(app.engine.runs().len(), 1);
+
+    let again = claim_reward_recover(app, Some(json!({"force_claim": false}))).await;
+    assert_eq!(again["success"], false, "{again}");
+    assert_eq!(again["already_claimed"], true);
+    assert_eq!(again["claim_executed"], false);
+    assert_eq!(app.engine.runs().len(), 1, "no recovery ran");
+    assert_eq!(running.claims().len(), 1, "no claim was sent");
+
+    let forced = claim_reward_recover(app, Some(json!({"force_claim": true}))).await;
+    assert_eq!(forced["already_claimed"], true, "{forced}");
+    assert_eq!(forced["claim_executed"], true);
+    assert_eq!(app.engine.runs().len(), 2);
+    assert_eq!(running.claims().len(), 2);
+    running.stop().await;
+}
