@@ -65,7 +65,7 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

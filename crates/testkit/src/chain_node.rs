@@ -172,6 +172,7 @@ struct State {
     validated: BTreeMap<(String, u64), BTreeSet<String>>,
     settle_amounts: BTreeMap<String, SettleAmount>,
     submitted: Vec<Submitted>,
+    duplicate_rejections: usize,
 }
 
 /// Rewards waiting for a participant's claim.
@@ -231,6 +232,7 @@ impl FakeChainNode {
                 validated: BTreeMap::new(),
                 settle_amounts: BTreeMap::new(),
                 submitted: Vec::new(),
+                duplicate_rejections: 0,
             }),
             changed: Notify::new(),
         });
@@ -408,6 +410,17 @@ impl FakeChainNode {
     /// Every accepted message, in order.
     pub fn submitted(&self) -> Vec<Submitted> {
         self.shared.lock().submitted.clone()
+    }
+
+    /// How many transactions were refused because the validator had already validated the
+    /// inference: each one a message sent twice.
+    pub fn duplicate_rejections(&self) -> usize {
+        self.shared.lock().duplicate_rejections
+    }
+
+    /// Waits until the accepted messages satisfy `condition`.
+    pub async fn wait_for_submitted(&self, condition: impl Fn(&[Submitted]) -> bool) {
+        self.shared.wait_until(|state| condition(&state.submitted)).await;
     }
 
     /// Waits until `n` messages have been accepted.

@@ -8,7 +8,13 @@
 //! - `POST /admin/v1/recovery`, optional body `{"epoch_index", "seed"}` (default: the previous
 //!   epoch and its seed): `202 {"run_id", "state": "started"}`, or
 //!   `409 {"run_id", "state": "already_running"}` naming the run going on;
-//! - `GET  /admin/v1/recovery/{run_id}`: the run's state and counts per outcome;
+//! - `GET  /admin/v1/recovery/{run_id}`: the run's state and counts per outcome (from the
+//!   journal for runs of an earlier process);
+//! - `GET  /admin/v1/recovery?limit=N`: the journal's most recent runs, newest first (default
+//!   20, at most 200): id, epoch, trigger, start, end, state, counts;
+//! - `GET  /admin/v1/inferences/{inference_id}`: the journal's history of the inference: each
+//!   validation (lane, epoch, run), its failed attempts, its outcome, and every submission
+//!   intent with the chain's answer; 404 when the journal has none;
 //! - `POST /admin/v1/claim-reward/recover`, upstream's request `{"seed"?, "force_claim",
 //!   "epoch_index"?}` and response fields `{success, message, epoch_index, seed,
 //!   missed_validations, already_claimed, claim_executed}`. Unlike upstream it never holds the
@@ -43,7 +49,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
-use validator_core::{Error as EngineError, RecoveryStart};
+use validator_core::{Error as EngineError, RecoveryStart, Trigger};
 
 use crate::app::AppHandle;
 
@@ -66,8 +72,9 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     let mut protected = Router::new()
         .route("/admin/v1/status", get(status))
-        .route("/admin/v1/recovery", post(start_recovery))
+        .route("/admin/v1/recovery", post(start_recovery).get(recovery_runs))
         .route("/admin/v1/recovery/{run_id}", get(recovery_run))
+        .route("/admin/v1/inferences/{inference_id}", get(inference_history))
         .route("/admin/v1/claim-reward/recover", post(claim_reward_recover));
     if state.shutdown.is_some() {
         protected = protected.route("/admin/v1/shutdown", post(shutdown));
@@ -166,8 +173,10 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     }))
 }
 
-/// Parses an optional JSON body: empty means the type's default.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+/// Parses an optional JSON request body, such as [`RecoveryRequest`] or [`ClaimRequest`]: empty
+/// or all-whitespace means the type's default, anything that does not decode is
+/// [`ApiError::BadRequest`].
+pub fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -175,25 +184,28 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
         .map_err(|err| ApiError::BadRequest(format!("bad request body: {err}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The optional body of `POST /admin/v1/recovery`; unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RecoveryRequest {
-    epoch_index: Option<u64>,
-    seed: Option<i64>,
+pub struct RecoveryRequest {
+    /// The epoch to recover; the previous epoch when absent.
+    pub epoch_index: Option<u64>,
+    /// The epoch's seed; the one the node derives for that epoch when absent.
+    pub seed: Option<i64>,
 }
 
 async fn start_recovery(
     State(state): State<AdminState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: RecoveryRequest = optional_body(&body)?;
+    let request: RecoveryRequest = parse_body(&body)?;
     let claimer = &state.app.claimer;
     let epoch = match request.epoch_index {
         Some(epoch) => epoch,
         None => claimer.previous_epoch().await.map_err(ApiError::Internal)?,
     };
     let seed = request.seed.unwrap_or_else(|| claimer.seed(epoch));
-    let start = state.app.engine.recover(epoch, seed).map_err(engine_error)?;
+    let start = state.app.engine.recover_from(Trigger::Admin, epoch, seed).map_err(engine_error)?;
     let response = match &start {
         RecoveryStart::Started(run) => {
             tracing::info!(run_id = run.id(), epoch, "recovery started from the admin API");
@@ -219,27 +231,68 @@ async fn recovery_run(
     let run_id: u64 = run_id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("run id `{run_id}` is not a number")))?;
-    let run = state
-        .app
-        .engine
-        .run(run_id)
+    if let Some(run) = state.app.engine.run(run_id) {
+        return Ok(Json(json!(run.report())));
+    }
+    let runs = state.app.journal.recent_runs(MAX_RUNS).await.map_err(journal_error)?;
+    let run = runs
+        .into_iter()
+        .find(|run| run.run_id == run_id)
         .ok_or_else(|| ApiError::NotFound(format!("no recent recovery run {run_id}")))?;
-    Ok(Json(json!(run.report())))
+    Ok(Json(json!(run)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ClaimRequest {
-    seed: Option<i64>,
+/// The most runs `GET /admin/v1/recovery` lists.
+const MAX_RUNS: usize = 200;
+
+/// The query of `GET /admin/v1/recovery`.
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    limit: Option<usize>,
+}
+
+async fn recovery_runs(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(20).clamp(1, MAX_RUNS);
+    let runs = state.app.journal.recent_runs(limit).await.map_err(journal_error)?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn inference_history(
+    State(state): State<AdminState>,
+    Path(inference_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let history = state.app.journal.history(&inference_id).await.map_err(journal_error)?;
+    if history.is_empty() {
+        return Err(ApiError::NotFound(format!("the journal has no record of `{inference_id}`")));
+    }
+    Ok(Json(json!(history)))
+}
+
+fn journal_error(err: crate::storage::Error) -> ApiError {
+    ApiError::Internal(anyhow::Error::new(err).context("reading the journal"))
+}
+
+/// The optional body of `POST /admin/v1/claim-reward/recover`, upstream's request; unknown fields
+/// are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ClaimRequest {
+    /// The epoch's seed; the one the node derives for that epoch when absent.
+    pub seed: Option<i64>,
+    /// Claim again even if this epoch's rewards were already claimed.
     #[serde(default)]
-    force_claim: bool,
-    epoch_index: Option<u64>,
+    pub force_claim: bool,
+    /// The epoch to recover and claim; the previous epoch when absent.
+    pub epoch_index: Option<u64>,
 }
 
 async fn claim_reward_recover(
     State(state): State<AdminState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: ClaimRequest = optional_body(&body)?;
+    let request: ClaimRequest = parse_body(&body)?;
     let claimer = &state.app.claimer;
     let epoch = match request.epoch_index {
         Some(epoch) => epoch,
@@ -280,7 +333,7 @@ async fn claim_reward_recover(
         return Err(ApiError::Unavailable("the engine is shutting down".into()));
     }
     let already = claimer.is_claimed(epoch);
-    let pending = claimer.spawn(epoch, seed);
+    let pending = claimer.spawn(Trigger::Admin, epoch, seed);
     match tokio::time::timeout(state.claim_wait, pending).await {
         Ok(Ok(record)) => {
             let missed = record.run.as_ref().map_or(0, |run| run.detected);

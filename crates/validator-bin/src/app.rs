@@ -38,9 +38,12 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
-use validator_core::{Engine, Ports, RecoveryStart, RunReport, ShutdownReport};
+use validator_core::{Engine, Ports, RecoveryStart, RunReport, ShutdownReport, Trigger};
 
-use crate::settings::{IdentityConfig, Settings};
+use crate::{
+    settings::{IdentityConfig, Settings},
+    storage::{DataDirLock, SqliteJournal},
+};
 
 /// The key and account this validator acts as.
 #[derive(Debug, Clone)]
@@ -61,39 +64,6 @@ impl Identity {
         let signer = Signer::from_hex(text.trim())
             .map_err(|_| anyhow::anyhow!("{} does not hold a 64-hex-digit key", path.display()))?;
         Ok(Self { account_address: config.account_address.clone(), signer })
-    }
-}
-
-/// A [`HeightStore`] in one file of the data directory, written through a temporary file and
-/// a rename so a crash never leaves half a number.
-#[derive(Debug)]
-pub struct FileHeightStore {
-    path: PathBuf,
-}
-
-impl FileHeightStore {
-    /// A store at `path`; the directory is created if needed.
-    pub fn new(path: PathBuf) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the data directory {}", dir.display()))?;
-        }
-        Ok(Self { path })
-    }
-}
-
-impl HeightStore for FileHeightStore {
-    fn load(&self) -> Option<u64> {
-        std::fs::read_to_string(&self.path).ok()?.trim().parse().ok()
-    }
-
-    fn store(&self, height: u64) {
-        let temporary = self.path.with_extension("tmp");
-        let written = std::fs::write(&temporary, height.to_string())
-            .and_then(|()| std::fs::rename(&temporary, &self.path));
-        if let Err(err) = written {
-            warn!(%err, path = %self.path.display(), "cannot persist the last processed height");
-        }
     }
 }
 
@@ -214,16 +184,21 @@ impl Claimer {
                 work_coins = settled.work_coins,
                 "reward check: unclaimed rewards; recovering their epoch, then claiming"
             );
-            claimer.recover_then_claim(epoch, claimer.seed(epoch)).await;
+            claimer.recover_then_claim(Trigger::RewardCheck, epoch, claimer.seed(epoch)).await;
         });
     }
 
     /// Runs [`Claimer::recover_then_claim`] on a tracked task; the receiver gets the record.
-    pub fn spawn(self: &Arc<Self>, epoch: u64, seed: i64) -> oneshot::Receiver<ClaimRecord> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        trigger: Trigger,
+        epoch: u64,
+        seed: i64,
+    ) -> oneshot::Receiver<ClaimRecord> {
         let (sender, receiver) = oneshot::channel();
         let claimer = Arc::clone(self);
         self.tasks.spawn(async move {
-            let record = claimer.recover_then_claim(epoch, seed).await;
+            let record = claimer.recover_then_claim(trigger, epoch, seed).await;
             let _ = sender.send(record);
         });
         receiver
@@ -232,7 +207,7 @@ impl Claimer {
     /// Recovers `epoch` (or joins the run going on), awaits the run, then claims, also when
     /// recovery failed. Epoch 0 (genesis) is claimed without recovery. Shutdown ends it
     /// without claiming.
-    pub async fn recover_then_claim(&self, epoch: u64, seed: i64) -> ClaimRecord {
+    pub async fn recover_then_claim(&self, trigger: Trigger, epoch: u64, seed: i64) -> ClaimRecord {
         let mut record =
             ClaimRecord { epoch_index: epoch, seed, run: None, tx_hash: None, error: None };
         // A run of another epoch may hold the guard: await it, then start ours once more.
@@ -240,7 +215,7 @@ impl Claimer {
             if epoch == 0 {
                 break;
             }
-            let start = match self.engine.recover(epoch, seed) {
+            let start = match self.engine.recover_from(trigger, epoch, seed) {
                 Ok(start) => start,
                 Err(err) => {
                     warn!(epoch, %err, "recovery not started before the claim");
@@ -305,6 +280,8 @@ pub struct AppHandle {
     pub token: Arc<str>,
     /// Where the token is kept.
     pub token_file: PathBuf,
+    /// The journal: validations, submissions, recovery runs, the last processed height.
+    pub journal: Arc<SqliteJournal>,
 }
 
 /// The wired node, built and bound but not yet running.
@@ -315,7 +292,8 @@ pub struct App {
     ml_client: HttpMlNodeClient,
     admin_listener: TcpListener,
     metrics_listener: TcpListener,
-    heights: Arc<dyn HeightStore>,
+    /// Held while the app lives: no second process works on the same data directory.
+    _lock: DataDirLock,
     cancel: CancellationToken,
 }
 
@@ -329,13 +307,21 @@ pub struct StopReport {
 }
 
 impl App {
-    /// Builds the adapters and the engine and binds both listeners. `settings` must be valid
-    /// ([`Settings::validate`]). Must be called within a Tokio runtime.
-    pub async fn build(
-        settings: Settings,
-        identity: Identity,
-        heights: Arc<dyn HeightStore>,
-    ) -> anyhow::Result<Self> {
+    /// Locks the data directory, opens the journal, builds the adapters and the engine and
+    /// binds both listeners. `settings` must be valid ([`Settings::validate`]). Must be called
+    /// within a Tokio runtime.
+    ///
+    /// The lock comes first: a second process on the same data directory fails with
+    /// [`crate::storage::Error::Locked`] before it opens, binds or connects anything.
+    pub async fn build(settings: Settings, identity: Identity) -> anyhow::Result<Self> {
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
+        let journal = {
+            let (dir, config) = (settings.data_dir.clone(), settings.storage.clone());
+            tokio::task::spawn_blocking(move || SqliteJournal::open(&dir, &config))
+                .await
+                .context("opening the journal")??
+        };
+        let journal = Arc::new(journal);
         // Installed before the engine starts, so the gauges it sets at start are recorded.
         crate::telemetry::recorder()?;
         let cancel = CancellationToken::new();
@@ -359,6 +345,7 @@ impl App {
             payloads: Arc::new(payloads),
             broker: Arc::new(pool.clone()),
             ml: Arc::new(ml_client.clone()),
+            journal: Arc::clone(&journal) as Arc<dyn validator_core::ports::Journal>,
         };
         let engine = Engine::start(settings.core.clone(), ports).context("starting the engine")?;
         let claimer = Arc::new(Claimer::new(
@@ -385,6 +372,7 @@ impl App {
             metrics_addr: metrics_listener.local_addr()?,
             token: token.into(),
             token_file,
+            journal,
         };
         Ok(Self {
             settings,
@@ -393,7 +381,7 @@ impl App {
             ml_client,
             admin_listener,
             metrics_listener,
-            heights,
+            _lock: lock,
             cancel,
         })
     }
@@ -413,7 +401,7 @@ impl App {
             ml_client,
             admin_listener,
             metrics_listener,
-            heights,
+            _lock,
             cancel,
         } = self;
         let tasks = TaskTracker::new();
@@ -450,8 +438,15 @@ impl App {
             }
         });
         let _probe = handle.pool.spawn_probe(&ml_client, cancel.clone());
+        let heights = Arc::clone(&handle.journal) as Arc<dyn HeightStore>;
         let events = chain_source::events::spawn(&settings.chain.events, heights, cancel.clone())
             .context("starting the chain event source")?;
+        tasks.spawn(prune_loop(
+            Arc::clone(&handle.journal),
+            handle.chain.clone(),
+            settings.storage.clone(),
+            cancel.clone(),
+        ));
         let dispatcher = Dispatcher {
             address: identity.account_address.clone(),
             claimer: Arc::clone(&handle.claimer),
@@ -483,6 +478,7 @@ impl App {
             tasks.wait().await;
         })
         .await;
+        handle.journal.close().await;
         info!(
             cancelled_queued = engine.cancelled_idle,
             cancelled_running = engine.running,
@@ -490,6 +486,39 @@ impl App {
             "stopped"
         );
         Ok(StopReport { reason, engine })
+    }
+}
+
+/// Prunes the journal every `config.prune_interval`, keeping `config.retention_epochs` epochs
+/// before the chain's current one.
+async fn prune_loop(
+    journal: Arc<SqliteJournal>,
+    chain: ChainClient,
+    config: crate::storage::StorageConfig,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.prune_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let epoch = tokio::select! {
+            () = cancel.cancelled() => return,
+            info = chain.epoch_info() => match info {
+                Ok(info) => info.epoch_index,
+                Err(err) => {
+                    warn!(%err, "journal pruning skipped: the current epoch is unknown");
+                    continue;
+                }
+            },
+        };
+        let keep_from = config.keep_from_epoch(epoch);
+        match journal.prune(keep_from).await {
+            Ok(report) => info!(keep_from, ?report, "journal pruned"),
+            Err(err) => warn!(%err, "journal pruning failed"),
+        }
     }
 }
 
@@ -585,7 +614,7 @@ impl Dispatcher {
         info!(height, epoch, "claim height reached: recovering the previous epoch, then claiming");
         let seed = self.claimer.seed(epoch);
         // The claim runs on its own; the dispatcher does not wait for its record.
-        drop(self.claimer.spawn(epoch, seed));
+        drop(self.claimer.spawn(Trigger::Claim, epoch, seed));
     }
 
     fn check_rewards(&mut self, height: i64, schedule: &EpochSchedule) {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use chain_source::{events::MemoryHeightStore, query::EpochParams, Signer};
+use chain_source::{events::HeightStore, query::EpochParams, Signer};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ml_client::NodeConfig;
 use serde_json::json;
@@ -117,6 +117,8 @@ pub struct Scenario {
     pub ml: Option<FakeMlNode>,
     /// The ML node replays go to: the fake's URL or `--ml-node`.
     pub ml_url: String,
+    /// A fresh temporary data directory for the app's journal.
+    pub data_dir: PathBuf,
     /// This validator's account address.
     pub address: String,
     /// The executor's account address.
@@ -176,14 +178,22 @@ impl Scenario {
         settings.validate()?;
         let identity =
             Identity { account_address: scenario.address.clone(), signer: validator_key()? };
-        let heights = Arc::new(MemoryHeightStore::new(Some(scenario.chain.tip())));
-        let app = App::build(settings, identity, heights).await?;
+        let app = App::build(settings, identity).await?;
+        // The app follows the chain from where the scenario stands, not from its first block.
+        let journal = &app.handle().journal;
+        HeightStore::store(journal.as_ref(), scenario.chain.tip());
+        journal.flush().await?;
         Ok((scenario, app))
     }
 
-    /// The app's settings on these fakes ([`settings`]).
+    /// The app's settings on these fakes ([`settings`]), with this scenario's data directory.
     pub fn settings(&self, options: &DemoOptions) -> Settings {
-        settings(options, &self.chain.url(), &self.ml_url, self.ml.is_some())
+        let mut settings = settings(options, &self.chain.url(), &self.ml_url, self.ml.is_some());
+        settings.data_dir = self.data_dir.clone();
+        if options.admin_token_file.is_none() {
+            settings.admin.token_file = Some(self.data_dir.join("admin.token"));
+        }
+        settings
     }
 
     /// Starts the fakes and scripts the epochs and the backlog, for an app built here or a
@@ -258,7 +268,13 @@ impl Scenario {
                 (Some(ml), url)
             }
         };
-        Ok(Self { chain, executor, ml, ml_url, address, executor_address })
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let data_dir = std::env::temp_dir().join(format!(
+            "validator-demo-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        Ok(Self { chain, executor, ml, ml_url, address, executor_address, data_dir })
     }
 }
 
@@ -314,7 +330,7 @@ async fn produce_blocks(
             }
         }
         let disputed = disputed_sent.load(Ordering::Relaxed);
-        if block % 3 == 0 && disputed < DISPUTED {
+        if block.is_multiple_of(3) && disputed < DISPUTED {
             let id = format!("disputed-{disputed}");
             txs.push(vec![TxEvent::inference_validation(&id, "gonka1othervalidator", true)]);
             disputed_sent.fetch_add(1, Ordering::Relaxed);
@@ -361,7 +377,7 @@ impl Bars {
 /// Runs the demo to its end (and, with `--hold`, until SIGINT or SIGTERM).
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let (scenario, app) = Scenario::build(&options).await?;
-    let Scenario { chain, executor, ml, .. } = scenario;
+    let Scenario { chain, executor, ml, data_dir, .. } = scenario;
     let chain = Arc::new(chain);
     let executor = Arc::new(executor);
     let handle = app.handle();
@@ -560,6 +576,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         None => app_task.await,
     };
     let stopped = stopped.context("the app task")??;
+    if let Err(err) = std::fs::remove_dir_all(&data_dir) {
+        tracing::warn!(%err, dir = %data_dir.display(), "the demo's data directory is left behind");
+    }
     if !options.json {
         println!(
             "stopped ({}): {} queued and {} running validations cancelled, drained {}",

@@ -7,7 +7,7 @@ use tracing::info;
 use validator_bin::{
     app, demo,
     settings::{LogFormat, Settings},
-    signal, telemetry, EXIT_USAGE,
+    signal, storage, telemetry, EXIT_LOCKED, EXIT_USAGE,
 };
 
 /// A validator node for a decentralized AI inference network.
@@ -78,15 +78,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            match err.downcast_ref::<storage::Error>() {
+                Some(storage::Error::Locked { .. }) => ExitCode::from(EXIT_LOCKED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let identity = app::Identity::load(&settings.identity)?;
-    let heights = app::FileHeightStore::new(settings.data_dir.join("last_height"))?;
-    let app = app::App::build(settings, identity, std::sync::Arc::new(heights)).await?;
+    let app = app::App::build(settings, identity).await?;
     let handle = app.handle();
     println!("admin token: {} (kept in {})", handle.token, handle.token_file.display());
     info!(admin = %handle.admin_addr, metrics = %handle.metrics_addr, "listening");

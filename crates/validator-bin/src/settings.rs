@@ -25,7 +25,8 @@ use validator_core::config::duration_ms;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Directory for the node's state: the last processed height and, unless
+    /// Directory for the node's state: the journal (`journal.sqlite`: validations, submissions,
+    /// recovery runs, the last processed height), the single-instance `LOCK` and, unless
     /// `admin.token_file` says otherwise, the admin token.
     pub data_dir: PathBuf,
     /// How long shutdown waits for in-flight work before giving up on it, in milliseconds.
@@ -45,6 +46,8 @@ pub struct Settings {
     pub identity: IdentityConfig,
     /// Logs.
     pub log: LogConfig,
+    /// The journal.
+    pub storage: crate::storage::StorageConfig,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             metrics: MetricsConfig::default(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
+            storage: crate::storage::StorageConfig::default(),
         }
     }
 }
@@ -201,6 +205,7 @@ impl Settings {
         self.core.validate().map_err(|err| ConfigError(format!("core: {err}")))?;
         self.ml.validate().map_err(|err| ConfigError(format!("ml: {err}")))?;
         self.chain.validate().map_err(|err| ConfigError(format!("chain: {err}")))?;
+        self.storage.validate().map_err(|err| ConfigError(err.to_string()))?;
         if self.shutdown_grace.is_zero() {
             return Err(ConfigError("`shutdown_grace`: allowed is a positive duration".into()));
         }

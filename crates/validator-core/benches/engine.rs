@@ -28,7 +28,8 @@ use crate::{
     strategy::{BoxError, Policy, Strategy},
 };
 
-const SCENARIOS: [&str; 6] = ["drain", "memory", "live", "faults", "shutdown", "http_drain"];
+const SCENARIOS: [&str; 7] =
+    ["drain", "memory", "live", "faults", "shutdown", "http_drain", "journal_cost"];
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
@@ -96,6 +97,9 @@ fn main() -> Result<(), BoxError> {
         for strategy in Strategy::ALL {
             put(strategy, "http_drain", scenarios::http_drain(strategy, &sizes)?);
         }
+    }
+    if runs("journal_cost") {
+        put(Strategy::Ours, "journal_cost", scenarios::journal_cost(&sizes)?);
     }
     if runs("shutdown") {
         for strategy in Strategy::ALL {

@@ -2,6 +2,7 @@
 
 mod attempt;
 mod detect;
+mod reconcile;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
@@ -14,9 +15,9 @@ use crate::{
     outcome::{Lane, OutcomeCounts, OutcomeEvent},
     ports::{
         chain::{ChainError, InferenceId},
-        ChainClient, MlNodeClient, ModelLockBroker, PayloadSource,
+        ChainClient, Journal, MlNodeClient, ModelLockBroker, PayloadSource,
     },
-    recovery::{RecoveryGuard, RecoveryStart, RunHandle, RunReport},
+    recovery::{RecoveryGuard, RecoveryStart, RunHandle, RunReport, Trigger},
     sampling,
     scheduler::{Admission, Scheduler},
     Config, Error, Result,
@@ -33,6 +34,9 @@ pub struct Ports {
     pub broker: Arc<dyn ModelLockBroker>,
     /// Replays on ML nodes.
     pub ml: Arc<dyn MlNodeClient>,
+    /// The durable record of the engine's work and its write-ahead submissions;
+    /// [`NoJournal`](crate::ports::NoJournal) keeps nothing.
+    pub journal: Arc<dyn Journal>,
 }
 
 /// The most ids one `GetInferenceValidationParameters` call carries (DOMAIN.md 7).
@@ -115,6 +119,10 @@ pub struct ShutdownReport {
 impl Engine {
     /// Builds the engine and starts its dispatcher and sampling intake on the current tokio
     /// runtime.
+    ///
+    /// Before the first slot is handed out, the dispatcher reconciles the journal's open
+    /// submission intents with the chain (a crashed process may or may not have sent them), so
+    /// nothing is sent twice; work admitted meanwhile waits in its lane.
     pub fn start(config: Config, ports: Ports) -> Result<Self> {
         config.validate()?;
         use rand::SeedableRng;
@@ -123,13 +131,14 @@ impl Engine {
             None => rand::rngs::SmallRng::from_os_rng(),
         };
         let (intake, intake_rx) = mpsc::channel(config.intake_capacity);
+        let last_run_id = ports.journal.last_run_id();
         let inner = Arc::new(Inner {
-            scheduler: Scheduler::new(&config),
+            scheduler: Scheduler::new(&config, Arc::clone(&ports.journal)),
             validated: attempt::ValidatedCache::new(config.validated_set_ttl),
             jitter: std::sync::Mutex::new(jitter),
             config,
             ports,
-            guard: Arc::default(),
+            guard: Arc::new(RecoveryGuard::after(last_run_id)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             intake,
@@ -170,6 +179,11 @@ impl Engine {
     /// Starts recovery of the validations missed in `epoch`, sampled with `seed`, unless a run
     /// is already going: then nothing starts and the running run's handle comes back.
     pub fn recover(&self, epoch: u64, seed: i64) -> Result<RecoveryStart> {
+        self.recover_from(Trigger::Direct, epoch, seed)
+    }
+
+    /// [`recover`](Engine::recover), naming what started the run for the journal.
+    pub fn recover_from(&self, trigger: Trigger, epoch: u64, seed: i64) -> Result<RecoveryStart> {
         if self.inner.cancel.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -183,7 +197,7 @@ impl Engine {
         };
         let inner = Arc::clone(&self.inner);
         let span = tracing::info_span!("recovery", run_id = handle.id(), epoch);
-        self.inner.tasks.spawn(detect::run(inner, claim, epoch, seed).instrument(span));
+        self.inner.tasks.spawn(detect::run(inner, claim, trigger, epoch, seed).instrument(span));
         Ok(RecoveryStart::Started(handle))
     }
 
@@ -280,6 +294,11 @@ impl Inner {
 /// Hands free slots to ready work, and sleeps until a slot frees, work arrives or a retry
 /// falls due. The slot is taken here, before the attempt's task is spawned.
 async fn dispatch_loop(inner: Arc<Inner>) {
+    tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => return,
+        () = reconcile::run(&inner) => {}
+    }
     loop {
         let woken = inner.scheduler.wake.notified();
         let (jobs, next_due) = inner.scheduler.dispatch(Instant::now());

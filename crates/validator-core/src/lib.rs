@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod sampling;
 mod scheduler;
 pub mod scoring;
+mod sync;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
@@ -31,5 +32,5 @@ pub use error::{Error, Result};
 pub use outcome::{
     InvalidationReason, Lane, Outcome, OutcomeCounts, OutcomeEvent, OutcomeKind, SkipReason, Stage,
 };
-pub use recovery::{RecoveryStart, RunHandle, RunReport, RunState};
+pub use recovery::{RecoveryStart, RunHandle, RunReport, RunState, Trigger};
 pub use scheduler::Admission;

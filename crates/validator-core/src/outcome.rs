@@ -2,12 +2,12 @@
 
 use std::{fmt, time::Duration};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{ports::chain::InferenceId, scoring::Verdict};
 
 /// The three lanes of work, in priority order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
     /// Revalidations of disputed inferences: votes that matter within the epoch.
@@ -43,7 +43,7 @@ impl fmt::Display for Lane {
 }
 
 /// A stage of one validation attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Querying the inference record and epoch state.
@@ -72,7 +72,7 @@ impl Stage {
 }
 
 /// Why an inference was invalidated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvalidationReason {
     /// Every payload attempt failed (`ErrPayloadUnavailable`).
@@ -82,7 +82,7 @@ pub enum InvalidationReason {
 }
 
 /// Why an inference was skipped without a submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// The chain or the executor no longer has it.
@@ -98,7 +98,7 @@ pub enum SkipReason {
 }
 
 /// How one admitted validation ended. Every admitted validation ends in exactly one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// A validation was submitted.

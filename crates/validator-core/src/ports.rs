@@ -5,11 +5,13 @@
 //! timeout and drops the future on shutdown, so implementations must be cancel-safe.
 
 pub mod chain;
+pub mod journal;
 pub mod ml_node;
 pub mod model_lock;
 pub mod payload_source;
 
 pub use chain::ChainClient;
+pub use journal::{Journal, NoJournal};
 pub use ml_node::MlNodeClient;
 pub use model_lock::ModelLockBroker;
 pub use payload_source::PayloadSource;

@@ -1,15 +1,41 @@
 //! The recovery guard: at most one recovery run at a time across every trigger, and a handle
 //! through which a losing trigger can see and await the run that won.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex, MutexGuard,
-};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::outcome::{OutcomeCounts, OutcomeKind};
+use crate::{
+    outcome::{OutcomeCounts, OutcomeKind},
+    sync::{AtomicU64, Mutex, MutexGuard, Ordering},
+};
+
+/// What started a recovery run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The claim-time dispatcher, before claiming the previous epoch.
+    Claim,
+    /// The periodic reward-recovery checker.
+    RewardCheck,
+    /// An operator, through the admin API.
+    Admin,
+    /// A direct call of [`crate::Engine::recover`].
+    Direct,
+}
+
+impl Trigger {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Claim => "claim",
+            Trigger::RewardCheck => "reward_check",
+            Trigger::Admin => "admin",
+            Trigger::Direct => "direct",
+        }
+    }
+}
 
 /// Where a recovery run is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -203,6 +229,12 @@ impl Drop for RunClaim {
 }
 
 impl RecoveryGuard {
+    /// A guard whose first run id follows `last_run_id` (the journal's, so ids stay unique
+    /// across restarts).
+    pub(crate) fn after(last_run_id: u64) -> Self {
+        Self { runs: Mutex::default(), next_id: AtomicU64::new(last_run_id) }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Runs> {
         self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -241,6 +273,10 @@ impl RecoveryGuard {
     }
 }
 
+// Two attributes rather than `all(test, loom)`, so clippy treats it as test code.
+#[cfg(test)]
+#[cfg(loom)]
+mod loom;
 #[cfg(test)]
 mod tests {
     use super::*;

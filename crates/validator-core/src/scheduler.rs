@@ -7,12 +7,13 @@
 //! - every admitted key ends in exactly one [`OutcomeEvent`];
 //! - a key waiting to retry holds no slot.
 //!
-//! The lock is a `std::sync::Mutex` that is never held across an await or while calling out.
+//! The lock is a `std::sync::Mutex` that is never held across an await or while calling out,
+//! except into the journal's `record`, which only queues and never waits.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::Duration,
 };
 
@@ -23,8 +24,13 @@ use tokio::{
 
 use crate::{
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent, Stage},
-    ports::chain::{InferenceId, MsgValidation},
+    ports::{
+        chain::{InferenceId, MsgValidation},
+        journal::JournalEntry,
+        Journal,
+    },
     recovery::RunTracker,
+    sync::{Mutex, MutexGuard},
     Error,
 };
 
@@ -52,6 +58,8 @@ pub(crate) struct Attempts {
 pub(crate) struct PendingSubmit {
     pub(crate) msg: MsgValidation,
     pub(crate) outcome: Outcome,
+    /// The inference's epoch, for the journal's intent.
+    pub(crate) epoch: u64,
 }
 
 /// What an attempt asks the scheduler to do with its key.
@@ -63,6 +71,8 @@ pub(crate) enum Step {
         delay: Duration,
         attempts: Attempts,
         pending_submit: Option<Box<PendingSubmit>>,
+        /// What failed, for the journal.
+        error: String,
     },
     /// The key is done.
     Terminal(Outcome),
@@ -222,13 +232,14 @@ pub(crate) struct Scheduler {
     /// Wakes a recovery admission waiting for room in the recovery window.
     recovery_room: Notify,
     outcomes: broadcast::Sender<OutcomeEvent>,
+    journal: Arc<dyn Journal>,
     capacity: usize,
     floor_percent: u32,
     bounds: [usize; 3],
 }
 
 impl Scheduler {
-    pub(crate) fn new(config: &crate::Config) -> Arc<Self> {
+    pub(crate) fn new(config: &crate::Config, journal: Arc<dyn Journal>) -> Arc<Self> {
         let (outcomes, _) = broadcast::channel(config.outcome_buffer);
         Arc::new(Self {
             state: Mutex::new(State {
@@ -249,6 +260,7 @@ impl Scheduler {
             wake: Notify::new(),
             recovery_room: Notify::new(),
             outcomes,
+            journal,
             capacity: config.slots,
             floor_percent: u32::from(config.recovery_floor_percent),
             bounds: [config.revalidation_capacity, config.live_capacity, config.recovery_window],
@@ -273,6 +285,26 @@ impl Scheduler {
         lane: Lane,
         run: Option<&Arc<RunTracker>>,
     ) -> Result<Admission, Error> {
+        self.admit_with(key, lane, run, None)
+    }
+
+    /// Admits a message built by an earlier process, to be submitted without a replay.
+    pub(crate) fn admit_pending(
+        &self,
+        key: Key,
+        lane: Lane,
+        pending: PendingSubmit,
+    ) -> Result<Admission, Error> {
+        self.admit_with(key, lane, None, Some(Box::new(pending)))
+    }
+
+    fn admit_with(
+        &self,
+        key: Key,
+        lane: Lane,
+        run: Option<&Arc<RunTracker>>,
+        pending_submit: Option<Box<PendingSubmit>>,
+    ) -> Result<Admission, Error> {
         let mut state = self.lock();
         if !state.open {
             return Err(Error::ShuttingDown);
@@ -296,7 +328,7 @@ impl Scheduler {
         state.admitted += 1;
         state.ready[lane.index()].push_back(key.clone());
         state.entries.insert(
-            key,
+            key.clone(),
             Entry {
                 lane,
                 phase: Phase::Ready,
@@ -304,10 +336,21 @@ impl Scheduler {
                 admitted_at: Instant::now(),
                 first_wait: None,
                 attempts: Attempts::default(),
-                pending_submit: None,
+                pending_submit,
             },
         );
         let depth = state.pending[lane.index()];
+        let run = run.map(|run| run.report());
+        // Recorded before the lock is released, so the dispatcher cannot finish the key (and
+        // the journal see its outcome) before its admission; `record` never waits.
+        self.journal.record(JournalEntry::Admitted {
+            inference_id: key.0,
+            revalidation: key.1,
+            lane,
+            epoch: run.as_ref().map(|run| run.epoch),
+            run_id: run.as_ref().map(|run| run.run_id),
+            at: std::time::SystemTime::now(),
+        });
         drop(state);
         gauge_depth(lane, depth);
         self.wake.notify_one();
@@ -416,7 +459,7 @@ impl Scheduler {
         state.in_use = state.in_use.saturating_sub(1);
         let in_use = state.in_use;
         let terminal = match step {
-            Step::Retry { stage, delay, attempts, pending_submit } if state.open => {
+            Step::Retry { stage, delay, attempts, pending_submit, .. } if state.open => {
                 metrics::counter!("validator_retries_total", "stage" => stage.as_str())
                     .increment(1);
                 let due = Instant::now() + delay;
@@ -477,6 +520,10 @@ impl Scheduler {
         if let Some(run) = run {
             run.record(kind);
         }
+        self.journal.record(JournalEntry::Finished {
+            event: event.clone(),
+            at: std::time::SystemTime::now(),
+        });
         // No receiver is fine: counts and run reports do not depend on the stream.
         let _ = self.outcomes.send(event);
     }
@@ -542,5 +589,9 @@ fn gauge_depth(lane: Lane, depth: usize) {
     metrics::gauge!("validator_queue_depth", "lane" => lane.as_str()).set(depth as f64);
 }
 
+// Two attributes rather than `all(test, loom)`, so clippy treats it as test code.
+#[cfg(test)]
+#[cfg(loom)]
+mod loom;
 #[cfg(test)]
 mod tests;

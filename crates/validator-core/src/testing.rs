@@ -24,6 +24,7 @@ use crate::ports::{
         InferenceStatus, InferenceSummary, MsgValidation, SubmitError, SubmitReceipt,
         ValidationDetails, ValidationParameters, ValidationParams, ValidatorPower,
     },
+    journal::{Intent, Journal, JournalEntry, JournalError, Prior, SubmissionResult},
     ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
     model_lock::{LeaseRelease, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth},
     payload_source::{PayloadError, PayloadSource, Payloads},
@@ -734,6 +735,8 @@ pub struct Fakes {
     pub broker: FakeBroker,
     /// The ML node.
     pub ml: MemoryMlNode,
+    /// The journal.
+    pub journal: MemoryJournal,
 }
 
 impl Fakes {
@@ -744,6 +747,7 @@ impl Fakes {
             payloads: FakePayloads::default(),
             broker: FakeBroker::new(broker_slots),
             ml: MemoryMlNode::new(latency),
+            journal: MemoryJournal::default(),
         }
     }
 
@@ -754,6 +758,115 @@ impl Fakes {
             payloads: Arc::new(self.payloads.clone()),
             broker: Arc::new(self.broker.clone()),
             ml: Arc::new(self.ml.clone()),
+            journal: Arc::new(self.journal.clone()),
         }
+    }
+}
+
+/// A [`Journal`] in memory: every entry kept, intents tracked to their answers, and a switch
+/// that makes intents fail. Clones share the state, so a second engine on a clone sees what
+/// the first one wrote, as a restarted process sees its journal file.
+#[derive(Clone, Default)]
+pub struct MemoryJournal {
+    state: Arc<Mutex<JournalState>>,
+}
+
+#[derive(Default)]
+struct JournalState {
+    entries: Vec<JournalEntry>,
+    /// Intents by message id, in commit order, with their last answer.
+    intents: Vec<(Intent, Option<SubmissionResult>)>,
+    fail_intents: bool,
+}
+
+impl MemoryJournal {
+    /// Every history entry recorded, in order.
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        lock(&self.state).entries.clone()
+    }
+
+    /// Every intent committed, with its last answer.
+    pub fn intents(&self) -> Vec<(Intent, Option<SubmissionResult>)> {
+        lock(&self.state).intents.clone()
+    }
+
+    /// Makes [`Journal::intend`] fail (or succeed again).
+    pub fn fail_intents(&self, fail: bool) {
+        lock(&self.state).fail_intents = fail;
+    }
+
+    /// Commits an intent directly, as a crashed process left it.
+    pub fn leave_open(&self, intent: Intent) {
+        lock(&self.state).intents.push((intent, None));
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    fn record(&self, entry: JournalEntry) {
+        let mut state = lock(&self.state);
+        if let JournalEntry::Submission { msg_id, result, .. } = &entry {
+            if let Some((_, last)) =
+                state.intents.iter_mut().rev().find(|(intent, _)| &intent.msg.id == msg_id)
+            {
+                *last = Some(result.clone());
+            }
+        }
+        state.entries.push(entry);
+    }
+
+    async fn intend(&self, intent: &Intent) -> Result<(), JournalError> {
+        let mut state = lock(&self.state);
+        if state.fail_intents {
+            return Err(JournalError("disk full".into()));
+        }
+        if !state.intents.iter().any(|(known, _)| known.msg.id == intent.msg.id) {
+            state.intents.push((intent.clone(), None));
+        }
+        Ok(())
+    }
+
+    async fn open_intents(&self) -> Result<Vec<Intent>, JournalError> {
+        let state = lock(&self.state);
+        Ok(state
+            .intents
+            .iter()
+            .filter(|(_, last)| last.as_ref().is_none_or(|result| !result.closes()))
+            .map(|(intent, _)| intent.clone())
+            .collect())
+    }
+
+    async fn prior(
+        &self,
+        inference_id: &InferenceId,
+        revalidation: bool,
+    ) -> Result<Option<Prior>, JournalError> {
+        let state = lock(&self.state);
+        let landed = state.intents.iter().any(|(intent, last)| {
+            intent.msg.inference_id == *inference_id
+                && intent.msg.revalidation == revalidation
+                && matches!(
+                    last,
+                    Some(
+                        SubmissionResult::Landed { .. }
+                            | SubmissionResult::Duplicate
+                            | SubmissionResult::ReconciledLanded
+                            | SubmissionResult::ReconciledUnconfirmed
+                    )
+                )
+        });
+        Ok(landed.then_some(Prior::Submitted))
+    }
+
+    fn last_run_id(&self) -> u64 {
+        lock(&self.state)
+            .entries
+            .iter()
+            .filter_map(|entry| match entry {
+                JournalEntry::RunStarted { run_id, .. } => Some(*run_id),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
     }
 }

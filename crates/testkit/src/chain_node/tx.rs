@@ -75,8 +75,11 @@ pub(super) fn broadcast(state: &mut State, encoded: &str) -> Value {
                     return json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash})
                 }
                 Err(rejection) => {
+                    if (rejection.code, rejection.codespace) == DUPLICATE {
+                        state.duplicate_rejections += 1;
+                    }
                     return json!({"code": rejection.code, "data": "", "log": rejection.log,
-                        "codespace": rejection.codespace, "hash": hash})
+                        "codespace": rejection.codespace, "hash": hash});
                 }
             }
         }

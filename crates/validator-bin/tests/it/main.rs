@@ -3,6 +3,9 @@
 
 // The admin API and metrics of an app running on loopback fakes, in process.
 mod admin;
+// The journal: SIGKILL at any point never sends a validation twice; one process per data
+// directory; the admin history routes.
+mod journal;
 // Configuration loading and its exit codes, through the built binary.
 mod config;
 // The demo process: SIGTERM, and an external ML node with hanging replies.
@@ -27,4 +30,25 @@ pub fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("validator-it-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+/// Writes a `validator run` configuration for `scenario` with its state in `data_dir` and the
+/// admin API on `admin_port` (0 picks one); returns the file's path.
+pub fn run_config(
+    scenario: &validator_bin::demo::Scenario,
+    options: &validator_bin::demo::DemoOptions,
+    data_dir: &std::path::Path,
+    admin_port: u16,
+) -> PathBuf {
+    let mut settings = scenario.settings(options);
+    let key_file = data_dir.with_file_name("validator.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    settings.data_dir = data_dir.to_owned();
+    settings.admin.token_file = None;
+    settings.admin.listen.set_port(admin_port);
+    settings.identity.account_address = scenario.address.clone();
+    settings.identity.key_file = key_file;
+    let config = data_dir.with_file_name("validator.toml");
+    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    config
 }

@@ -12,7 +12,10 @@ use testkit::{FakeMlNode, Latency, Reply};
 const BOUND: Duration = Duration::from_secs(20);
 
 /// Waits for `child` to exit, at most `bound`.
-fn wait_exit(mut child: std::process::Child, bound: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(
+    mut child: std::process::Child,
+    bound: Duration,
+) -> std::process::ExitStatus {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = sender.send(child.wait());
@@ -124,16 +127,8 @@ async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
     let options =
         DemoOptions { backlog: BACKLOG, slots: 2, ml_latency_ms: 1, ..Default::default() };
     let scenario = Scenario::start(&options).await.unwrap();
-    let mut settings = scenario.settings(&options);
     let data_dir = crate::temp_path("data");
-    let key_file = data_dir.with_file_name("validator.key");
-    std::fs::write(&key_file, "11".repeat(32)).unwrap();
-    settings.data_dir = data_dir.clone();
-    settings.admin.token_file = None;
-    settings.identity.account_address = scenario.address.clone();
-    settings.identity.key_file = key_file;
-    let config = data_dir.with_file_name("validator.toml");
-    std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+    let config = crate::run_config(&scenario, &options, &data_dir, 0);
 
     let child = Command::new(crate::binary())
         .arg("run")
@@ -176,7 +171,11 @@ async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let printed = std::io::read_to_string(stdout).unwrap();
     assert!(printed.contains("admin token"), "{printed}");
-    let height: u64 =
-        std::fs::read_to_string(data_dir.join("last_height")).unwrap().trim().parse().unwrap();
+    let journal =
+        validator_bin::storage::SqliteJournal::open(&data_dir, &Default::default()).unwrap();
+    let height = chain_source::events::HeightStore::load(&journal).unwrap();
     assert!(height >= claim_height, "the processed height is kept: {height}");
+    let runs = journal.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].trigger.as_deref(), runs[0].epoch), (Some("claim"), 9));
 }

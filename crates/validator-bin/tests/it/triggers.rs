@@ -103,6 +103,37 @@ async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
         submitted.iter().position(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. })).unwrap();
     assert_eq!(claim_at, BACKLOG, "every recovered validation lands before the claim");
     assert_eq!(claimed_epoch(&submitted[claim_at]), BACKLOG_EPOCH);
+
+    // The journal's answers on the admin API.
+    let app = &running.app;
+    app.journal.flush().await.unwrap();
+    let get = |path: String| async move {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", app.admin_addr))
+            .bearer_auth(&*app.token)
+            .timeout(BOUND)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, serde_json::from_str::<Value>(&response.text().await.unwrap()).unwrap())
+    };
+    let (status, history) = get("/admin/v1/inferences/backlog-000003".into()).await;
+    assert_eq!(status, 200, "{history}");
+    let validation = &history["validations"][0];
+    assert_eq!((&validation["lane"], &validation["epoch"]), (&json!("recovery"), &json!(9)));
+    assert_eq!(validation["run_id"], run.run_id);
+    assert_eq!(validation["outcome"]["kind"], "submitted", "{history}");
+    let submission = &history["submissions"][0];
+    assert_eq!(submission["result"]["result"], "landed", "{history}");
+    assert_eq!(submission["intent"]["msg"]["id"], validation["outcome"]["msg_id"]);
+    let (status, _) = get("/admin/v1/inferences/never-seen".into()).await;
+    assert_eq!(status, 404);
+    let (status, runs) = get("/admin/v1/recovery".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(runs["runs"][0]["run_id"], run.run_id, "{runs}");
+    assert_eq!(runs["runs"][0]["trigger"], "claim");
+    assert_eq!(runs["runs"][0]["state"], "completed");
     running.stop().await;
 }
 

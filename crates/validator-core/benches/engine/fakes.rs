@@ -25,6 +25,7 @@ use validator_core::{
         ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
         model_lock::{MlNode, ModelLockBroker},
         payload_source::{PayloadError, PayloadSource, Payloads},
+        Journal, NoJournal,
     },
     testing::{echo_completion, payloads_for, FakeBroker, EXECUTOR, MODEL, SELF_ADDRESS},
     Ports,
@@ -407,6 +408,8 @@ pub(crate) struct Rig {
     /// `http_drain`).
     pub(crate) broker_port: Option<Arc<dyn ModelLockBroker>>,
     pub(crate) ml_port: Option<Arc<dyn MlNodeClient>>,
+    /// The journal (`NoJournal` unless a scenario measures one).
+    pub(crate) journal: Arc<dyn Journal>,
 }
 
 impl Rig {
@@ -425,6 +428,7 @@ impl Rig {
             ml: Arc::new(TimedMlNode::new(latency, faults)),
             broker_port: None,
             ml_port: None,
+            journal: Arc::new(NoJournal),
         }
     }
 
@@ -442,6 +446,7 @@ impl Rig {
             payloads: Arc::clone(&self.payloads) as Arc<dyn PayloadSource>,
             broker,
             ml,
+            journal: Arc::clone(&self.journal),
         }
     }
 }

@@ -507,7 +507,63 @@ pub(crate) fn shutdown(
 /// `drain` over loopback HTTP: the real `HttpMlNodeClient` and `NodePool` against testkit's
 /// `FakeMlNode`, which measures S from a request's arrival to the last byte of its answer.
 pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, BoxError> {
+    http_drain_with(strategy, sizes, None)
+}
+
+/// `http_drain` of our engine with and without the SQLite journal of `validator-bin` (WAL,
+/// `synchronous = full`, in a temporary directory), in alternating rounds so both see the same
+/// machine; the cost is one minus the ratio of the median efficiencies.
+pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
+    use validator_bin::storage::Synchronous;
+    const ROUNDS: usize = 5;
+    let (mut without, mut full, mut normal) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dropped = 0;
+    for round in 0..ROUNDS {
+        let plain = http_drain_with(Strategy::Ours, sizes, None)?;
+        without.push(plain["efficiency"].as_f64().unwrap_or(0.0));
+        for (synchronous, series) in
+            [(Synchronous::Full, &mut full), (Synchronous::Normal, &mut normal)]
+        {
+            let dir = std::env::temp_dir()
+                .join(format!("journal-bench-{}-{round}-{synchronous:?}", std::process::id()));
+            let journaled = http_drain_with(Strategy::Ours, sizes, Some((&dir, synchronous)))?;
+            std::fs::remove_dir_all(&dir)?;
+            series.push(journaled["efficiency"].as_f64().unwrap_or(0.0));
+            dropped += journaled["journal_dropped"].as_u64().unwrap_or(0);
+        }
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let plain = median(&without);
+    Ok(json!({
+        "items": sizes.http_drain,
+        "rounds": ROUNDS,
+        "efficiency_without": without,
+        "efficiency_full": full,
+        "efficiency_normal": normal,
+        "cost_full": round(1.0 - median(&full) / plain),
+        "cost_normal": round(1.0 - median(&normal) / plain),
+        "journal_dropped": dropped,
+    }))
+}
+
+fn http_drain_with(
+    strategy: Strategy,
+    sizes: &Sizes,
+    journal: Option<(&std::path::Path, validator_bin::storage::Synchronous)>,
+) -> Result<Value, BoxError> {
     runtime()?.block_on(async {
+        let journal = match journal {
+            Some((dir, synchronous)) => {
+                let config =
+                    validator_bin::storage::StorageConfig { synchronous, ..Default::default() };
+                Some(Arc::new(validator_bin::storage::SqliteJournal::open(dir, &config)?))
+            }
+            None => None,
+        };
         let policy = Policy::scaled(K);
         let node = testkit::FakeMlNode::try_start().await?;
         node.set_latency(testkit::Latency::Fixed(REPLAY));
@@ -523,6 +579,9 @@ pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, Box
         let mut rig = Rig::new(sizes.http_drain, REPLAY, K, Faults::default(), true);
         rig.ml_port = Some(Arc::new(ml_client::HttpMlNodeClient::new(&config)?));
         rig.broker_port = Some(Arc::new(ml_client::NodePool::new(&config)?));
+        if let Some(journal) = &journal {
+            rig.journal = Arc::clone(journal) as Arc<dyn validator_core::ports::Journal>;
+        }
         let runner = Runner::start(strategy, rig.ports(), &policy, true)?;
         let started = Instant::now();
         let state = runner.recover()?.wait().await;
@@ -533,7 +592,15 @@ pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, Box
         let submitted = rig.chain.submitted();
         let efficiency =
             submitted as f64 * service.as_secs_f64() / (K as f64 * elapsed.as_secs_f64());
+        let journal_dropped = match journal {
+            Some(journal) => {
+                journal.close().await;
+                journal.dropped()
+            }
+            None => 0,
+        };
         Ok(json!({
+            "journal_dropped": journal_dropped,
             "items": sizes.http_drain,
             "efficiency": round(efficiency),
             "completed_share": round(submitted as f64 / sizes.http_drain as f64),

@@ -6,7 +6,7 @@ use std::{
     collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -18,9 +18,10 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::Inner;
 use crate::{
     config::RetryPolicy,
-    outcome::{InvalidationReason, Outcome, SkipReason, Stage},
+    outcome::{InvalidationReason, Lane, Outcome, SkipReason, Stage},
     ports::{
         chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
+        journal::{Intent, JournalEntry, Prior, SubmissionResult},
         ml_node::{ReplayError, ReplayRequest, ReplayResponse},
         model_lock::NodeHealth,
         payload_source::{PayloadError, Payloads},
@@ -37,7 +38,8 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
             .record(wait.as_secs_f64());
     }
     let span = info_span!("validation", inference_id = %key.0, lane = lane.as_str(), revalidation = key.1, run_id);
-    let attempt = Attempt { inner: &inner, id: &key.0, revalidation: key.1, attempts };
+    let attempt = Attempt { inner: &inner, id: &key.0, revalidation: key.1, lane, attempts };
+    let started = Instant::now();
     let work = AssertUnwindSafe(attempt.run(pending_submit)).catch_unwind();
     let step = tokio::select! {
         biased;
@@ -48,6 +50,16 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
             Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
         }),
     };
+    if let Step::Retry { stage, error, .. } = &step {
+        inner.ports.journal.record(JournalEntry::Attempt {
+            inference_id: key.0.clone(),
+            revalidation: key.1,
+            stage: *stage,
+            error: error.clone(),
+            duration: started.elapsed(),
+            at: SystemTime::now(),
+        });
+    }
     permit.finish(step);
 }
 
@@ -64,6 +76,7 @@ struct Attempt<'a> {
     inner: &'a Inner,
     id: &'a InferenceId,
     revalidation: bool,
+    lane: Lane,
     attempts: Attempts,
 }
 
@@ -72,6 +85,21 @@ impl Attempt<'_> {
         if let Some(pending) = pending_submit {
             return self.submit(*pending).await;
         }
+        let journal = &self.inner.ports.journal;
+        // The chain's validated set answers for validations (checked after the payload fetch);
+        // only the journal remembers which revalidations an earlier process sent.
+        if self.revalidation {
+            let timeout = self.inner.config.chain_timeout;
+            match self.inner.bounded(timeout, journal.prior(self.id, true)).await {
+                Some(Ok(Some(Prior::Submitted))) => {
+                    debug!("revalidation sent by an earlier run of this validator");
+                    return skip(SkipReason::AlreadyValidated);
+                }
+                Some(Ok(None)) => {}
+                Some(Err(err)) => warn!(%err, "journal lookup failed; validating"),
+                None => warn!("journal lookup timed out; validating"),
+            }
+        }
         let chain = &self.inner.ports.chain;
         let started = Instant::now();
         let inference = match self.inner.chain_call(chain.inference(self.id)).await {
@@ -79,6 +107,13 @@ impl Attempt<'_> {
             Err(ChainError::NotFound) => return skip(SkipReason::Gone),
             Err(err) => return self.retry_payload(err.to_string()),
         };
+        if self.attempts.total <= 1 {
+            journal.record(JournalEntry::Epoch {
+                inference_id: self.id.clone(),
+                revalidation: self.revalidation,
+                epoch: inference.epoch_id,
+            });
+        }
         // Unknown epoch state counts as not stale, as upstream.
         if let Ok(epoch) = self.inner.chain_call(chain.epoch_state()).await {
             if epoch.is_stale(inference.epoch_id) {
@@ -109,7 +144,8 @@ impl Attempt<'_> {
             Ok(built) => built,
             Err(invalid) => {
                 debug!(%invalid, "invalid inference: submitting value 0");
-                return self.submit_score(scoring::Score::invalid_inference(), String::new()).await;
+                let score = scoring::Score::invalid_inference();
+                return self.submit_score(&inference, score, String::new()).await;
             }
         };
         let request = ReplayRequest { inference_id: self.id.clone(), body: Bytes::from(body) };
@@ -141,7 +177,7 @@ impl Attempt<'_> {
         self.attempts.payload += 1;
         if self.attempts.payload < config.payload_retry.attempts {
             debug!(%err, attempt = self.attempts.payload, "payload fetch failed; will retry");
-            return Err(self.retry(Stage::Payload, &config.payload_retry));
+            return Err(self.retry(Stage::Payload, &config.payload_retry, err.to_string()));
         }
         if inference.has_legacy_payloads() {
             debug!("payloads unavailable; using the legacy copy on chain");
@@ -184,7 +220,8 @@ impl Attempt<'_> {
             Ok(ReplayResponse::Rejected { status }) => {
                 lease.release(NodeHealth::Healthy);
                 debug!(status, "ML node rejected the replay: counted as a pass");
-                return self.submit_score(scoring::Score::rejected_by_node(), String::new()).await;
+                let score = scoring::Score::rejected_by_node();
+                return self.submit_score(inference, score, String::new()).await;
             }
             Err(err) => {
                 let health =
@@ -194,12 +231,17 @@ impl Attempt<'_> {
             }
         };
         match scoring::compare_parsed(original, &body) {
-            Ok(score) => self.submit_score(score, scoring::response_hash(&body)).await,
+            Ok(score) => self.submit_score(inference, score, scoring::response_hash(&body)).await,
             Err(err) => self.retry_replay(err.to_string()),
         }
     }
 
-    async fn submit_score(&mut self, score: scoring::Score, response_hash: String) -> Step {
+    async fn submit_score(
+        &mut self,
+        inference: &Inference,
+        score: scoring::Score,
+        response_hash: String,
+    ) -> Step {
         let msg = self.message(response_hash, score.value);
         let outcome = Outcome::Submitted {
             verdict: score.verdict,
@@ -207,7 +249,7 @@ impl Attempt<'_> {
             msg_id: msg.id.clone(),
             tx_hash: None,
         };
-        self.submit(PendingSubmit { msg, outcome }).await
+        self.submit(PendingSubmit { msg, outcome, epoch: inference.epoch_id }).await
     }
 
     /// Checks the chain status, then submits value 0 unless the inference is already
@@ -224,7 +266,7 @@ impl Attempt<'_> {
         }
         let msg = self.message(String::new(), 0.0);
         let outcome = Outcome::Invalidated { reason, msg_id: msg.id.clone(), tx_hash: None };
-        self.submit(PendingSubmit { msg, outcome }).await
+        self.submit(PendingSubmit { msg, outcome, epoch: inference.epoch_id }).await
     }
 
     fn message(&self, response_hash: String, value: f64) -> MsgValidation {
@@ -237,17 +279,36 @@ impl Attempt<'_> {
         }
     }
 
+    /// Commits the intent to the journal, then broadcasts; a journal failure sends nothing and
+    /// counts as a failed submission.
     async fn submit(&mut self, pending: PendingSubmit) -> Step {
         self.attempts.submit += 1;
         let started = Instant::now();
-        let submitted = self
-            .inner
-            .bounded(
-                self.inner.config.chain_timeout,
-                self.inner.ports.chain.submit_validation(&pending.msg),
-            )
-            .await
-            .unwrap_or_else(|| Err(SubmitError::Transient("submission timed out".into())));
+        let timeout = self.inner.config.chain_timeout;
+        let journal = &self.inner.ports.journal;
+        let intent = Intent {
+            msg: pending.msg.clone(),
+            epoch: pending.epoch,
+            lane: self.lane,
+            outcome: pending.outcome.clone(),
+        };
+        let submitted = match self.inner.bounded(timeout, journal.intend(&intent)).await {
+            Some(Ok(())) => {
+                let submitted = self
+                    .inner
+                    .bounded(timeout, self.inner.ports.chain.submit_validation(&pending.msg))
+                    .await
+                    .unwrap_or_else(|| Err(SubmitError::Transient("submission timed out".into())));
+                journal.record(JournalEntry::Submission {
+                    msg_id: pending.msg.id.clone(),
+                    result: submission_result(&submitted),
+                    at: SystemTime::now(),
+                });
+                submitted
+            }
+            Some(Err(err)) => Err(SubmitError::Transient(format!("not sent: {err}"))),
+            None => Err(SubmitError::Transient("not sent: journal timed out".into())),
+        };
         observe(Stage::Submit, started);
         match submitted {
             Ok(receipt) => {
@@ -273,6 +334,7 @@ impl Attempt<'_> {
                         delay,
                         attempts: self.attempts,
                         pending_submit: Some(Box::new(pending)),
+                        error,
                     }
                 } else {
                     Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
@@ -285,7 +347,7 @@ impl Attempt<'_> {
         self.attempts.payload += 1;
         if self.attempts.payload < self.inner.config.payload_retry.attempts {
             debug!(%error, "chain query failed; will retry");
-            self.retry(Stage::Payload, &self.inner.config.payload_retry)
+            self.retry(Stage::Payload, &self.inner.config.payload_retry, error)
         } else {
             Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
         }
@@ -302,6 +364,7 @@ impl Attempt<'_> {
                 delay: self.inner.backoff(&self.inner.config.replay_retry),
                 attempts,
                 pending_submit: None,
+                error,
             }
         } else {
             warn!(%error, "lock or replay failed on every attempt; giving up");
@@ -309,13 +372,25 @@ impl Attempt<'_> {
         }
     }
 
-    fn retry(&self, stage: Stage, policy: &RetryPolicy) -> Step {
+    fn retry(&self, stage: Stage, policy: &RetryPolicy, error: String) -> Step {
         Step::Retry {
             stage,
             delay: self.inner.backoff(policy),
             attempts: self.attempts,
             pending_submit: None,
+            error,
         }
+    }
+}
+
+fn submission_result(
+    submitted: &Result<crate::ports::chain::SubmitReceipt, SubmitError>,
+) -> SubmissionResult {
+    match submitted {
+        Ok(receipt) => SubmissionResult::Landed { tx_hash: receipt.tx_hash.clone() },
+        Err(SubmitError::Duplicate) => SubmissionResult::Duplicate,
+        Err(SubmitError::Rejected(error)) => SubmissionResult::Rejected { error: error.clone() },
+        Err(SubmitError::Transient(error)) => SubmissionResult::Uncertain { error: error.clone() },
     }
 }
 

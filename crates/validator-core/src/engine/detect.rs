@@ -2,7 +2,12 @@
 //! (3.5), streaming page by page into the bounded recovery lane so memory does not grow with the
 //! backlog, then wait for every one of them to reach a terminal outcome.
 
-use std::{collections::HashSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures_util::FutureExt;
 use tracing::{info, warn};
@@ -10,8 +15,11 @@ use tracing::{info, warn};
 use super::{Inner, PARAMS_BATCH};
 use crate::{
     outcome::OutcomeKind,
-    ports::chain::{ChainError, InferenceId},
-    recovery::{RunClaim, RunState, RunTracker},
+    ports::{
+        chain::{ChainError, InferenceId},
+        journal::JournalEntry,
+    },
+    recovery::{RunClaim, RunState, RunTracker, Trigger},
     sampling,
     scheduler::Admission,
     Error,
@@ -26,8 +34,20 @@ const QUERY_ATTEMPTS: u32 = 3;
 
 /// Runs the recovery the claim was granted for. The claim is released when this returns or
 /// unwinds, which reopens the guard.
-pub(super) async fn run(inner: Arc<Inner>, claim: RunClaim, epoch: u64, seed: i64) {
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    claim: RunClaim,
+    trigger: Trigger,
+    epoch: u64,
+    seed: i64,
+) {
     let tracker = Arc::clone(&claim.tracker);
+    inner.ports.journal.record(JournalEntry::RunStarted {
+        run_id: tracker.id(),
+        epoch,
+        trigger,
+        at: SystemTime::now(),
+    });
     let work = AssertUnwindSafe(execute(&inner, &tracker, epoch, seed)).catch_unwind();
     let state = tokio::select! {
         biased;
@@ -43,6 +63,10 @@ pub(super) async fn run(inner: Arc<Inner>, claim: RunClaim, epoch: u64, seed: i6
     metrics::counter!("validator_recovery_runs_total", "result" => result).increment(1);
     tracker.set_state(state);
     let report = tracker.report();
+    inner
+        .ports
+        .journal
+        .record(JournalEntry::RunEnded { report: report.clone(), at: SystemTime::now() });
     info!(
         state = ?report.state,
         detected = report.detected,

@@ -324,4 +324,25 @@ pub trait ChainClient: Send + Sync + 'static {
 
     /// Signs and broadcasts one `MsgValidation`.
     async fn submit_validation(&self, msg: &MsgValidation) -> Result<SubmitReceipt, SubmitError>;
+
+    /// Whether the chain holds this validator's validation `msg` of an inference of `epoch`:
+    /// `Some(true)` or `Some(false)` when the chain can tell, `None` when it cannot. Used to
+    /// reconcile submissions a crashed process may or may not have sent.
+    ///
+    /// The default reads the validated set, which records validations but not revalidations
+    /// (DOMAIN.md 2.8), so a revalidation is `None`.
+    async fn validation_recorded(
+        &self,
+        msg: &MsgValidation,
+        epoch: u64,
+    ) -> Result<Option<bool>, ChainError> {
+        if msg.revalidation {
+            return Ok(None);
+        }
+        match self.validated_inferences(epoch).await {
+            Ok(ids) => Ok(Some(ids.contains(&msg.inference_id))),
+            Err(ChainError::NotFound) => Ok(Some(false)),
+            Err(err) => Err(err),
+        }
+    }
 }

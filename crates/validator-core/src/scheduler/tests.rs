@@ -4,7 +4,10 @@ use super::*;
 use crate::{Config, OutcomeKind};
 
 fn scheduler(slots: usize, floor: u8) -> Arc<Scheduler> {
-    Scheduler::new(&Config { slots, recovery_floor_percent: floor, ..Config::default() })
+    Scheduler::new(
+        &Config { slots, recovery_floor_percent: floor, ..Config::default() },
+        Arc::new(crate::ports::NoJournal),
+    )
 }
 
 fn key(id: &str) -> Key {
@@ -115,6 +118,7 @@ async fn a_retrying_key_holds_no_slot_and_comes_back_when_due() {
         delay: Duration::from_secs(120),
         attempts: Attempts { payload: 1, total: 1, ..Attempts::default() },
         pending_submit: None,
+        error: "failed".into(),
     });
     // The slot went to the other key at once.
     let (mut jobs, next_due) = scheduler.dispatch(Instant::now());
@@ -136,7 +140,7 @@ async fn a_retrying_key_holds_no_slot_and_comes_back_when_due() {
 #[tokio::test(start_paused = true)]
 async fn lanes_are_bounded_and_recovery_admission_waits_for_room() {
     let config = Config { slots: 1, recovery_window: 2, live_capacity: 1, ..Config::default() };
-    let scheduler = Scheduler::new(&config);
+    let scheduler = Scheduler::new(&config, Arc::new(crate::ports::NoJournal));
     admit_all(&scheduler, Lane::Live, "l", 1);
     assert_eq!(
         scheduler.admit(key("l9"), Lane::Live, None).unwrap_err(),
@@ -193,6 +197,7 @@ async fn close_cancels_idle_keys_and_running_ones_end_once() {
         delay: Duration::from_secs(1),
         attempts: Attempts::default(),
         pending_submit: None,
+        error: "failed".into(),
     });
     let snapshot = scheduler.snapshot(10);
     assert_eq!(snapshot.counts.get(OutcomeKind::Cancelled), 3);

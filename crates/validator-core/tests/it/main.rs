@@ -2,6 +2,8 @@
 //! run on paused tokio time; tests await signals (outcomes, submissions), never sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The journal: write-ahead intents, reconciliation after a crash, history.
+mod journal;
 // Payload retrieval: retries, back-off, invalidations, legacy payloads, staleness.
 mod payloads;
 // Random interleavings of every entry point against a model of the engine.

@@ -1,0 +1,492 @@
+//! The node's durable state in its data directory: the SQLite [`Journal`] (`journal.sqlite`),
+//! the chain source's last processed height (a [`HeightStore`] over the same file), and the
+//! [`DataDirLock`] that keeps a second process out of the directory.
+//!
+//! The database runs in WAL mode. One writer thread owns the write connection and is fed by a
+//! bounded queue: [`Journal::record`] and [`HeightStore::store`] never wait (when the queue is
+//! full the write is dropped and counted in `validator_journal_dropped_total`), while
+//! [`Journal::intend`] waits until the batch holding its intent is committed. Reads go through a
+//! second connection on the blocking pool, so neither side blocks an async worker.
+//!
+//! Tables (timestamps in unix milliseconds, names as the core's `as_str`):
+//! - `validations`: one row per admitted validation, with its epoch once known and its terminal
+//!   outcome; `attempts`: its failed attempts;
+//! - `submissions`: one row per intended `MsgValidation` (keyed by message id), the chain's
+//!   last answer and whether the intent is still open;
+//! - `runs`: recovery runs; `meta`: the last processed height and the highest run id.
+//!
+//! The schema is versioned by `PRAGMA user_version`; a database written by a newer validator is
+//! refused rather than guessed at.
+
+mod lock;
+mod read;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use chain_source::events::HeightStore;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+use validator_core::{
+    config::duration_ms,
+    ports::{
+        chain::InferenceId,
+        journal::{Intent, Journal, JournalEntry, JournalError, Prior},
+    },
+};
+
+pub use lock::DataDirLock;
+pub use read::{
+    AttemptRecord, InferenceHistory, OutcomeRecord, PruneReport, RunRecord, SubmissionRecord,
+    ValidationRecord,
+};
+use writer::{Msg, Writer};
+
+/// The journal's file name in the data directory.
+pub const JOURNAL_FILE: &str = "journal.sqlite";
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// How long a connection waits for a lock held by the other connection before failing. The
+/// writer and the reader rarely contend in WAL mode (a checkpoint, a reader opening), so this
+/// only has to outlast a long commit on a slow disk.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Size the WAL file is truncated back to after a checkpoint, so a burst does not leave a large
+/// file behind.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Prepared statements kept per connection: every statement the writer and the reader use.
+const STATEMENT_CACHE: usize = 64;
+
+/// How often a full queue is reported in the log; every drop is counted in the metric.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+const HEIGHT_KEY: &str = "chain_height";
+const RUN_ID_KEY: &str = "last_run_id";
+
+// === config ===
+
+/// The journal's settings (`[storage]`). Durations are whole milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// SQLite's `synchronous` under WAL: `full` makes every commit durable at once; `normal`
+    /// may lose the last commits on a power loss (never on a process crash) for fewer fsyncs.
+    pub synchronous: Synchronous,
+    /// Messages the writer's queue holds. History entries beyond it are dropped and counted;
+    /// intents wait for room.
+    pub queue_capacity: usize,
+    /// Epochs of history kept: a prune keeps the current epoch and this many before it.
+    pub retention_epochs: u64,
+    /// How often history is pruned, in milliseconds.
+    #[serde(with = "duration_ms")]
+    pub prune_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            queue_capacity: 65_536,
+            retention_epochs: 8,
+            prune_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks the values a journal cannot run with.
+    pub fn validate(&self) -> Result<()> {
+        if self.queue_capacity == 0 {
+            return Err(Error::Config("storage.queue_capacity must be at least 1".into()));
+        }
+        if self.prune_interval.is_zero() {
+            return Err(Error::Config("storage.prune_interval must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The oldest epoch a prune keeps while `current_epoch` is the chain's current epoch.
+    pub fn keep_from_epoch(&self, current_epoch: u64) -> u64 {
+        current_epoch.saturating_sub(self.retention_epochs)
+    }
+}
+
+/// SQLite's `synchronous` setting, as far as WAL mode makes a difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged.
+    Full,
+    /// Commits reach the disk at checkpoints; a power loss may undo the last ones.
+    Normal,
+}
+
+impl Synchronous {
+    /// The pragma's numeric value.
+    fn level(self) -> i64 {
+        match self {
+            Synchronous::Full => 2,
+            Synchronous::Normal => 1,
+        }
+    }
+}
+
+// === error ===
+
+/// What went wrong with the data directory or the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process holds the data directory's lock.
+    #[error(
+        "another validator process is using the data directory {} (its {LOCK_FILE} file is locked)",
+        path.display()
+    )]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The database was written by a newer validator.
+    #[error(
+        "the journal {} has schema version {found}, but this validator knows versions up to \
+         {known}: run a newer validator, or point it at another data directory",
+        path.display()
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: u32,
+        /// The newest version this validator knows.
+        known: u32,
+    },
+    /// SQLite would not switch the database to WAL mode.
+    #[error(
+        "the journal {} cannot use WAL mode (journal_mode stays {mode}): put the data directory \
+         on a local file system",
+        path.display()
+    )]
+    NoWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// A setting is out of range.
+    #[error("invalid storage settings: {0}")]
+    Config(String),
+    /// A file system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or set up.
+    #[error("cannot open the journal {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("journal query failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer could not commit.
+    #[error("journal write failed: {0}")]
+    Write(String),
+    /// A stored JSON value does not decode.
+    #[error("journal holds an undecodable {what}: {source}")]
+    Decode {
+        /// What it belongs to.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The journal was closed, or its writer stopped.
+    #[error("the journal is closed")]
+    Closed,
+    /// A blocking read panicked or was cancelled.
+    #[error("journal read did not complete: {0}")]
+    Task(String),
+}
+
+/// The module's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for JournalError {
+    fn from(err: Error) -> Self {
+        JournalError(err.to_string())
+    }
+}
+
+// === SqliteJournal ===
+
+/// The [`Journal`] in `{data_dir}/journal.sqlite`, and the chain source's [`HeightStore`]. See
+/// the module docs.
+///
+/// [`close`](Self::close) writes everything queued and waits for the writer; dropping the last
+/// handle without closing lets the writer finish the queue on its own thread.
+#[derive(Debug)]
+pub struct SqliteJournal {
+    path: PathBuf,
+    sender: mpsc::Sender<Msg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    reader: Arc<Reader>,
+    last_run_id: AtomicU64,
+    dropped: AtomicU64,
+    started: Instant,
+    next_drop_warning_ms: AtomicU64,
+}
+
+impl SqliteJournal {
+    /// Opens (creating or migrating) `{data_dir}/journal.sqlite` and starts its writer thread.
+    ///
+    /// This blocks on file I/O: call it at start, or on the blocking pool. Take the
+    /// [`DataDirLock`] first.
+    pub fn open(data_dir: &Path, config: &StorageConfig) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| Error::Io { path: data_dir.to_owned(), source })?;
+        let path = data_dir.join(JOURNAL_FILE);
+        let opening = |source| Error::Open { path: path.clone(), source };
+
+        let mut conn = Connection::open(&path).map_err(opening)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+        schema::check(&conn, &path)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(opening)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::NoWal { path, mode });
+        }
+        conn.pragma_update(None, "synchronous", config.synchronous.level()).map_err(opening)?;
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT).map_err(opening)?;
+        schema::migrate(&mut conn, &path)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+
+        let reader = Connection::open(&path).map_err(opening)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+        reader.pragma_update(None, "query_only", true).map_err(opening)?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let last_run_id = read::last_run_id(&reader)?;
+
+        let (sender, receiver) = mpsc::channel(config.queue_capacity);
+        let writer = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || Writer::new(conn).run(receiver))
+            .map_err(|source| Error::Io { path: path.clone(), source })?;
+
+        Ok(Self {
+            path,
+            sender,
+            writer: Mutex::new(Some(writer)),
+            reader: Arc::new(Reader { conn: Mutex::new(reader) }),
+            last_run_id: AtomicU64::new(last_run_id),
+            dropped: AtomicU64::new(0),
+            started: Instant::now(),
+            next_drop_warning_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes dropped because the queue was full (or the journal closed), since open.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Every validation of the inference (both revalidation flags) with its attempts and
+    /// outcome, and its submissions. Unknown inferences give an empty history.
+    pub async fn history(&self, inference_id: &str) -> Result<InferenceHistory> {
+        let inference_id = inference_id.to_owned();
+        self.read(move |conn| read::history(conn, &inference_id)).await
+    }
+
+    /// The last `limit` recovery runs recorded, newest first.
+    pub async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        self.read(move |conn| read::recent_runs(conn, limit)).await
+    }
+
+    /// Deletes the history of epochs before `keep_from_epoch`: validations and their attempts,
+    /// closed submissions, and recovery runs. Validations whose epoch never became known go
+    /// once admitted before the oldest kept validation with a known epoch. Open intents stay.
+    ///
+    /// Runs on the writer thread, between two batches.
+    pub async fn prune(&self, keep_from_epoch: u64) -> Result<PruneReport> {
+        let (ack, acked) = oneshot::channel();
+        self.sender.send(Msg::Prune { keep_from_epoch, ack }).await.map_err(|_| Error::Closed)?;
+        acked.await.map_err(|_| Error::Closed)?.map_err(Error::Write)
+    }
+
+    /// Waits until everything queued before the call is committed.
+    pub async fn flush(&self) -> Result<()> {
+        let (ack, acked) = oneshot::channel();
+        self.sender.send(Msg::Flush { ack }).await.map_err(|_| Error::Closed)?;
+        acked.await.map_err(|_| Error::Closed)?.map_err(Error::Write)
+    }
+
+    /// Stops taking writes, writes everything already queued, and waits for the writer thread
+    /// to finish. Later writes are dropped and intents fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        // Waiting for room is fine here: the writer is draining the queue.
+        let _ = self.sender.send(Msg::Close).await;
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(writer) = writer else { return };
+        match tokio::task::spawn_blocking(move || writer.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => error!("the journal writer panicked"),
+            Err(err) => error!(%err, "waiting for the journal writer failed"),
+        }
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || reader.with(query))
+            .await
+            .map_err(|err| Error::Task(err.to_string()))?
+    }
+
+    fn send(&self, msg: Msg) {
+        if self.sender.try_send(msg).is_ok() {
+            return;
+        }
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("validator_journal_dropped_total").increment(1);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_drop_warning_ms.load(Ordering::Relaxed);
+        let next = now.saturating_add(millis_of(DROP_WARNING_INTERVAL));
+        if now >= due
+            && self
+                .next_drop_warning_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(dropped, "journal queue full or closed: history dropped");
+        }
+    }
+
+    /// Holds the writer inside its next transaction until the returned sender fires or drops.
+    #[cfg(test)]
+    async fn pause(&self) -> std::sync::mpsc::Sender<()> {
+        let (resume_tx, resume) = std::sync::mpsc::channel();
+        let (paused, is_paused) = oneshot::channel();
+        assert!(self.sender.send(Msg::Pause { paused, resume }).await.is_ok());
+        is_paused.await.unwrap();
+        resume_tx
+    }
+}
+
+#[async_trait]
+impl Journal for SqliteJournal {
+    fn record(&self, entry: JournalEntry) {
+        // Counted here rather than by the writer, so ids stay unique even if the entry drops.
+        if let JournalEntry::RunStarted { run_id, .. } = &entry {
+            self.last_run_id.fetch_max(*run_id, Ordering::Relaxed);
+        }
+        self.send(Msg::Entry(entry));
+    }
+
+    async fn intend(&self, intent: &Intent) -> Result<(), JournalError> {
+        let (ack, acked) = oneshot::channel();
+        let msg = Msg::Intend { intent: intent.clone(), at: SystemTime::now(), ack };
+        self.sender.send(msg).await.map_err(|_| Error::Closed)?;
+        acked.await.map_err(|_| Error::Closed)?.map_err(Error::Write)?;
+        Ok(())
+    }
+
+    async fn open_intents(&self) -> Result<Vec<Intent>, JournalError> {
+        Ok(self.read(read::open_intents).await?)
+    }
+
+    async fn prior(
+        &self,
+        inference_id: &InferenceId,
+        revalidation: bool,
+    ) -> Result<Option<Prior>, JournalError> {
+        let inference_id = inference_id.clone();
+        Ok(self.read(move |conn| read::prior(conn, inference_id.as_str(), revalidation)).await?)
+    }
+
+    fn last_run_id(&self) -> u64 {
+        self.last_run_id.load(Ordering::Relaxed)
+    }
+
+    async fn flush(&self) -> Result<(), JournalError> {
+        Ok(SqliteJournal::flush(self).await?)
+    }
+}
+
+impl HeightStore for SqliteJournal {
+    fn load(&self) -> Option<u64> {
+        match self.reader.with(read::height) {
+            Ok(height) => height,
+            Err(err) => {
+                warn!(%err, "cannot read the last processed height; starting from the tip");
+                None
+            }
+        }
+    }
+
+    fn store(&self, height: u64) {
+        self.send(Msg::Height(height));
+    }
+}
+
+/// The read connection.
+#[derive(Debug)]
+struct Reader {
+    conn: Mutex<Connection>,
+}
+
+impl Reader {
+    fn with<T>(&self, query: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        query(&conn)
+    }
+}
+
+// === helpers ===
+
+/// Unix milliseconds; times before 1970 read as 0.
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// SQLite integers are signed; heights, epochs and run ids stay far below `i64::MAX`.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

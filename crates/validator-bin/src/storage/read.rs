@@ -1,0 +1,347 @@
+//! Reads, on the read connection: what the engine asks at start (open intents, priors, the last
+//! run id, the last height) and what the admin API shows (histories, runs).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension as _, Row};
+use serde::Serialize;
+use validator_core::{
+    ports::journal::{Intent, Prior, SubmissionResult},
+    OutcomeKind,
+};
+
+use super::{writer::result_name, Error, Result, HEIGHT_KEY, RUN_ID_KEY};
+
+/// Everything the journal holds about one inference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InferenceHistory {
+    /// The inference.
+    pub inference_id: String,
+    /// Its validations (both revalidation flags), oldest first.
+    pub validations: Vec<ValidationRecord>,
+    /// Its submissions, oldest intent first.
+    pub submissions: Vec<SubmissionRecord>,
+}
+
+impl InferenceHistory {
+    /// Whether the journal holds nothing about the inference.
+    pub fn is_empty(&self) -> bool {
+        self.validations.is_empty() && self.submissions.is_empty()
+    }
+}
+
+/// One admitted validation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidationRecord {
+    /// Whether it was a revalidation.
+    pub revalidation: bool,
+    /// Its lane (`Lane::as_str`); unknown only when its admission was never recorded and it has
+    /// not finished.
+    pub lane: Option<String>,
+    /// The inference's epoch, once known.
+    pub epoch: Option<u64>,
+    /// The recovery run that admitted it.
+    pub run_id: Option<u64>,
+    /// When it was admitted, in unix milliseconds.
+    pub admitted_at_ms: u64,
+    /// Its failed attempts, in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// Its terminal outcome, once reached.
+    pub outcome: Option<OutcomeRecord>,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// The stage that failed (`Stage::as_str`).
+    pub stage: String,
+    /// The error, as text.
+    pub error: String,
+    /// How long the attempt held its slot, in milliseconds.
+    pub duration_ms: u64,
+    /// When it ended, in unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// A terminal outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeRecord {
+    /// The outcome's kind (`OutcomeKind::as_str`).
+    pub kind: String,
+    /// How the comparison came out (`Verdict::as_str`), for a submitted validation.
+    pub verdict: Option<String>,
+    /// The similarity submitted, for a submitted validation.
+    pub value: Option<f64>,
+    /// The `MsgValidation` id, for a submission or an invalidation.
+    pub msg_id: Option<String>,
+    /// The carrying transaction, when known.
+    pub tx_hash: Option<String>,
+    /// The stage of the last failure, when it gave up.
+    pub stage: Option<String>,
+    /// The last error, when it gave up.
+    pub error: Option<String>,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Time from admission to its first slot, in milliseconds; `None` if it never got one.
+    pub wait_ms: Option<u64>,
+    /// Time from admission to the outcome, in milliseconds.
+    pub elapsed_ms: u64,
+    /// When it finished, in unix milliseconds.
+    pub finished_at_ms: u64,
+}
+
+/// One intended submission and the chain's last answer to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubmissionRecord {
+    /// The intent, with the message exactly as sent.
+    pub intent: Intent,
+    /// The last answer, if any arrived.
+    pub result: Option<SubmissionResult>,
+    /// Whether the intent awaits an answer that closes it.
+    pub open: bool,
+    /// When the intent was committed, in unix milliseconds.
+    pub intended_at_ms: u64,
+    /// When an answer closed it, in unix milliseconds.
+    pub resolved_at_ms: Option<u64>,
+}
+
+/// One recovery run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: u64,
+    /// The epoch it recovered.
+    pub epoch: u64,
+    /// What started it (`Trigger::as_str`); `None` if its start was not recorded.
+    pub trigger: Option<String>,
+    /// When it started, in unix milliseconds.
+    pub started_at_ms: Option<u64>,
+    /// When it ended, in unix milliseconds; `None` while it runs (or if the process stopped
+    /// before it ended).
+    pub ended_at_ms: Option<u64>,
+    /// Its final state (`detecting`, `executing`, `completed`, `not_active`, `failed`,
+    /// `cancelled`), once ended.
+    pub state: Option<String>,
+    /// The failure, for a failed run.
+    pub detail: Option<String>,
+    /// Missed validations detected.
+    pub detected: Option<u64>,
+    /// Of those, admitted.
+    pub admitted: Option<u64>,
+    /// Terminal outcomes, by `OutcomeKind::as_str`.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// What one prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Validation rows.
+    pub validations: u64,
+    /// Attempt rows.
+    pub attempts: u64,
+    /// Closed submissions.
+    pub submissions: u64,
+    /// Recovery runs.
+    pub runs: u64,
+}
+
+// === queries ===
+
+pub(super) fn open_intents(conn: &Connection) -> Result<Vec<Intent>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT msg_id, intent FROM submissions WHERE open = 1 ORDER BY intended_at, rowid",
+    )?;
+    let mut rows = statement.query([])?;
+    let mut intents = Vec::new();
+    while let Some(row) = rows.next()? {
+        intents.push(decode_intent(&row.get::<_, String>(0)?, &row.get::<_, String>(1)?)?);
+    }
+    Ok(intents)
+}
+
+pub(super) fn prior(
+    conn: &Connection,
+    inference_id: &str,
+    revalidation: bool,
+) -> Result<Option<Prior>> {
+    let submitted = [
+        result_name(&SubmissionResult::Landed { tx_hash: None }),
+        result_name(&SubmissionResult::Duplicate),
+        result_name(&SubmissionResult::ReconciledLanded),
+        result_name(&SubmissionResult::ReconciledUnconfirmed),
+    ];
+    let outcomes = [
+        OutcomeKind::Submitted,
+        OutcomeKind::InvalidatedUnavailable,
+        OutcomeKind::InvalidatedHashMismatch,
+        OutcomeKind::SkippedAlreadyValidated,
+    ]
+    .map(OutcomeKind::as_str);
+    let found: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM submissions WHERE inference_id = ?1 \
+             AND revalidation = ?2 AND result IN (?3, ?4, ?5, ?6)) \
+             OR EXISTS (SELECT 1 FROM validations WHERE inference_id = ?1 \
+             AND revalidation = ?2 AND outcome IN (?7, ?8, ?9, ?10))",
+        )?
+        .query_row(
+            params![
+                inference_id,
+                revalidation,
+                submitted[0],
+                submitted[1],
+                submitted[2],
+                submitted[3],
+                outcomes[0],
+                outcomes[1],
+                outcomes[2],
+                outcomes[3],
+            ],
+            |row| row.get(0),
+        )?;
+    Ok(found.then_some(Prior::Submitted))
+}
+
+pub(super) fn last_run_id(conn: &Connection) -> Result<u64> {
+    let id: Option<i64> = conn.query_row(
+        "SELECT max(id) FROM (SELECT max(run_id) AS id FROM runs \
+         UNION ALL SELECT value FROM meta WHERE key = ?1)",
+        [RUN_ID_KEY],
+        |row| row.get(0),
+    )?;
+    Ok(id.map_or(0, uint))
+}
+
+pub(super) fn height(conn: &Connection) -> Result<Option<u64>> {
+    let height: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([HEIGHT_KEY], |row| row.get(0))
+        .optional()?;
+    Ok(height.map(uint))
+}
+
+pub(super) fn history(conn: &Connection, inference_id: &str) -> Result<InferenceHistory> {
+    let mut ids = Vec::new();
+    let mut validations = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT id, revalidation, lane, epoch, run_id, admitted_at, finished_at, outcome, \
+         verdict, value, msg_id, tx_hash, stage, error, attempts, wait_ms, elapsed_ms \
+         FROM validations WHERE inference_id = ?1 ORDER BY id",
+    )?;
+    let mut rows = statement.query([inference_id])?;
+    while let Some(row) = rows.next()? {
+        ids.push(row.get::<_, i64>(0)?);
+        validations.push(validation(row)?);
+    }
+
+    let mut statement = conn.prepare_cached(
+        "SELECT a.validation_id, a.stage, a.error, a.duration_ms, a.at FROM attempts a \
+         JOIN validations v ON v.id = a.validation_id WHERE v.inference_id = ?1 ORDER BY a.id",
+    )?;
+    let mut rows = statement.query([inference_id])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let attempt = AttemptRecord {
+            stage: row.get(1)?,
+            error: row.get(2)?,
+            duration_ms: uint(row.get(3)?),
+            at_ms: uint(row.get(4)?),
+        };
+        if let Some(index) = ids.iter().position(|&v| v == id) {
+            validations[index].attempts.push(attempt);
+        }
+    }
+
+    let mut submissions = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT msg_id, intent, result_json, open, intended_at, resolved_at \
+         FROM submissions WHERE inference_id = ?1 ORDER BY intended_at, rowid",
+    )?;
+    let mut rows = statement.query([inference_id])?;
+    while let Some(row) = rows.next()? {
+        let msg_id: String = row.get(0)?;
+        let result: Option<String> = row.get(2)?;
+        submissions.push(SubmissionRecord {
+            intent: decode_intent(&msg_id, &row.get::<_, String>(1)?)?,
+            result: result
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|source| Error::Decode { what: format!("answer to {msg_id}"), source })?,
+            open: row.get(3)?,
+            intended_at_ms: uint(row.get(4)?),
+            resolved_at_ms: row.get::<_, Option<i64>>(5)?.map(uint),
+        });
+    }
+
+    Ok(InferenceHistory { inference_id: inference_id.to_owned(), validations, submissions })
+}
+
+fn validation(row: &Row<'_>) -> Result<ValidationRecord> {
+    let kind: Option<String> = row.get(7)?;
+    let outcome = match kind {
+        Some(kind) => Some(OutcomeRecord {
+            kind,
+            verdict: row.get(8)?,
+            value: row.get(9)?,
+            msg_id: row.get(10)?,
+            tx_hash: row.get(11)?,
+            stage: row.get(12)?,
+            error: row.get(13)?,
+            attempts: row.get::<_, Option<u32>>(14)?.unwrap_or(0),
+            wait_ms: row.get::<_, Option<i64>>(15)?.map(uint),
+            elapsed_ms: row.get::<_, Option<i64>>(16)?.map_or(0, uint),
+            finished_at_ms: row.get::<_, Option<i64>>(6)?.map_or(0, uint),
+        }),
+        None => None,
+    };
+    Ok(ValidationRecord {
+        revalidation: row.get(1)?,
+        lane: row.get(2)?,
+        epoch: row.get::<_, Option<i64>>(3)?.map(uint),
+        run_id: row.get::<_, Option<i64>>(4)?.map(uint),
+        admitted_at_ms: uint(row.get(5)?),
+        attempts: Vec::new(),
+        outcome,
+    })
+}
+
+pub(super) fn recent_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = conn.prepare_cached(
+        "SELECT run_id, epoch, trigger, started_at, ended_at, state, detail, detected, \
+         admitted, outcomes FROM runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut rows = statement.query([limit])?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next()? {
+        let run_id = uint(row.get(0)?);
+        let outcomes: Option<String> = row.get(9)?;
+        runs.push(RunRecord {
+            run_id,
+            epoch: uint(row.get(1)?),
+            trigger: row.get(2)?,
+            started_at_ms: row.get::<_, Option<i64>>(3)?.map(uint),
+            ended_at_ms: row.get::<_, Option<i64>>(4)?.map(uint),
+            state: row.get(5)?,
+            detail: row.get(6)?,
+            detected: row.get::<_, Option<i64>>(7)?.map(uint),
+            admitted: row.get::<_, Option<i64>>(8)?.map(uint),
+            outcomes: outcomes
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|source| Error::Decode { what: format!("run {run_id}"), source })?
+                .unwrap_or_default(),
+        });
+    }
+    Ok(runs)
+}
+
+fn decode_intent(msg_id: &str, json: &str) -> Result<Intent> {
+    serde_json::from_str(json)
+        .map_err(|source| Error::Decode { what: format!("intent {msg_id}"), source })
+}
+
+/// Stored integers are written from `u64` values below `i64::MAX`; a negative one reads as 0.
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
