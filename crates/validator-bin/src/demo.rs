@@ -102,6 +102,16 @@ pub const BACKLOG_EPOCH: u64 = 9;
 pub const LIVE_EPOCH: u64 = 10;
 /// Disputed inferences every validator revalidates.
 pub const DISPUTED: usize = 5;
+/// The scenario's epoch parameters: stages one block long, no delays, a long inference phase.
+pub const EPOCH_PARAMS: EpochParams = EpochParams {
+    epoch_length: 100_000,
+    epoch_shift: 0,
+    poc_stage_duration: 1,
+    poc_validation_delay: 0,
+    poc_validation_duration: 1,
+    set_new_validators_delay: 0,
+    inference_validation_cutoff: 0,
+};
 /// Blocks between the start and the claim height.
 const CLAIM_AFTER_BLOCKS: i64 = 5;
 /// Time between two fake blocks.
@@ -213,17 +223,8 @@ impl Scenario {
         executor.register_requester(&address, vec![validator_key()?.public_key()]);
 
         // Delays are 0 below height 500, so the claim comes exactly at the claim-money height.
-        let params = EpochParams {
-            epoch_length: 100_000,
-            epoch_shift: 0,
-            poc_stage_duration: 1,
-            poc_validation_delay: 0,
-            poc_validation_duration: 1,
-            set_new_validators_delay: 0,
-            inference_validation_cutoff: 0,
-        };
         let poc_start = i64::try_from(chain.tip()).unwrap_or(1) + CLAIM_AFTER_BLOCKS - 3;
-        chain.set_epoch(LIVE_EPOCH, poc_start, params);
+        chain.set_epoch(LIVE_EPOCH, poc_start, EPOCH_PARAMS);
         for epoch in [BACKLOG_EPOCH, LIVE_EPOCH] {
             let parent = EpochGroup {
                 epoch_index: epoch,

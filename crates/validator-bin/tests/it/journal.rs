@@ -26,6 +26,17 @@ fn spawn_run(config: &Path, stderr: Stdio) -> Child {
         .unwrap()
 }
 
+/// `validator run` to its exit, with its output.
+fn run_to_end(config: &Path) -> std::process::Output {
+    Command::new(crate::binary())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 fn send_signal(child: &Child, signal: i32) {
     let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: signals a child this test spawned and has not waited for yet.
@@ -148,13 +159,7 @@ async fn a_second_process_on_the_same_data_directory_exits_73_before_connecting(
     let first = spawn_run(&config, Stdio::null());
     timeout(BOUND, scenario.chain.wait_subscriptions(1)).await.unwrap();
 
-    let second = Command::new(crate::binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let second = run_to_end(&config);
     assert_eq!(second.status.code(), Some(73));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another validator process"), "{stderr}");
@@ -176,13 +181,7 @@ async fn a_newer_journal_schema_is_refused_with_a_clear_message() {
         let db = rusqlite::Connection::open(data_dir.join("journal.sqlite")).unwrap();
         db.pragma_update(None, "user_version", 999).unwrap();
     }
-    let output = Command::new(crate::binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = run_to_end(&config);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("999"), "{stderr}");

@@ -1,28 +1,16 @@
 use std::time::Duration;
 
-use chain_source::query::EpochParams;
 use serde_json::{json, Value};
 use testkit::{Submitted, SubmittedMsg};
 use tokio::sync::oneshot;
 use validator_bin::{
     app::{AppHandle, ClaimRecord},
-    demo::{DemoOptions, Scenario, BACKLOG_EPOCH, LIVE_EPOCH},
+    demo::{DemoOptions, Scenario, BACKLOG_EPOCH, EPOCH_PARAMS, LIVE_EPOCH},
 };
 use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
 
 const BACKLOG: usize = 8;
 const BOUND: Duration = Duration::from_secs(20);
-
-/// The demo's epoch parameters: stages one block long, no delays, a long inference phase.
-const PARAMS: EpochParams = EpochParams {
-    epoch_length: 100_000,
-    epoch_shift: 0,
-    poc_stage_duration: 1,
-    poc_validation_delay: 0,
-    poc_validation_duration: 1,
-    set_new_validators_delay: 0,
-    inference_validation_cutoff: 0,
-};
 
 struct Running {
     scenario: Scenario,
@@ -144,7 +132,7 @@ async fn the_dispatcher_claims_even_when_recovery_fails() {
     let running = Running::start(|scenario| {
         let chain = &scenario.chain;
         let poc_start = i64::try_from(chain.tip()).unwrap() + 2;
-        chain.set_epoch(12, poc_start, PARAMS);
+        chain.set_epoch(12, poc_start, EPOCH_PARAMS);
         chain.set_epoch_group(EpochGroup {
             epoch_index: 12,
             model: String::new(),
@@ -175,7 +163,7 @@ async fn the_reward_checker_recovers_the_settled_epoch_then_claims() {
     let running = Running::start(|scenario| {
         let chain = &scenario.chain;
         let tip = i64::try_from(chain.advance(1_200)).unwrap();
-        chain.set_epoch(LIVE_EPOCH, tip - 1_100, PARAMS);
+        chain.set_epoch(LIVE_EPOCH, tip - 1_100, EPOCH_PARAMS);
         chain.set_settle_amount(&scenario.address, BACKLOG_EPOCH, 1_000, 0);
     })
     .await;
