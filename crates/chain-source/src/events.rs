@@ -331,7 +331,9 @@ impl Source {
             next = next.max(restart);
         }
         next = next.max(self.earliest);
-        self.next = Some(next);
+        // The cursor moves only past heights processed: a tip the node cannot serve (a NewBlock
+        // of a bogus height) costs a failed fetch and a reconnect, and must not drag the cursor
+        // beyond every height the chain will ever reach.
         while next <= tip {
             if self.process(next).await?.is_break() {
                 return Ok(ControlFlow::Break(()));

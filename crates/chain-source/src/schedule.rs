@@ -51,6 +51,9 @@ impl From<&EpochInfo> for EpochSchedule {
     }
 }
 
+// Heights and durations are the chain's answer as it came: the sums saturate, so a malformed
+// `EpochInfo` (heights near `i64::MAX`, negative stages) puts stages at the ends of the range
+// instead of overflowing.
 impl EpochSchedule {
     /// The "set new validators" stage; 0 in epoch 0.
     pub fn set_new_validators(&self) -> i64 {
@@ -59,10 +62,10 @@ impl EpochSchedule {
         }
         let p = &self.params;
         self.poc_start_block_height
-            + p.poc_stage_duration
-            + p.poc_validation_delay
-            + p.poc_validation_duration
-            + p.set_new_validators_delay
+            .saturating_add(p.poc_stage_duration)
+            .saturating_add(p.poc_validation_delay)
+            .saturating_add(p.poc_validation_duration)
+            .saturating_add(p.set_new_validators_delay)
     }
 
     /// The claim-money stage, one block after "set new validators"; 0 in epoch 0.
@@ -70,20 +73,20 @@ impl EpochSchedule {
         if self.epoch_index == 0 {
             return 0;
         }
-        self.set_new_validators() + 1
+        self.set_new_validators().saturating_add(1)
     }
 
     /// Where the next epoch's PoC starts.
     pub fn next_poc_start(&self) -> i64 {
         if self.epoch_index == 0 {
-            return self.params.epoch_length - self.params.epoch_shift;
+            return self.params.epoch_length.saturating_sub(self.params.epoch_shift);
         }
-        self.poc_start_block_height + self.params.epoch_length
+        self.poc_start_block_height.saturating_add(self.params.epoch_length)
     }
 
     /// The last height at which this epoch's inferences are validated.
     pub fn inference_validation_cutoff(&self) -> i64 {
-        self.next_poc_start() - self.params.inference_validation_cutoff
+        self.next_poc_start().saturating_sub(self.params.inference_validation_cutoff)
     }
 
     /// The phase `height` falls in.
@@ -94,7 +97,7 @@ impl EpochSchedule {
         if height >= self.next_poc_start() {
             return Phase::PoC;
         }
-        if height < self.poc_start_block_height + self.params.poc_stage_duration {
+        if height < self.poc_start_block_height.saturating_add(self.params.poc_stage_duration) {
             return Phase::PoC;
         }
         if height < self.set_new_validators() {
@@ -112,7 +115,7 @@ pub fn claim_delay(address: &str, height: i64, schedule: &EpochSchedule) -> u64 
     if address.is_empty() || height <= CLAIM_DELAY_MIN_HEIGHT {
         return 0;
     }
-    if schedule.next_poc_start() - schedule.claim_money() < CLAIM_DELAY_MIN_GAP {
+    if schedule.next_poc_start().saturating_sub(schedule.claim_money()) < CLAIM_DELAY_MIN_GAP {
         return 0;
     }
     let digest = Sha256::digest(address.as_bytes());
@@ -137,10 +140,10 @@ pub fn reward_recovery_due(
     last_attempt: Option<i64>,
     schedule: &EpochSchedule,
 ) -> bool {
-    height - launched_at >= RECOVERY_AFTER_LAUNCH
-        && last_attempt.is_none_or(|last| height - last >= RECOVERY_INTERVAL)
+    height.saturating_sub(launched_at) >= RECOVERY_AFTER_LAUNCH
+        && last_attempt.is_none_or(|last| height.saturating_sub(last) >= RECOVERY_INTERVAL)
         && height <= schedule.inference_validation_cutoff()
-        && height >= schedule.claim_money() + RECOVERY_AFTER_CLAIM
+        && height >= schedule.claim_money().saturating_add(RECOVERY_AFTER_CLAIM)
         && schedule.phase(height) == Phase::Inference
 }
 
@@ -208,6 +211,36 @@ mod tests {
         assert!(!claim_due(address, fire + 1, &schedule));
         assert!(claim_due("", schedule.claim_money(), &schedule));
         assert!(!claim_due(address, 473, &EpochSchedule { epoch_index: 0, ..schedule }));
+    }
+
+    #[test]
+    fn malformed_epochs_saturate_instead_of_overflowing() {
+        let huge = EpochSchedule {
+            epoch_index: 10,
+            poc_start_block_height: i64::MAX,
+            params: EpochParams { epoch_length: i64::MAX, ..mainnet().params },
+        };
+        let negative = EpochSchedule {
+            epoch_index: 10,
+            poc_start_block_height: i64::MIN,
+            params: EpochParams {
+                epoch_length: i64::MIN,
+                poc_stage_duration: -1,
+                inference_validation_cutoff: i64::MAX,
+                ..mainnet().params
+            },
+        };
+        assert_eq!((huge.claim_money(), huge.next_poc_start()), (i64::MAX, i64::MAX));
+        assert_eq!(negative.inference_validation_cutoff(), i64::MIN);
+        for schedule in [huge, negative, EpochSchedule { epoch_index: 0, ..negative }] {
+            for height in [i64::MIN, -1, 0, 172_981, 1 << 40, i64::MAX] {
+                let _ = (schedule.phase(height), claim_due("gonka1executor", height, &schedule));
+                assert!(!reward_recovery_due(height, height, None, &schedule));
+            }
+            for height in [0, 172_981, 1 << 40] {
+                assert!(!claim_due("gonka1executor", height, &schedule), "{height}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   `MsgClaimRewards` (also inside `MsgExec`), rejecting a second validation of an inference
 //!   with the module's `ErrDuplicateValidation` (code 1143, codespace `inference`);
 //! - the websocket (`GET /websocket`): `subscribe`, then one NewBlock notification per new
-//!   height, unless the height is set to be skipped or the node is stalled;
+//!   height, unless the height is set to be skipped or the node is stalled, and any raw frame
+//!   queued with [`FakeChainNode::send_frame`];
 //! - the Cosmos REST gateway routes of the `inference` module and the auth module's account.
 //!
 //! The chain is scripted: accounts and keys, grants, participants, inferences, epochs and
@@ -157,6 +158,8 @@ struct State {
     blocks: BTreeMap<u64, Vec<Vec<TxEvent>>>,
     base64_attributes: bool,
     skipped: BTreeSet<u64>,
+    /// Raw frames for the websockets, in the order [`FakeChainNode::send_frame`] queued them.
+    frames: Vec<String>,
     stalled: bool,
     websocket_generation: u64,
     subscriptions: usize,
@@ -217,6 +220,7 @@ impl FakeChainNode {
                 blocks: BTreeMap::new(),
                 base64_attributes: false,
                 skipped: BTreeSet::new(),
+                frames: Vec::new(),
                 stalled: false,
                 websocket_generation: 0,
                 subscriptions: 0,
@@ -383,6 +387,13 @@ impl FakeChainNode {
     /// Stops (or resumes) NewBlock notifications, as a stalled node would.
     pub fn set_stalled(&self, stalled: bool) {
         self.shared.update(|state| state.stalled = stalled);
+    }
+
+    /// Sends `frame` as it is, as a text message, on every open websocket (after the NewBlocks
+    /// still due): a node gone wrong, such as a NewBlock of a height it does not have.
+    pub fn send_frame(&self, frame: impl Into<String>) {
+        let frame = frame.into();
+        self.shared.update(|state| state.frames.push(frame));
     }
 
     /// Closes every open websocket abruptly.
@@ -650,9 +661,9 @@ where
     if socket.send(Message::text(ack)).await.is_err() {
         return;
     }
-    let (generation, mut last) = shared.update(|state| {
+    let (generation, mut last, mut sent) = shared.update(|state| {
         state.subscriptions += 1;
-        (state.websocket_generation, state.tip)
+        (state.websocket_generation, state.tip, state.frames.len())
     });
     loop {
         let changed = shared.changed.notified();
@@ -661,11 +672,13 @@ where
             if state.websocket_generation != generation {
                 return;
             }
-            let frames: Vec<String> = (last + 1..=state.tip)
+            let mut frames: Vec<String> = (last + 1..=state.tip)
                 .filter(|height| !state.stalled && !state.skipped.contains(height))
                 .map(|height| new_block_frame(&state.chain_id, height))
                 .collect();
+            frames.extend(state.frames.iter().skip(sent).cloned());
             last = state.tip;
+            sent = state.frames.len();
             frames
         };
         for frame in frames {

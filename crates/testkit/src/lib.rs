@@ -8,7 +8,7 @@
 //!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
 //! - [`FakeChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
 //!   the REST gateway, signed transactions), scriptable with accounts, inferences, epochs and
-//!   blocks, and able to drop its websockets, skip heights and stall;
+//!   blocks, and able to drop its websockets, skip heights, stall and send raw frames;
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only.
 
 pub mod chain_node;

@@ -3,6 +3,8 @@
 
 // The admin API and metrics of an app running on loopback fakes, in process.
 mod admin;
+// The bad-input table: malformed input through every entry point, typed answers, still serving.
+mod bad_input;
 // The journal: SIGKILL at any point never sends a validation twice; one process per data
 // directory; the admin history routes.
 mod journal;
