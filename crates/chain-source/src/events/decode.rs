@@ -66,7 +66,10 @@ pub struct BlockEvents {
 }
 
 /// Flattens `block_results` of `height` into events. Failed transactions (non-zero code) are
-/// skipped: the chain discards their message events.
+/// skipped: the chain discards their message events. A block that is not `block_results` at all
+/// is an error (the height is fetched again); a transaction or a group of the block's own
+/// events that is malformed is skipped and listed in `rejected`, so one bad entry never stops
+/// the source at that height.
 pub fn decode_block_results(height: u64, result: &Value) -> Result<BlockEvents> {
     if !result.is_object() {
         return Err(Error::Decode("block_results is not an object".into()));
@@ -81,12 +84,16 @@ pub fn decode_block_results(height: u64, result: &Value) -> Result<BlockEvents> 
         if tx.get("code").and_then(Value::as_u64).unwrap_or(0) != 0 {
             continue;
         }
-        let events = list(tx, "events")?;
-        decode_group(height, events, &mut decoded);
+        match list(tx, "events") {
+            Ok(events) => decode_group(height, events, &mut decoded),
+            Err(err) => decoded.rejected.push(err),
+        }
     }
     for field in ["finalize_block_events", "begin_block_events", "end_block_events"] {
-        let events = list(result, field)?;
-        decode_group(height, events, &mut decoded);
+        match list(result, field) {
+            Ok(events) => decode_group(height, events, &mut decoded),
+            Err(err) => decoded.rejected.push(err),
+        }
     }
     Ok(decoded)
 }
@@ -221,5 +228,21 @@ mod tests {
         assert!(decode_block_results(2, &json!({"height": "3"})).is_err());
         let empty = decode_block_results(1, &json!({"height": "1", "txs_results": null})).unwrap();
         assert_eq!(empty, BlockEvents::default());
+    }
+
+    #[test]
+    fn a_malformed_transaction_is_skipped_not_the_block() {
+        let finished = json!({"type": "inference_finished",
+            "attributes": [{"key": "inference_id", "value": "kept"}]});
+        let result = json!({"height": "4", "txs_results": [
+            {"code": 0, "events": "not a list"},
+            {"code": 0, "events": [finished]},
+        ], "finalize_block_events": 7});
+        let decoded = decode_block_results(4, &result).unwrap();
+        assert_eq!(
+            decoded.events,
+            [ChainEvent::InferenceFinished { ids: vec!["kept".into()], height: 4 }]
+        );
+        assert_eq!(decoded.rejected.len(), 2, "{:?}", decoded.rejected);
     }
 }
