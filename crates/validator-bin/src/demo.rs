@@ -183,8 +183,18 @@ impl Scenario {
     /// Starts the fakes, scripts the epochs and the backlog, and builds the app on them (bound,
     /// not yet running).
     pub async fn build(options: &DemoOptions) -> anyhow::Result<(Self, App)> {
+        Self::build_with(options, |_, _| {}).await
+    }
+
+    /// [`Scenario::build`], with `prepare` scripting the fakes further and adjusting the
+    /// settings before the app is built.
+    pub async fn build_with(
+        options: &DemoOptions,
+        prepare: impl FnOnce(&Self, &mut Settings),
+    ) -> anyhow::Result<(Self, App)> {
         let scenario = Self::start(options).await?;
-        let settings = scenario.settings(options);
+        let mut settings = scenario.settings(options);
+        prepare(&scenario, &mut settings);
         settings.validate()?;
         let identity =
             Identity { account_address: scenario.address.clone(), signer: validator_key()? };

@@ -2,16 +2,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::Reply;
-use tokio::sync::oneshot;
-use validator_bin::{
-    app::AppHandle,
-    demo::{DemoOptions, Scenario, BACKLOG_EPOCH},
-};
+use validator_bin::demo::{DemoOptions, BACKLOG_EPOCH};
+
+use crate::Running;
 
 const BACKLOG: usize = 8;
 
 /// An app on the fakes whose replays all hang, so a recovery run stays in flight.
-async fn start() -> (Scenario, AppHandle, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn start() -> Running {
     let options = DemoOptions {
         backlog: BACKLOG,
         slots: 2,
@@ -21,18 +19,10 @@ async fn start() -> (Scenario, AppHandle, oneshot::Sender<()>, tokio::task::Join
         json: true,
         ..DemoOptions::default()
     };
-    let (scenario, app) = Scenario::build(&options).await.unwrap();
-    scenario.ml.as_ref().unwrap().script(std::iter::repeat_n(Reply::Hang, 64));
-    let handle = app.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (scenario, handle, stop, task)
+    Running::start(&options, |scenario, _| {
+        scenario.ml.as_ref().unwrap().script(std::iter::repeat_n(Reply::Hang, 64));
+    })
+    .await
 }
 
 fn client() -> reqwest::Client {
@@ -48,7 +38,8 @@ async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_enforced_except_on_health() {
-    let (_scenario, app, stop, task) = start().await;
+    let running = start().await;
+    let app = &running.app;
     let base = format!("http://{}", app.admin_addr);
     let http = client();
     let (status, _) = send(http.get(format!("{base}/healthz"))).await;
@@ -85,13 +76,13 @@ async fn the_token_is_enforced_except_on_health() {
         let mode = std::fs::metadata(&app.token_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_simultaneous_triggers_start_one_run() {
-    let (scenario, app, stop, task) = start().await;
+    let running = start().await;
+    let (scenario, app) = (&running.scenario, &running.app);
     let base = format!("http://{}", app.admin_addr);
     let http = client();
     let trigger = || {
@@ -124,13 +115,13 @@ async fn two_simultaneous_triggers_start_one_run() {
         send(http.get(format!("{base}/admin/v1/status")).bearer_auth(&*app.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["current_run"]["run_id"], run_id);
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text() {
-    let (scenario, app, stop, task) = start().await;
+    let running = start().await;
+    let (scenario, app) = (&running.scenario, &running.app);
     app.engine.recover(BACKLOG_EPOCH, 1).unwrap();
     scenario.ml.as_ref().unwrap().wait_in_flight(2).await;
     validator_bin::telemetry::record_nodes(&app.pool);
@@ -172,6 +163,5 @@ async fn metrics_are_prometheus_text() {
     for expected in ["validator_slots_capacity", "validator_slots_in_use", "validator_ml_node_up"] {
         assert!(names.contains(expected), "{expected} missing from:\n{text}");
     }
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    running.stop().await;
 }

@@ -18,7 +18,7 @@ use std::{
 
 use chain_source::{
     config::{PayloadsConfig, QueryConfig},
-    events::{decode_block_results, decode_frame, Frame, HeightStore as _},
+    events::{decode_block_results, decode_frame, Frame},
     payloads::{hash, wire},
     query::{EpochParams, QueryClient},
     rpc::RpcClient,
@@ -30,12 +30,9 @@ use testkit::{ExecutorReply, Reply, StaticDirectory, TxEvent};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::{broadcast::error::RecvError, oneshot},
+    sync::broadcast::error::RecvError,
 };
-use validator_bin::{
-    app::{App, AppHandle, Identity},
-    demo::{validator_key, DemoOptions, Scenario, LIVE_EPOCH},
-};
+use validator_bin::demo::{validator_key, DemoOptions, EPOCH_PARAMS, LIVE_EPOCH};
 use validator_core::{
     ports::{
         chain::{Inference, InferenceStatus},
@@ -45,6 +42,8 @@ use validator_core::{
     testing::{payloads_for, MODEL},
     Admission, InvalidationReason, Outcome, OutcomeEvent, RetryPolicy, RunState, SkipReason, Stage,
 };
+
+use crate::Running;
 
 /// Bound on anything the table waits for; reaching it fails the row.
 const BOUND: Duration = Duration::from_secs(10);
@@ -58,16 +57,6 @@ const DEPTH: usize = 10_000;
 const ATTEMPTS: u16 = 2;
 /// Blocks after which the app's dispatcher reads the epoch schedule again.
 const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
-/// The demo's epoch parameters, with the PoC stage far ahead: no claim during the table.
-const PARAMS: EpochParams = EpochParams {
-    epoch_length: 100_000,
-    epoch_shift: 0,
-    poc_stage_duration: 1,
-    poc_validation_delay: 0,
-    poc_validation_duration: 1,
-    set_new_validators_delay: 0,
-    inference_validation_cutoff: 0,
-};
 /// How far ahead of the tip the next PoC stage is put, in blocks.
 const FAR_AHEAD: i64 = 50_000;
 
@@ -599,7 +588,7 @@ fn table() -> Vec<Case> {
                 params: EpochParams {
                     epoch_length: i64::MAX,
                     poc_stage_duration: i64::MAX,
-                    ..PARAMS
+                    ..EPOCH_PARAMS
                 },
             },
             Expect::NothingDue,
@@ -612,7 +601,7 @@ fn table() -> Vec<Case> {
                     epoch_length: i64::MIN,
                     poc_stage_duration: -1,
                     inference_validation_cutoff: i64::MAX,
-                    ..PARAMS
+                    ..EPOCH_PARAMS
                 },
             },
             Expect::NothingDue,
@@ -736,11 +725,8 @@ async fn malformed_inputs_get_typed_answers_and_the_node_keeps_serving() {
 const RAW_KEY: [u8; 32] = [0x33; 32];
 
 struct Env {
-    scenario: Scenario,
-    app: AppHandle,
+    running: Running,
     outcomes: tokio::sync::broadcast::Receiver<OutcomeEvent>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
     /// Payloads over a directory naming the scenario's executor and the raw executor.
     payloads: HttpPayloadSource,
     raw: RawServer,
@@ -761,32 +747,18 @@ impl Env {
             json: true,
             ..DemoOptions::default()
         };
-        let scenario = Scenario::start(&options).await.unwrap();
-        let tip = i64::try_from(scenario.chain.tip()).unwrap();
-        scenario.chain.set_epoch(LIVE_EPOCH, tip + FAR_AHEAD, PARAMS);
-        let mut settings = scenario.settings(&options);
-        let quick = RetryPolicy::fixed(ATTEMPTS, Duration::from_millis(5));
-        settings.core.payload_retry = quick.clone();
-        settings.core.replay_retry = quick.clone();
-        settings.core.submit_retry = quick;
-        settings.validate().unwrap();
-        let identity = Identity {
-            account_address: scenario.address.clone(),
-            signer: validator_key().unwrap(),
-        };
-        let app = App::build(settings, identity).await.unwrap();
-        let handle = app.handle();
-        handle.journal.store(scenario.chain.tip());
-        handle.journal.flush().await.unwrap();
-        let outcomes = handle.engine.outcomes();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        // The PoC stage is put far ahead: no claim during the table.
+        let running = Running::start(&options, |scenario, settings| {
+            let tip = i64::try_from(scenario.chain.tip()).unwrap();
+            scenario.chain.set_epoch(LIVE_EPOCH, tip + FAR_AHEAD, EPOCH_PARAMS);
+            let quick = RetryPolicy::fixed(ATTEMPTS, Duration::from_millis(5));
+            settings.core.payload_retry = quick.clone();
+            settings.core.replay_retry = quick.clone();
+            settings.core.submit_retry = quick;
+        })
+        .await;
+        let outcomes = running.app.engine.outcomes();
+        let scenario = &running.scenario;
         scenario.chain.wait_subscriptions(1).await;
 
         let raw = RawServer::start().await;
@@ -806,23 +778,11 @@ impl Env {
         )
         .unwrap();
         let rpc = RpcClient::new(&scenario.chain.url(), BOUND, 64 * 1024 * 1024).unwrap();
-        Self {
-            scenario,
-            app: handle,
-            outcomes,
-            stop,
-            task,
-            payloads,
-            raw,
-            raw_executor,
-            rpc,
-            next: 0,
-        }
+        Self { running, outcomes, payloads, raw, raw_executor, rpc, next: 0 }
     }
 
     async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap();
+        self.running.stop().await;
     }
 
     fn fresh_id(&mut self, tag: &str) -> String {
@@ -833,7 +793,7 @@ impl Env {
     /// A finished inference of the live epoch, with payloads at the scenario's executor.
     fn add_inference(&mut self, tag: &str) -> String {
         let id = self.fresh_id(tag);
-        let (chain, executor) = (&self.scenario.chain, &self.scenario.executor);
+        let (chain, executor) = (&self.running.scenario.chain, &self.running.scenario.executor);
         chain.add_inference(&id, LIVE_EPOCH, executor.address());
         executor.insert_generated(&id, LIVE_EPOCH);
         chain.put_inference(executor.inference(&id).unwrap());
@@ -855,7 +815,7 @@ impl Env {
         match tokio::time::timeout(BOUND, wait).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                let status = self.app.engine.status();
+                let status = self.running.app.engine.status();
                 panic!(
                     "no outcome for {shown}… within {BOUND:?}: {} in use, {} admitted, outcomes {:?}",
                     status.slots_in_use, status.admitted, status.outcomes
@@ -873,7 +833,7 @@ impl Env {
     ) -> (u16, String) {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: validator\r\nauthorization: Bearer {}\r\nconnection: close\r\n",
-            self.app.token
+            self.running.app.token
         );
         for header in headers {
             head.push_str(header);
@@ -898,18 +858,18 @@ impl Env {
             }
         };
         head.push_str("\r\n");
-        exchange(self.app.admin_addr, head.into_bytes(), body).await
+        exchange(self.running.app.admin_addr, head.into_bytes(), body).await
     }
 
     /// The node still serves: health, status, a validation and a chain event each go through.
     async fn still_serves(&mut self, after: &str) {
         let (status, body) = self.admin("GET", "/healthz", &[], &Body::Empty).await;
         assert_eq!(status, 200, "after {after}: /healthz answered {body}");
-        let status = self.app.engine.status();
+        let status = self.running.app.engine.status();
         assert!(status.accepting, "after {after}: the engine stopped admitting");
 
         let id = self.add_inference("ok");
-        assert_eq!(self.app.engine.validate(id.clone().into()), Ok(Admission::Admitted));
+        assert_eq!(self.running.app.engine.validate(id.clone().into()), Ok(Admission::Admitted));
         let outcome = self.outcome_of(&id).await;
         assert!(
             matches!(outcome, Outcome::Submitted { verdict: Verdict::Similarity, value, .. } if value == 1.0),
@@ -917,7 +877,7 @@ impl Env {
         );
 
         let id = self.add_inference("event");
-        self.scenario.chain.produce_block(vec![vec![TxEvent::inference_validation(
+        self.running.scenario.chain.produce_block(vec![vec![TxEvent::inference_validation(
             &id,
             "gonka1other",
             true,
@@ -949,7 +909,8 @@ impl Env {
                     Expect::Run(state, message) => {
                         assert_eq!(status, 202, "{name}: {text}");
                         let body: Value = serde_json::from_str(&text).unwrap();
-                        let run = self.app.engine.run(body["run_id"].as_u64().unwrap()).unwrap();
+                        let run =
+                            self.running.app.engine.run(body["run_id"].as_u64().unwrap()).unwrap();
                         self.run_ends(name, run, state, message).await;
                     }
                     _ => panic!("{name}: no such expectation for the admin API"),
@@ -975,7 +936,7 @@ impl Env {
                 }
                 // The same source goes on fetching well-formed answers.
                 let id = self.add_inference("payload");
-                let inference = self.scenario.executor.inference(&id).unwrap();
+                let inference = self.running.scenario.executor.inference(&id).unwrap();
                 assert_eq!(
                     self.payloads.fetch(&inference).await,
                     Ok(payloads_for(&id)),
@@ -996,15 +957,21 @@ impl Env {
                     &self.raw_executor,
                 );
                 inference.model = MODEL.into();
-                self.scenario.chain.put_inference(inference);
-                assert_eq!(self.app.engine.validate(id.clone().into()), Ok(Admission::Admitted));
+                self.running.scenario.chain.put_inference(inference);
+                assert_eq!(
+                    self.running.app.engine.validate(id.clone().into()),
+                    Ok(Admission::Admitted)
+                );
                 let outcome = self.outcome_of(&id).await;
                 check_outcome(name, &outcome, expect);
             }
             (Input::Replay(replies), expect) => {
                 let id = self.add_inference("replay");
-                self.scenario.ml.as_ref().unwrap().script(replies.iter().cloned());
-                assert_eq!(self.app.engine.validate(id.clone().into()), Ok(Admission::Admitted));
+                self.running.scenario.ml.as_ref().unwrap().script(replies.iter().cloned());
+                assert_eq!(
+                    self.running.app.engine.validate(id.clone().into()),
+                    Ok(Admission::Admitted)
+                );
                 let outcome = self.outcome_of(&id).await;
                 check_outcome(name, &outcome, expect);
             }
@@ -1060,7 +1027,7 @@ impl Env {
                             .collect(),
                     })
                     .collect();
-                let height = self.scenario.chain.produce_block(vec![events]);
+                let height = self.running.scenario.chain.produce_block(vec![events]);
                 let results = self.rpc.block_results(height).await.unwrap();
                 let decoded = decode_block_results(height, &results).unwrap();
                 assert_eq!(decoded.events.len(), *count, "{name}: {decoded:?}");
@@ -1082,12 +1049,12 @@ impl Env {
                     }
                     _ => panic!("{name}: {decoded:?}"),
                 }
-                self.scenario.chain.send_frame(text.clone());
+                self.running.scenario.chain.send_frame(text.clone());
             }
             (Input::Epoch { poc_start, params }, Expect::NothingDue) => {
-                let chain = &self.scenario.chain;
+                let chain = &self.running.scenario.chain;
                 chain.set_epoch(LIVE_EPOCH, *poc_start, *params);
-                let info = self.app.chain.epoch_info().await.unwrap();
+                let info = self.running.app.chain.epoch_info().await.unwrap();
                 assert_eq!(
                     (info.poc_start_block_height, info.params),
                     (*poc_start, *params),
@@ -1095,25 +1062,23 @@ impl Env {
                 );
                 let schedule = EpochSchedule::from(&info);
                 let height = i64::try_from(chain.tip()).unwrap();
-                assert!(!claim_due(&self.scenario.address, height, &schedule), "{name}");
+                assert!(!claim_due(&self.running.scenario.address, height, &schedule), "{name}");
                 for at in [height, i64::MIN, i64::MAX] {
                     assert!(!reward_recovery_due(at, 0, Some(at), &schedule), "{name}: at {at}");
                     let _ = schedule.phase(at);
-                    let _ = claim_due(&self.scenario.address, at, &schedule);
+                    let _ = claim_due(&self.running.scenario.address, at, &schedule);
                 }
                 // The dispatcher reads the epoch again once its copy is this many blocks old; the
                 // revalidation that follows shows it got past these blocks.
                 chain.advance(SCHEDULE_REFRESH_BLOCKS + 1);
                 let id = self.add_inference("epoch");
-                self.scenario.chain.produce_block(vec![vec![TxEvent::inference_validation(
-                    &id,
-                    "gonka1other",
-                    true,
-                )]]);
+                self.running.scenario.chain.produce_block(vec![vec![
+                    TxEvent::inference_validation(&id, "gonka1other", true),
+                ]]);
                 let outcome = self.outcome_of(&id).await;
                 assert!(matches!(outcome, Outcome::Submitted { .. }), "{name}: {outcome:?}");
-                let tip = i64::try_from(self.scenario.chain.tip()).unwrap();
-                self.scenario.chain.set_epoch(LIVE_EPOCH, tip + FAR_AHEAD, PARAMS);
+                let tip = i64::try_from(self.running.scenario.chain.tip()).unwrap();
+                self.running.scenario.chain.set_epoch(LIVE_EPOCH, tip + FAR_AHEAD, EPOCH_PARAMS);
             }
             (Input::Engine(call), expect) => self.call(name, call, expect).await,
             _ => panic!("{name}: the input and the expectation do not go together"),
@@ -1121,7 +1086,7 @@ impl Env {
     }
 
     async fn call(&mut self, name: &str, call: &Call, expect: &Expect) {
-        let engine = self.app.engine.clone();
+        let engine = self.running.app.engine.clone();
         match (call, expect) {
             (Call::Validate(id), _) => {
                 assert_eq!(engine.validate(id.clone().into()), Ok(Admission::Admitted), "{name}");
@@ -1176,7 +1141,7 @@ impl Env {
 
     /// The inference whose payloads `answer` serves, scripted on the right executor.
     fn serve_payload(&self, id: &str, answer: &Answer) -> Inference {
-        let executor = &self.scenario.executor;
+        let executor = &self.running.scenario.executor;
         match answer {
             Answer::Fake(reply) => {
                 executor.script(id, [reply.clone()]);

@@ -19,6 +19,13 @@ mod triggers;
 
 use std::path::PathBuf;
 
+use tokio::sync::oneshot;
+use validator_bin::{
+    app::AppHandle,
+    demo::{DemoOptions, Scenario},
+    settings::Settings,
+};
+
 /// The built binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_validator"))
@@ -53,4 +60,41 @@ pub fn run_config(
     let config = data_dir.with_file_name("validator.toml");
     std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
     config
+}
+
+/// The app on the demo's loopback fakes, running in this process until [`Running::stop`].
+pub struct Running {
+    /// The fakes.
+    pub scenario: Scenario,
+    /// The running app.
+    pub app: AppHandle,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the fakes of `options`, lets `prepare` script them and adjust the settings, then
+    /// builds the app and runs it.
+    pub async fn start(
+        options: &DemoOptions,
+        prepare: impl FnOnce(&Scenario, &mut Settings),
+    ) -> Self {
+        let (scenario, app) = Scenario::build_with(options, prepare).await.unwrap();
+        let handle = app.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { scenario, app: handle, stop, task }
+    }
+
+    /// Stops the app as a signal would and waits for it.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
 }

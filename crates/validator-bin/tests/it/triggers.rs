@@ -2,69 +2,43 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::{Submitted, SubmittedMsg};
-use tokio::sync::oneshot;
 use validator_bin::{
     app::{AppHandle, ClaimRecord},
     demo::{DemoOptions, Scenario, BACKLOG_EPOCH, EPOCH_PARAMS, LIVE_EPOCH},
 };
 use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
 
+use crate::Running;
+
 const BACKLOG: usize = 8;
 const BOUND: Duration = Duration::from_secs(20);
 
-struct Running {
-    scenario: Scenario,
-    app: AppHandle,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// The demo's fakes with a small backlog and no live traffic; `script` adjusts the chain before
+/// the app starts following it.
+async fn start(script: impl FnOnce(&Scenario)) -> Running {
+    let options = DemoOptions {
+        backlog: BACKLOG,
+        slots: 2,
+        ml_latency_ms: 1,
+        live_rate: 0.0,
+        admin_token_file: Some(crate::temp_path("admin.token")),
+        json: true,
+        ..DemoOptions::default()
+    };
+    Running::start(&options, |scenario, _| script(scenario)).await
 }
 
-impl Running {
-    /// The demo's fakes with a small backlog and no live traffic; `script` adjusts the chain
-    /// before the app starts following it.
-    async fn start(script: impl FnOnce(&Scenario)) -> Self {
-        let options = DemoOptions {
-            backlog: BACKLOG,
-            slots: 2,
-            ml_latency_ms: 1,
-            live_rate: 0.0,
-            admin_token_file: Some(crate::temp_path("admin.token")),
-            json: true,
-            ..DemoOptions::default()
-        };
-        let (scenario, app) = Scenario::build(&options).await.unwrap();
-        script(&scenario);
-        let handle = app.handle();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self { scenario, app: handle, stop, task }
-    }
+/// The next claim record.
+async fn next_claim(running: &Running, previous: usize) -> ClaimRecord {
+    let mut changed = running.app.claimer.subscribe();
+    tokio::time::timeout(BOUND, changed.wait_for(|n| *n > previous)).await.unwrap().unwrap();
+    running.app.claimer.records().pop().unwrap()
+}
 
-    /// The next claim record.
-    async fn next_claim(&self, previous: usize) -> ClaimRecord {
-        let mut changed = self.app.claimer.subscribe();
-        tokio::time::timeout(BOUND, changed.wait_for(|n| *n > previous)).await.unwrap().unwrap();
-        self.app.claimer.records().pop().unwrap()
-    }
-
-    fn claims(&self) -> Vec<Submitted> {
-        let submitted = self.scenario.chain.submitted();
-        submitted
-            .into_iter()
-            .filter(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. }))
-            .collect()
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap();
-    }
+/// The claims the chain accepted.
+fn claims(running: &Running) -> Vec<Submitted> {
+    let submitted = running.scenario.chain.submitted();
+    submitted.into_iter().filter(|s| matches!(s.msg, SubmittedMsg::ClaimRewards { .. })).collect()
 }
 
 fn claimed_epoch(submitted: &Submitted) -> u64 {
@@ -76,10 +50,10 @@ fn claimed_epoch(submitted: &Submitted) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
-    let running = Running::start(|_| {}).await;
+    let running = start(|_| {}).await;
     // The demo's claim-money height is five blocks ahead; below height 500 there is no delay.
     running.scenario.chain.advance(6);
-    let record = running.next_claim(0).await;
+    let record = next_claim(&running, 0).await;
 
     assert_eq!(record.epoch_index, BACKLOG_EPOCH);
     assert!(record.claimed(), "{record:?}");
@@ -129,7 +103,7 @@ async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
 async fn the_dispatcher_claims_even_when_recovery_fails() {
     // Epoch 12 is current and this validator is in it, but the chain has no group for epoch
     // 11: detection fails at once.
-    let running = Running::start(|scenario| {
+    let running = start(|scenario| {
         let chain = &scenario.chain;
         let poc_start = i64::try_from(chain.tip()).unwrap() + 2;
         chain.set_epoch(12, poc_start, EPOCH_PARAMS);
@@ -143,14 +117,14 @@ async fn the_dispatcher_claims_even_when_recovery_fails() {
     })
     .await;
     running.scenario.chain.advance(6);
-    let record = running.next_claim(0).await;
+    let record = next_claim(&running, 0).await;
 
     assert_eq!(record.epoch_index, 11);
     let run = record.run.as_ref().unwrap();
     assert_eq!(run.epoch, 11);
     assert!(matches!(run.state, RunState::Failed(_)), "{run:?}");
     assert!(record.claimed(), "the claim goes out after a failed recovery: {record:?}");
-    let claims = running.claims();
+    let claims = claims(&running);
     assert_eq!(claims.len(), 1);
     assert_eq!(claimed_epoch(&claims[0]), 11);
     running.stop().await;
@@ -158,23 +132,24 @@ async fn the_dispatcher_claims_even_when_recovery_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reward_checker_recovers_the_settled_epoch_then_claims() {
-    // The chain is 1200 blocks ahead of the app, so its first blocks are already past the
-    // dispatcher's claim height and inside the checker's window (claim money + 1000 onwards).
-    let running = Running::start(|scenario| {
+    // The app starts 1200 blocks into the epoch: past the dispatcher's claim height and inside
+    // the checker's window (claim money + 1000 onwards), which opens 60 blocks after the first block the app sees.
+    let running = start(|scenario| {
         let chain = &scenario.chain;
         let tip = i64::try_from(chain.advance(1_200)).unwrap();
         chain.set_epoch(LIVE_EPOCH, tip - 1_100, EPOCH_PARAMS);
         chain.set_settle_amount(&scenario.address, BACKLOG_EPOCH, 1_000, 0);
     })
     .await;
-    let record = running.next_claim(0).await;
+    running.scenario.chain.advance(61);
+    let record = next_claim(&running, 0).await;
 
     assert_eq!(record.epoch_index, BACKLOG_EPOCH);
     assert!(record.claimed(), "{record:?}");
     let run = record.run.as_ref().unwrap();
     assert_eq!((run.epoch, &run.state), (BACKLOG_EPOCH, &RunState::Completed));
     assert_eq!(run.outcomes.get(OutcomeKind::Submitted), BACKLOG as u64);
-    let claims = running.claims();
+    let claims = claims(&running);
     assert_eq!(claims.len(), 1, "{claims:?}");
     let query = running.app.chain.query();
     assert!(query.settle_amount(&running.scenario.address).await.is_err(), "claimed coins go");
@@ -196,7 +171,7 @@ async fn claim_reward_recover(app: &AppHandle, body: Option<Value>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_claim_answers_already_claimed_without_running_recovery() {
-    let running = Running::start(|_| {}).await;
+    let running = start(|_| {}).await;
     let app = &running.app;
 
     let first = claim_reward_recover(app, None).await;
@@ -214,12 +189,12 @@ async fn the_admin_claim_answers_already_claimed_without_running_recovery() {
     assert_eq!(again["already_claimed"], true);
     assert_eq!(again["claim_executed"], false);
     assert_eq!(app.engine.runs().len(), 1, "no recovery ran");
-    assert_eq!(running.claims().len(), 1, "no claim was sent");
+    assert_eq!(claims(&running).len(), 1, "no claim was sent");
 
     let forced = claim_reward_recover(app, Some(json!({"force_claim": true}))).await;
     assert_eq!(forced["already_claimed"], true, "{forced}");
     assert_eq!(forced["claim_executed"], true);
     assert_eq!(app.engine.runs().len(), 2);
-    assert_eq!(running.claims().len(), 2);
+    assert_eq!(claims(&running).len(), 2);
     running.stop().await;
 }
