@@ -96,6 +96,18 @@ impl Reply {
     }
 }
 
+/// One chat-completion request's stay at the node, from arrival to the end of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stay {
+    /// When it arrived (its headers were read).
+    pub arrived: Instant,
+    /// When the last byte of its answer was handed over, or its client went away; `None` while
+    /// it is in flight.
+    pub ended: Option<Instant>,
+    /// Whether its client went away before the answer was complete.
+    pub abandoned: bool,
+}
+
 /// A request the fake received (health checks are only counted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedRequest {
@@ -115,6 +127,7 @@ struct State {
     rng: SmallRng,
     healthy: bool,
     requests: Vec<RecordedRequest>,
+    stays: Vec<Stay>,
     health_checks: usize,
     in_flight: usize,
     peak: usize,
@@ -158,6 +171,7 @@ impl FakeMlNode {
                 rng: SmallRng::seed_from_u64(0),
                 healthy: true,
                 requests: Vec::new(),
+                stays: Vec::new(),
                 health_checks: 0,
                 in_flight: 0,
                 peak: 0,
@@ -226,6 +240,12 @@ impl FakeMlNode {
         self.shared.lock().peak
     }
 
+    /// Every chat-completion request's stay, in arrival order: the exact concurrency seen by
+    /// the node over time, for checks finer than [`FakeMlNode::peak`].
+    pub fn stays(&self) -> Vec<Stay> {
+        self.shared.lock().stays.clone()
+    }
+
     /// Requests whose client went away before the answer was complete.
     pub fn disconnects(&self) -> usize {
         self.shared.lock().disconnects
@@ -267,25 +287,36 @@ type Body = UnsyncBoxBody<Bytes, io::Error>;
 struct InFlight {
     shared: Arc<Shared>,
     arrived: Instant,
+    /// Index of its [`Stay`].
+    stay: usize,
     finished: bool,
 }
 
 impl InFlight {
     fn new(shared: Arc<Shared>) -> Self {
-        shared.update(|state| {
+        // Stamped under the lock, so the stays order events as the in-flight count saw them.
+        let (arrived, stay) = shared.update(|state| {
+            let arrived = Instant::now();
             state.in_flight += 1;
             state.peak = state.peak.max(state.in_flight);
+            state.stays.push(Stay { arrived, ended: None, abandoned: false });
+            (arrived, state.stays.len() - 1)
         });
-        Self { shared, arrived: Instant::now(), finished: false }
+        Self { shared, arrived, stay, finished: false }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let elapsed = self.arrived.elapsed();
         let finished = self.finished;
         self.shared.update(|state| {
+            let ended = Instant::now();
+            let elapsed = ended - self.arrived;
             state.in_flight -= 1;
+            if let Some(stay) = state.stays.get_mut(self.stay) {
+                stay.ended = Some(ended);
+                stay.abandoned = !finished;
+            }
             if finished {
                 state.completed += 1;
                 state.service_total += elapsed;

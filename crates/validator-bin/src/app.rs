@@ -470,15 +470,21 @@ impl App {
         ready.store(false, Ordering::Release);
         cancel.cancel();
         let grace = settings.shutdown_grace;
+        // One deadline for the engine and the app's own tasks: the grace bounds the whole drain.
+        let deadline = tokio::time::Instant::now() + grace;
         let engine = handle.engine.shutdown(grace).await;
         handle.claimer.tasks.close();
         tasks.close();
-        let rest = tokio::time::timeout(grace, async {
+        let rest = tokio::time::timeout_at(deadline, async {
             handle.claimer.tasks.wait().await;
             tasks.wait().await;
         })
         .await;
-        handle.journal.close().await;
+        // What the journal still holds is history (intents are committed before they are
+        // broadcast), so the grace bounds its last writes too.
+        if tokio::time::timeout_at(deadline, handle.journal.close()).await.is_err() {
+            warn!("the journal's last history entries were not written within the grace period");
+        }
         info!(
             cancelled_queued = engine.cancelled_idle,
             cancelled_running = engine.running,
