@@ -20,7 +20,7 @@ pub use chain_node::{FakeChainNode, Submitted, SubmittedMsg, TxEvent};
 pub use executor::{
     fixture_payloads, ExecutorReply, ExecutorRequest, FakeExecutor, OnChainHashes, StaticDirectory,
 };
-pub use ml_node::{FakeMlNode, Latency, RecordedRequest, Reply, Stay};
+pub use ml_node::{peak_held, FakeMlNode, Latency, RecordedRequest, Reply, Stay};
 
 /// The in-memory fakes of every port.
 pub mod fakes {

@@ -108,6 +108,36 @@ pub struct Stay {
     pub abandoned: bool,
 }
 
+/// The most requests a client had outstanding at once among `stays`, counting an abandoned
+/// request only until `held_at_most` after its arrival (its client's timeout, less a margin for
+/// the time the request took to arrive).
+///
+/// A client that gives up on a hanging request frees its own bound at once; its HTTP stack
+/// closes the connection a moment later, and the server sees the close later still. A request
+/// sent on another connection in between reaches the server while the abandoned one still runs
+/// there, so the server's raw peak can exceed the client's bound through no fault of the client.
+/// Every other request counts from its arrival to the last byte of its answer.
+pub fn peak_held(stays: &[Stay], held_at_most: Duration) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::with_capacity(stays.len() * 2);
+    for stay in stays {
+        let bound = stay.arrived + held_at_most;
+        let ended = match stay.ended {
+            Some(ended) if !stay.abandoned => ended,
+            ended => ended.unwrap_or(bound).min(bound),
+        };
+        edges.push((stay.arrived, 1));
+        edges.push((ended, -1));
+    }
+    // An end and an arrival at the same instant: the end first.
+    edges.sort();
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, change) in edges {
+        now += change;
+        peak = peak.max(now);
+    }
+    usize::try_from(peak).unwrap_or(0)
+}
+
 /// A request the fake received (health checks are only counted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedRequest {

@@ -27,7 +27,7 @@ use validator_core::config::duration_ms;
 pub struct Settings {
     /// Directory for the node's state: the journal (`journal.sqlite`: validations, submissions,
     /// recovery runs, the last processed height), the single-instance `LOCK` and, unless
-    /// `admin.token_file` says otherwise, the admin token.
+    /// `admin.token_file` says otherwise, the admin token. Default `./data`.
     pub data_dir: PathBuf,
     /// How long shutdown waits for in-flight work before giving up on it, in milliseconds.
     #[serde(with = "duration_ms")]
@@ -53,7 +53,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./validator-data"),
+            data_dir: PathBuf::from("./data"),
             shutdown_grace: Duration::from_secs(10),
             core: validator_core::Config::default(),
             ml: ml_client::Config::default(),

@@ -600,37 +600,11 @@ fn drain(outcomes: &mut broadcast::Receiver<OutcomeEvent>, tally: &mut Tally, se
     }
 }
 
-/// The most replays the app had outstanding at once on the nodes whose `stays` these are.
-///
-/// A replay that hangs is given up `REPLAY_TIMEOUT_MS` after its client started it, and its
-/// lease and slot are free at once; the HTTP client's connection task closes the connection a
-/// moment later, and the node sees the close later still. A replay sent on another connection
-/// in between reaches the node while the abandoned one still runs there, so the node's raw peak
-/// can exceed its lease bound by the replays abandoned at that instant, through no fault of the
-/// app: no client can make a server see a close before a later request on another connection.
-/// (It happens about once in 250 abandoned hangs here.) So an abandoned replay counts only until
-/// its timeout could first have fired: the timeout after its arrival, less [`SEND_LEAD`]. Every
-/// other replay counts from arrival to the last byte of its answer.
+/// The most replays the app had outstanding at once on the nodes whose `stays` these are
+/// ([`testkit::peak_held`]): an abandoned replay counts until its timeout could first have
+/// fired, the timeout after its arrival less [`SEND_LEAD`].
 fn peak_held(stays: &[Stay]) -> usize {
-    let held_at_most = Duration::from_millis(REPLAY_TIMEOUT_MS) - SEND_LEAD;
-    let mut edges: Vec<(Instant, i32)> = Vec::with_capacity(stays.len() * 2);
-    for stay in stays {
-        // A replay still in flight now was abandoned by the app's shutdown.
-        let ended = match stay.ended {
-            Some(ended) if !stay.abandoned => ended,
-            ended => ended.unwrap_or(stay.arrived + held_at_most).min(stay.arrived + held_at_most),
-        };
-        edges.push((stay.arrived, 1));
-        edges.push((ended, -1));
-    }
-    // An end and an arrival at the same instant: the end first.
-    edges.sort();
-    let (mut now, mut peak) = (0i32, 0i32);
-    for (_, change) in edges {
-        now += change;
-        peak = peak.max(now);
-    }
-    usize::try_from(peak).unwrap_or(0)
+    testkit::peak_held(stays, Duration::from_millis(REPLAY_TIMEOUT_MS) - SEND_LEAD)
 }
 
 /// Hangs, resets and 5xx among the first `served` scripted replies of node A.
