@@ -245,8 +245,8 @@ impl FakeChainNode {
             let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
             move |request| handle(Arc::clone(&shared), shutdown.clone(), request)
         };
-        tokio::spawn(crate::serve::serve(listener, shutdown.clone(), handler));
-        Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
+        let _shutdown = crate::serve::spawn(listener, shutdown, handler);
+        Ok(Self { addr, shared, _shutdown })
     }
 
     /// The base URL of both the RPC and the REST gateway (`http://127.0.0.1:<port>`).

@@ -200,8 +200,8 @@ impl FakeExecutor {
             let shared = Arc::clone(&shared);
             move |request| handle(Arc::clone(&shared), request)
         };
-        tokio::spawn(crate::serve::serve(listener, shutdown.clone(), handler));
-        Ok(Self { addr, shared, _shutdown: shutdown.drop_guard() })
+        let _shutdown = crate::serve::spawn(listener, shutdown, handler);
+        Ok(Self { addr, shared, _shutdown })
     }
 
     /// The base URL, `http://127.0.0.1:{port}`: the executor's `inference_url`.

@@ -6,7 +6,26 @@ use std::{error::Error as StdError, future::Future};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Starts [`serve`] on its own task; the fake keeps the guard, and dropping it ends the accept
+/// loop and every connection.
+pub(crate) fn spawn<H, Fut, B, E>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    handler: H,
+) -> DropGuard
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    E: Into<Box<dyn StdError + Send + Sync>> + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    tokio::spawn(serve(listener, shutdown.clone(), handler));
+    shutdown.drop_guard()
+}
 
 /// Serves `handler` on every connection `listener` accepts until `shutdown` fires.
 pub(crate) async fn serve<H, Fut, B, E>(

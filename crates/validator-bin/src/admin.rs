@@ -234,11 +234,13 @@ async fn recovery_run(
     if let Some(run) = state.app.engine.run(run_id) {
         return Ok(Json(json!(run.report())));
     }
-    let runs = state.app.journal.recent_runs(MAX_RUNS).await.map_err(journal_error)?;
-    let run = runs
-        .into_iter()
-        .find(|run| run.run_id == run_id)
-        .ok_or_else(|| ApiError::NotFound(format!("no recent recovery run {run_id}")))?;
+    let run = state
+        .app
+        .journal
+        .run(run_id)
+        .await
+        .map_err(journal_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("no recovery run {run_id}")))?;
     Ok(Json(json!(run)))
 }
 

@@ -45,7 +45,7 @@ use validator_core::{
     config::duration_ms,
     ports::{
         chain::InferenceId,
-        journal::{Intent, Journal, JournalEntry, JournalError, Prior},
+        journal::{Intent, Journal, JournalEntry, JournalError},
     },
 };
 
@@ -327,6 +327,11 @@ impl SqliteJournal {
         self.read(move |conn| read::history(conn, &inference_id)).await
     }
 
+    /// The latest record of recovery run `run_id`, if the journal has one.
+    pub async fn run(&self, run_id: u64) -> Result<Option<RunRecord>> {
+        self.read(move |conn| read::run(conn, run_id)).await
+    }
+
     /// The last `limit` recovery runs recorded, newest first.
     pub async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
         self.read(move |conn| read::recent_runs(conn, limit)).await
@@ -427,13 +432,15 @@ impl Journal for SqliteJournal {
         Ok(self.read(read::open_intents).await?)
     }
 
-    async fn prior(
+    async fn already_sent(
         &self,
         inference_id: &InferenceId,
         revalidation: bool,
-    ) -> Result<Option<Prior>, JournalError> {
+    ) -> Result<bool, JournalError> {
         let inference_id = inference_id.clone();
-        Ok(self.read(move |conn| read::prior(conn, inference_id.as_str(), revalidation)).await?)
+        Ok(self
+            .read(move |conn| read::already_sent(conn, inference_id.as_str(), revalidation))
+            .await?)
     }
 
     fn last_run_id(&self) -> u64 {

@@ -56,6 +56,18 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Stable snake-case name, as the `state` tag of its JSON form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::Detecting => "detecting",
+            RunState::Executing => "executing",
+            RunState::Completed => "completed",
+            RunState::NotActive => "not_active",
+            RunState::Failed(_) => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the run has ended.
     pub fn is_final(&self) -> bool {
         !matches!(self, RunState::Detecting | RunState::Executing)

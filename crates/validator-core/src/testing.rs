@@ -24,7 +24,7 @@ use crate::ports::{
         InferenceStatus, InferenceSummary, MsgValidation, SubmitError, SubmitReceipt,
         ValidationDetails, ValidationParameters, ValidationParams, ValidatorPower,
     },
-    journal::{Intent, Journal, JournalEntry, JournalError, Prior, SubmissionResult},
+    journal::{Intent, Journal, JournalEntry, JournalError, SubmissionResult},
     ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
     model_lock::{LeaseRelease, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth},
     payload_source::{PayloadError, PayloadSource, Payloads},
@@ -836,11 +836,11 @@ impl Journal for MemoryJournal {
             .collect())
     }
 
-    async fn prior(
+    async fn already_sent(
         &self,
         inference_id: &InferenceId,
         revalidation: bool,
-    ) -> Result<Option<Prior>, JournalError> {
+    ) -> Result<bool, JournalError> {
         let state = lock(&self.state);
         let landed = state.intents.iter().any(|(intent, last)| {
             intent.msg.inference_id == *inference_id
@@ -855,7 +855,7 @@ impl Journal for MemoryJournal {
                     )
                 )
         });
-        Ok(landed.then_some(Prior::Submitted))
+        Ok(landed)
     }
 
     fn last_run_id(&self) -> u64 {

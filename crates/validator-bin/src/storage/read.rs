@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use serde::Serialize;
 use validator_core::{
-    ports::journal::{Intent, Prior, SubmissionResult},
+    ports::journal::{Intent, SubmissionResult},
     OutcomeKind,
 };
 
-use super::{writer::result_name, Error, Result, HEIGHT_KEY, RUN_ID_KEY};
+use super::{Error, Result, HEIGHT_KEY, RUN_ID_KEY};
 
 /// Everything the journal holds about one inference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -159,16 +159,16 @@ pub(super) fn open_intents(conn: &Connection) -> Result<Vec<Intent>> {
     Ok(intents)
 }
 
-pub(super) fn prior(
+pub(super) fn already_sent(
     conn: &Connection,
     inference_id: &str,
     revalidation: bool,
-) -> Result<Option<Prior>> {
+) -> Result<bool> {
     let submitted = [
-        result_name(&SubmissionResult::Landed { tx_hash: None }),
-        result_name(&SubmissionResult::Duplicate),
-        result_name(&SubmissionResult::ReconciledLanded),
-        result_name(&SubmissionResult::ReconciledUnconfirmed),
+        SubmissionResult::Landed { tx_hash: None }.as_str(),
+        SubmissionResult::Duplicate.as_str(),
+        SubmissionResult::ReconciledLanded.as_str(),
+        SubmissionResult::ReconciledUnconfirmed.as_str(),
     ];
     let outcomes = [
         OutcomeKind::Submitted,
@@ -199,7 +199,7 @@ pub(super) fn prior(
             ],
             |row| row.get(0),
         )?;
-    Ok(found.then_some(Prior::Submitted))
+    Ok(found)
 }
 
 pub(super) fn last_run_id(conn: &Connection) -> Result<u64> {
@@ -307,11 +307,28 @@ fn validation(row: &Row<'_>) -> Result<ValidationRecord> {
 
 pub(super) fn recent_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut statement = conn.prepare_cached(
+    runs(
+        conn,
         "SELECT run_id, epoch, trigger, started_at, ended_at, state, detail, detected, \
          admitted, outcomes FROM runs ORDER BY id DESC LIMIT ?1",
+        limit,
+    )
+}
+
+/// The latest record of run `run_id`.
+pub(super) fn run(conn: &Connection, run_id: u64) -> Result<Option<RunRecord>> {
+    let runs = runs(
+        conn,
+        "SELECT run_id, epoch, trigger, started_at, ended_at, state, detail, detected, \
+         admitted, outcomes FROM runs WHERE run_id = ?1 ORDER BY id DESC LIMIT 1",
+        i64::try_from(run_id).unwrap_or(i64::MAX),
     )?;
-    let mut rows = statement.query([limit])?;
+    Ok(runs.into_iter().next())
+}
+
+fn runs(conn: &Connection, sql: &str, param: i64) -> Result<Vec<RunRecord>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query([param])?;
     let mut runs = Vec::new();
     while let Some(row) = rows.next()? {
         let run_id = uint(row.get(0)?);

@@ -138,9 +138,9 @@ async fn an_intent_is_durable_before_its_ack_and_open_until_closed() {
     journal.record(answer("m2", SubmissionResult::Duplicate));
     journal.flush().await.unwrap();
     assert_eq!(ids(&journal.open_intents().await.unwrap()), ["m3"]);
-    assert_eq!(journal.prior(&id("inf-1"), false).await.unwrap(), Some(Prior::Submitted));
-    assert_eq!(journal.prior(&id("inf-2"), false).await.unwrap(), Some(Prior::Submitted));
-    assert_eq!(journal.prior(&id("inf-3"), false).await.unwrap(), None);
+    assert!(journal.already_sent(&id("inf-1"), false).await.unwrap());
+    assert!(journal.already_sent(&id("inf-2"), false).await.unwrap());
+    assert!(!journal.already_sent(&id("inf-3"), false).await.unwrap());
     journal.close().await;
 
     // A restart sees the same open intents.
@@ -150,8 +150,8 @@ async fn an_intent_is_durable_before_its_ack_and_open_until_closed() {
 }
 
 #[tokio::test]
-async fn prior_follows_finished_outcomes() {
-    let dir = TempDir::new("prior");
+async fn already_sent_follows_finished_outcomes() {
+    let dir = TempDir::new("already-sent");
     let journal = open(&dir);
     journal.record(admitted("a", false, None, 1_000));
     journal.record(finished("a", false, submitted("m-a"), 1_100));
@@ -166,11 +166,11 @@ async fn prior_follows_finished_outcomes() {
     ));
     journal.flush().await.unwrap();
 
-    assert_eq!(journal.prior(&id("a"), false).await.unwrap(), Some(Prior::Submitted));
-    assert_eq!(journal.prior(&id("a"), true).await.unwrap(), None);
-    assert_eq!(journal.prior(&id("b"), false).await.unwrap(), None);
-    assert_eq!(journal.prior(&id("c"), true).await.unwrap(), Some(Prior::Submitted));
-    assert_eq!(journal.prior(&id("unknown"), false).await.unwrap(), None);
+    assert!(journal.already_sent(&id("a"), false).await.unwrap());
+    assert!(!journal.already_sent(&id("a"), true).await.unwrap());
+    assert!(!journal.already_sent(&id("b"), false).await.unwrap());
+    assert!(journal.already_sent(&id("c"), true).await.unwrap());
+    assert!(!journal.already_sent(&id("unknown"), false).await.unwrap());
 
     let c = journal.history("c").await.unwrap();
     assert_eq!(c.validations.len(), 1);
@@ -283,6 +283,8 @@ async fn runs_and_heights_survive_a_restart() {
     assert_eq!((run.detected, run.admitted), (Some(2), Some(2)));
     assert_eq!(run.outcomes.get("submitted"), Some(&2));
     assert_eq!(journal.recent_runs(1).await.unwrap().len(), 1);
+    assert_eq!(journal.run(4).await.unwrap().as_ref(), Some(run));
+    assert_eq!(journal.run(6).await.unwrap(), None);
     journal.close().await;
 }
 

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use validator_core::{
-    ports::journal::{Intent, JournalEntry, SubmissionResult},
+    ports::journal::{Intent, JournalEntry},
     recovery::RunState,
     Outcome, OutcomeEvent,
 };
@@ -230,7 +230,7 @@ fn apply(conn: &Connection, entry: JournalEntry) -> rusqlite::Result<()> {
                 )?
                 .execute(params![
                     msg_id,
-                    result_name(&result),
+                    result.as_str(),
                     json,
                     !result.closes(),
                     (result.closes()).then(|| millis(at)),
@@ -257,7 +257,11 @@ fn apply(conn: &Connection, entry: JournalEntry) -> rusqlite::Result<()> {
             .execute(params![RUN_ID_KEY, int(run_id)])?;
         }
         JournalEntry::RunEnded { report, at } => {
-            let (state, detail) = run_state(&report.state);
+            let state = report.state.as_str();
+            let detail = match &report.state {
+                RunState::Failed(detail) => Some(detail.as_str()),
+                _ => None,
+            };
             let outcomes = serde_json::to_string(&report.outcomes)
                 .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
             let updated = conn
@@ -422,33 +426,6 @@ fn prune(conn: &Connection, keep_from_epoch: u64) -> rusqlite::Result<PruneRepor
         submissions: count(submissions),
         runs: count(runs),
     })
-}
-
-// === names ===
-
-/// The stable snake-case name of a submission result, as its JSON tag.
-pub(super) fn result_name(result: &SubmissionResult) -> &'static str {
-    match result {
-        SubmissionResult::Landed { .. } => "landed",
-        SubmissionResult::Duplicate => "duplicate",
-        SubmissionResult::Rejected { .. } => "rejected",
-        SubmissionResult::Uncertain { .. } => "uncertain",
-        SubmissionResult::ReconciledLanded => "reconciled_landed",
-        SubmissionResult::ReconciledResent => "reconciled_resent",
-        SubmissionResult::ReconciledUnconfirmed => "reconciled_unconfirmed",
-    }
-}
-
-/// A run state's stable snake-case name and detail, as its JSON tag and content.
-fn run_state(state: &RunState) -> (&'static str, Option<&str>) {
-    match state {
-        RunState::Detecting => ("detecting", None),
-        RunState::Executing => ("executing", None),
-        RunState::Completed => ("completed", None),
-        RunState::NotActive => ("not_active", None),
-        RunState::Failed(detail) => ("failed", Some(detail)),
-        RunState::Cancelled => ("cancelled", None),
-    }
 }
 
 fn duration_ms(duration: Duration) -> i64 {

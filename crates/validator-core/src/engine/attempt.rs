@@ -21,7 +21,7 @@ use crate::{
     outcome::{InvalidationReason, Lane, Outcome, SkipReason, Stage},
     ports::{
         chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
-        journal::{Intent, JournalEntry, Prior, SubmissionResult},
+        journal::{Intent, JournalEntry, SubmissionResult},
         ml_node::{ReplayError, ReplayRequest, ReplayResponse},
         model_lock::NodeHealth,
         payload_source::{PayloadError, Payloads},
@@ -90,12 +90,12 @@ impl Attempt<'_> {
         // only the journal remembers which revalidations an earlier process sent.
         if self.revalidation {
             let timeout = self.inner.config.chain_timeout;
-            match self.inner.bounded(timeout, journal.prior(self.id, true)).await {
-                Some(Ok(Some(Prior::Submitted))) => {
+            match self.inner.bounded(timeout, journal.already_sent(self.id, true)).await {
+                Some(Ok(true)) => {
                     debug!("revalidation sent by an earlier run of this validator");
                     return skip(SkipReason::AlreadyValidated);
                 }
-                Some(Ok(None)) => {}
+                Some(Ok(false)) => {}
                 Some(Err(err)) => warn!(%err, "journal lookup failed; validating"),
                 None => warn!("journal lookup timed out; validating"),
             }

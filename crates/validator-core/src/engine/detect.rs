@@ -54,13 +54,8 @@ pub(super) async fn run(
         _ = inner.cancel.cancelled() => RunState::Cancelled,
         state = work => state.unwrap_or_else(|_| RunState::Failed("recovery run panicked".into())),
     };
-    let result = match &state {
-        RunState::Completed => "completed",
-        RunState::NotActive => "not_active",
-        RunState::Cancelled => "cancelled",
-        _ => "failed",
-    };
-    metrics::counter!("validator_recovery_runs_total", "result" => result).increment(1);
+    // Only final states get here: completed, not_active, failed or cancelled.
+    metrics::counter!("validator_recovery_runs_total", "result" => state.as_str()).increment(1);
     tracker.set_state(state);
     let report = tracker.report();
     inner

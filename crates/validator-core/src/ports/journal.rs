@@ -128,6 +128,19 @@ pub enum SubmissionResult {
 }
 
 impl SubmissionResult {
+    /// Stable snake-case name, as the `result` tag of its JSON form.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubmissionResult::Landed { .. } => "landed",
+            SubmissionResult::Duplicate => "duplicate",
+            SubmissionResult::Rejected { .. } => "rejected",
+            SubmissionResult::Uncertain { .. } => "uncertain",
+            SubmissionResult::ReconciledLanded => "reconciled_landed",
+            SubmissionResult::ReconciledResent => "reconciled_resent",
+            SubmissionResult::ReconciledUnconfirmed => "reconciled_unconfirmed",
+        }
+    }
+
     /// Whether this answer closes the intent.
     pub fn closes(&self) -> bool {
         !matches!(self, SubmissionResult::Uncertain { .. } | SubmissionResult::ReconciledResent)
@@ -145,15 +158,6 @@ pub struct Intent {
     pub lane: Lane,
     /// The outcome a landed message reports.
     pub outcome: Outcome,
-}
-
-/// What an earlier process already did with a (inference, revalidation) key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prior {
-    /// A submission of it landed, the chain reported it as a duplicate, or it may have
-    /// landed and cannot be confirmed ([`SubmissionResult::ReconciledUnconfirmed`]): either
-    /// way it is not sent again.
-    Submitted,
 }
 
 /// The journal failed.
@@ -174,18 +178,20 @@ pub trait Journal: Send + Sync + 'static {
     /// Intents whose last answer leaves them open, oldest first.
     async fn open_intents(&self) -> Result<Vec<Intent>, JournalError>;
 
-    /// What an earlier process did with the key, if it matters to this one.
-    async fn prior(
+    /// Whether a message for the key was sent before, so it is not sent again: a submission of
+    /// it landed, the chain reported it as a duplicate, or it may have landed and cannot be
+    /// confirmed ([`SubmissionResult::ReconciledUnconfirmed`]).
+    async fn already_sent(
         &self,
         inference_id: &InferenceId,
         revalidation: bool,
-    ) -> Result<Option<Prior>, JournalError>;
+    ) -> Result<bool, JournalError>;
 
     /// The highest recovery run id recorded, so run ids stay unique across restarts.
     fn last_run_id(&self) -> u64;
 
     /// Waits until every entry recorded so far is durable. The engine calls it after
-    /// reconciling, so a later lookup by [`Journal::prior`] sees the reconciled answers.
+    /// reconciling, so a later lookup by [`Journal::already_sent`] sees the reconciled answers.
     async fn flush(&self) -> Result<(), JournalError> {
         Ok(())
     }
@@ -208,15 +214,48 @@ impl Journal for NoJournal {
         Ok(Vec::new())
     }
 
-    async fn prior(
+    async fn already_sent(
         &self,
         _inference_id: &InferenceId,
         _revalidation: bool,
-    ) -> Result<Option<Prior>, JournalError> {
-        Ok(None)
+    ) -> Result<bool, JournalError> {
+        Ok(false)
     }
 
     fn last_run_id(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recovery::RunState;
+
+    #[test]
+    fn names_are_the_json_tags() {
+        for result in [
+            SubmissionResult::Landed { tx_hash: None },
+            SubmissionResult::Duplicate,
+            SubmissionResult::Rejected { error: "e".into() },
+            SubmissionResult::Uncertain { error: "e".into() },
+            SubmissionResult::ReconciledLanded,
+            SubmissionResult::ReconciledResent,
+            SubmissionResult::ReconciledUnconfirmed,
+        ] {
+            let json = serde_json::to_value(&result).unwrap_or_default();
+            assert_eq!(json["result"], result.as_str());
+        }
+        for state in [
+            RunState::Detecting,
+            RunState::Executing,
+            RunState::Completed,
+            RunState::NotActive,
+            RunState::Failed("why".into()),
+            RunState::Cancelled,
+        ] {
+            let json = serde_json::to_value(&state).unwrap_or_default();
+            assert_eq!(json["state"], state.as_str());
+        }
     }
 }
