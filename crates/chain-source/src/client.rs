@@ -1,4 +1,4 @@
-//! [`ChainClient`]: the chain port of the engine (queries, seed, submission) and the
+//! [`ChainNodeClient`]: the chain port of the engine (queries, seed, submission) and the
 //! [`ExecutorDirectory`] of payload retrieval, over one REST query client, one CometBFT RPC
 //! client and one [`Submitter`].
 
@@ -23,14 +23,14 @@ use crate::{
 /// The chain adapter: implements [`validator_core::ports::ChainClient`] and
 /// [`ExecutorDirectory`]. Cheap to clone: clones share the connection pools and the submitter.
 #[derive(Debug, Clone)]
-pub struct ChainClient {
+pub struct ChainNodeClient {
     query: QueryClient,
     rpc: Arc<RpcClient>,
     submitter: Submitter,
     identity: Arc<TxIdentity>,
 }
 
-impl ChainClient {
+impl ChainNodeClient {
     /// A client acting for `account_address` with `signer` (the account's own key, or a warm
     /// key the account granted `MsgValidation` and `MsgClaimRewards` through authz).
     ///
@@ -133,7 +133,7 @@ fn is_transient_code(code: u32) -> bool {
 }
 
 #[async_trait]
-impl validator_core::ports::ChainClient for ChainClient {
+impl validator_core::ports::ChainClient for ChainNodeClient {
     fn account_address(&self) -> &str {
         &self.identity.account_address
     }
@@ -194,7 +194,7 @@ impl validator_core::ports::ChainClient for ChainClient {
 }
 
 #[async_trait]
-impl ExecutorDirectory for ChainClient {
+impl ExecutorDirectory for ChainNodeClient {
     async fn inference_url(&self, executor: &str) -> Result<String> {
         self.query.inference_url(executor).await
     }

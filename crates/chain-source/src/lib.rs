@@ -17,7 +17,7 @@ pub mod seed;
 pub mod signer;
 pub mod tx;
 
-pub use client::ChainClient;
+pub use client::ChainNodeClient;
 pub use config::Config;
 pub use directory::ExecutorDirectory;
 pub use error::{Error, Result};

@@ -124,7 +124,7 @@ pub fn claim_delay(address: &str, height: i64, schedule: &EpochSchedule) -> u64 
     u64::from_be_bytes(head) % CLAIM_DELAY_SPREAD + 1
 }
 
-/// DOMAIN.md 3.6 (a): whether the new-block dispatcher starts recovery then the claim for the
+/// DOMAIN.md 3.6 (a): whether the claim trigger starts recovery then the claim for the
 /// previous epoch at `height`: `height - delay == claim_money`.
 pub fn claim_due(address: &str, height: i64, schedule: &EpochSchedule) -> bool {
     let delay = i64::try_from(claim_delay(address, height, schedule)).unwrap_or(i64::MAX);
@@ -202,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dispatcher_fires_at_claim_money_plus_the_delay() {
+    fn the_claim_trigger_fires_at_claim_money_plus_the_delay() {
         let schedule = mainnet();
         let address = "gonka1executor";
         let fire = schedule.claim_money() + 473;

@@ -1,4 +1,4 @@
-//! [`FakeChainNode`]: a chain node on loopback speaking what the chain adapter speaks, for its
+//! [`LoopbackChainNode`]: a chain node on loopback speaking what the chain adapter speaks, for its
 //! tests, the demo and the chaos tests: one HTTP server (`127.0.0.1:0`) answering
 //!
 //! - CometBFT JSON-RPC (`POST /`): `status`, `block_results` (0.38 shapes; 0.34 shapes with
@@ -8,7 +8,7 @@
 //!   with the module's `ErrDuplicateValidation` (code 1143, codespace `inference`);
 //! - the websocket (`GET /websocket`): `subscribe`, then one NewBlock notification per new
 //!   height, unless the height is set to be skipped or the node is stalled, and any raw frame
-//!   queued with [`FakeChainNode::send_frame`];
+//!   queued with [`LoopbackChainNode::send_frame`];
 //! - the Cosmos REST gateway routes of the `inference` module and the auth module's account.
 //!
 //! The chain is scripted: accounts and keys, grants, participants, inferences, epochs and
@@ -158,7 +158,7 @@ struct State {
     blocks: BTreeMap<u64, Vec<Vec<TxEvent>>>,
     base64_attributes: bool,
     skipped: BTreeSet<u64>,
-    /// Raw frames for the websockets, in the order [`FakeChainNode::send_frame`] queued them.
+    /// Raw frames for the websockets, in the order [`LoopbackChainNode::send_frame`] queued them.
     frames: Vec<String>,
     stalled: bool,
     websocket_generation: u64,
@@ -190,18 +190,18 @@ type Shared = crate::watched::Watched<State>;
 
 /// A chain node on `127.0.0.1` with an ephemeral port, serving until dropped. Starts at height
 /// 1, epoch 1, with no accounts.
-pub struct FakeChainNode {
+pub struct LoopbackChainNode {
     addr: SocketAddr,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
 
-impl FakeChainNode {
+impl LoopbackChainNode {
     /// Starts a node.
     ///
     /// # Panics
     ///
-    /// If no loopback port can be bound; see [`FakeChainNode::try_start`].
+    /// If no loopback port can be bound; see [`LoopbackChainNode::try_start`].
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
         Self::try_start().await.expect("bind a loopback port for the fake chain node")

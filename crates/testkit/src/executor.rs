@@ -1,4 +1,4 @@
-//! [`FakeExecutor`]: the executor side of the payload endpoint (DOMAIN.md 2.3, 6.1) over real
+//! [`LoopbackExecutor`]: the executor side of the payload endpoint (DOMAIN.md 2.3, 6.1) over real
 //! HTTP on loopback, and [`StaticDirectory`], an in-memory [`ExecutorDirectory`].
 //!
 //! The fake answers `GET …/v1/inference/payloads?inference_id=…` as an executor's API node does:
@@ -160,19 +160,19 @@ struct Shared {
 }
 
 /// An executor's payload endpoint on `127.0.0.1` with an ephemeral port, serving until dropped.
-pub struct FakeExecutor {
+pub struct LoopbackExecutor {
     addr: SocketAddr,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
 
-impl FakeExecutor {
+impl LoopbackExecutor {
     /// Starts an executor with account `address` whose account key is `key`; it signs its
-    /// answers with that key until [`FakeExecutor::sign_with`] says otherwise.
+    /// answers with that key until [`LoopbackExecutor::sign_with`] says otherwise.
     ///
     /// # Panics
     ///
-    /// If no loopback port can be bound; see [`FakeExecutor::try_start`].
+    /// If no loopback port can be bound; see [`LoopbackExecutor::try_start`].
     #[allow(clippy::expect_used)]
     pub async fn start(address: &str, key: Signer) -> Self {
         Self::try_start(address, key).await.expect("bind a loopback port for the fake executor")
@@ -378,7 +378,7 @@ impl StaticDirectory {
     }
 
     /// Registers `fake` under its address, with its account key and `grantee_keys`.
-    pub fn add_executor(&self, fake: &FakeExecutor, grantee_keys: Vec<Vec<u8>>) {
+    pub fn add_executor(&self, fake: &LoopbackExecutor, grantee_keys: Vec<Vec<u8>>) {
         let mut keys = vec![fake.public_key()];
         keys.extend(grantee_keys);
         self.insert(fake.address(), &fake.url(), keys);

@@ -1,29 +1,32 @@
 //! Test doubles and helpers for the workspace's tests; a dev-dependency only.
 //!
-//! - [`fakes`]: the in-memory fakes of every port (re-exported from `validator-core`'s
+//! - [`memory`]: the in-memory fakes of every port (`Memory*`) (re-exported from `validator-core`'s
 //!   `test-util` feature), with inspectable state and scripted failures;
-//! - [`FakeMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
+//! - [`LoopbackMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
 //!   HTTP adapter's tests, the demo and benchmarks;
-//! - [`FakeExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
+//! - [`LoopbackExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
 //!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
-//! - [`FakeChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
+//! - [`LoopbackChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
 //!   the REST gateway, signed transactions), scriptable with accounts, inferences, epochs and
 //!   blocks, and able to drop its websockets, skip heights, stall and send raw frames;
-//! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only.
+//! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only;
+//! - [`process`]: temporary paths and bounded waits for tests that run a built binary.
 
 pub mod chain_node;
 pub mod executor;
 pub mod ml_node;
 pub mod mocks;
+pub mod process;
 
-pub use chain_node::{FakeChainNode, Submitted, SubmittedMsg, TxEvent};
+pub use chain_node::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 pub use executor::{
-    fixture_payloads, ExecutorReply, ExecutorRequest, FakeExecutor, OnChainHashes, StaticDirectory,
+    fixture_payloads, ExecutorReply, ExecutorRequest, LoopbackExecutor, OnChainHashes,
+    StaticDirectory,
 };
-pub use ml_node::{peak_held, FakeMlNode, Latency, RecordedRequest, Reply, Stay};
+pub use ml_node::{peak_held, Latency, LoopbackMlNode, RecordedRequest, Reply, Stay};
 
 /// The in-memory fakes of every port.
-pub mod fakes {
+pub mod memory {
     pub use validator_core::testing::*;
 }
 

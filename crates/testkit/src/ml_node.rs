@@ -1,10 +1,10 @@
-//! [`FakeMlNode`]: an ML node served over real HTTP on loopback, for tests of the HTTP adapter,
+//! [`LoopbackMlNode`]: an ML node served over real HTTP on loopback, for tests of the HTTP adapter,
 //! the demo and benchmarks.
 //!
 //! It answers `POST …/v1/chat/completions` with [`echo_completion`] of the request (so a replay
-//! of a payload made by [`payloads_for`](crate::fakes::payloads_for) scores exactly 1), after a
+//! of a payload made by [`payloads_for`](crate::memory::payloads_for) scores exactly 1), after a
 //! configurable latency, unless a scripted [`Reply`] says otherwise. `GET /health` answers 200
-//! (or 503 after [`FakeMlNode::set_healthy`]`(false)`). Any other path answers 404.
+//! (or 503 after [`LoopbackMlNode::set_healthy`]`(false)`). Any other path answers 404.
 
 use std::{
     collections::VecDeque,
@@ -173,18 +173,18 @@ type Shared = crate::watched::Watched<State>;
 /// Records every chat-completion request, the current and peak number of requests in flight
 /// (from arrival until the last byte of the answer is handed to the connection), how many
 /// ended because the client went away, and the mean service time of the others.
-pub struct FakeMlNode {
+pub struct LoopbackMlNode {
     addr: SocketAddr,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
 
-impl FakeMlNode {
+impl LoopbackMlNode {
     /// Starts a node answering at once.
     ///
     /// # Panics
     ///
-    /// If no loopback port can be bound; see [`FakeMlNode::try_start`].
+    /// If no loopback port can be bound; see [`LoopbackMlNode::try_start`].
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
         Self::try_start().await.expect("bind a loopback port for the fake ML node")
@@ -271,7 +271,7 @@ impl FakeMlNode {
     }
 
     /// Every chat-completion request's stay, in arrival order: the exact concurrency seen by
-    /// the node over time, for checks finer than [`FakeMlNode::peak`].
+    /// the node over time, for checks finer than [`LoopbackMlNode::peak`].
     pub fn stays(&self) -> Vec<Stay> {
         self.shared.lock().stays.clone()
     }

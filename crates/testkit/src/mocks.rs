@@ -1,5 +1,5 @@
 //! mockall mocks of the ports, for interaction checks ("called exactly N times"). Prefer the
-//! [fakes](crate::fakes) for everything else.
+//! [in-memory fakes](crate::memory) for everything else.
 #![allow(missing_docs)]
 
 use async_trait::async_trait;

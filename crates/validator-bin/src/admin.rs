@@ -36,6 +36,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Request, State},
@@ -45,19 +46,29 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
+use journal::SqliteJournal;
+use ml_client::NodePool;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
-use validator_core::{Error as EngineError, RecoveryStart, Trigger};
+use validator_core::{Engine, Error as EngineError, RecoveryStart, Trigger};
 
-use crate::app::AppHandle;
+use crate::claim::Claimer;
 
 /// What the admin routes work on.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The running app.
-    pub app: AppHandle,
+    /// The engine.
+    pub engine: Engine,
+    /// The ML node pool.
+    pub pool: NodePool,
+    /// Recovery-then-claim and the claimed-epochs record.
+    pub claimer: Arc<Claimer>,
+    /// The journal's history.
+    pub journal: Arc<SqliteJournal>,
+    /// The bearer token every protected route requires.
+    pub token: Arc<str>,
     /// The readiness latch.
     pub ready: Arc<AtomicBool>,
     /// Where `POST /admin/v1/shutdown` sends its request; `None` leaves the route out.
@@ -147,7 +158,7 @@ async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let expected = state.app.token.as_bytes();
+    let expected = state.token.as_bytes();
     if bool::from(given.as_bytes().ct_eq(expected)) && !expected.is_empty() {
         Ok(next.run(request).await)
     } else {
@@ -156,7 +167,7 @@ async fn require_token(
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::Acquire) && state.app.engine.status().accepting {
+    if state.ready.load(Ordering::Acquire) && state.engine.status().accepting {
         Json(json!({"status": "ready"})).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response()
@@ -164,12 +175,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {
-    let engine = state.app.engine.status();
+    let engine = state.engine.status();
     Json(json!({
         "current_run": engine.current_run,
         "engine": engine,
-        "nodes": state.app.pool.status(),
-        "claims": state.app.claimer.records(),
+        "nodes": state.pool.status(),
+        "claims": state.claimer.records(),
     }))
 }
 
@@ -199,13 +210,13 @@ async fn start_recovery(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: RecoveryRequest = parse_body(&body)?;
-    let claimer = &state.app.claimer;
+    let claimer = &state.claimer;
     let epoch = match request.epoch_index {
         Some(epoch) => epoch,
         None => claimer.previous_epoch().await.map_err(ApiError::Internal)?,
     };
     let seed = request.seed.unwrap_or_else(|| claimer.seed(epoch));
-    let start = state.app.engine.recover_from(Trigger::Admin, epoch, seed).map_err(engine_error)?;
+    let start = state.engine.recover_from(Trigger::Admin, epoch, seed).map_err(engine_error)?;
     let response = match &start {
         RecoveryStart::Started(run) => {
             tracing::info!(run_id = run.id(), epoch, "recovery started from the admin API");
@@ -231,11 +242,10 @@ async fn recovery_run(
     let run_id: u64 = run_id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("run id `{run_id}` is not a number")))?;
-    if let Some(run) = state.app.engine.run(run_id) {
+    if let Some(run) = state.engine.run(run_id) {
         return Ok(Json(json!(run.report())));
     }
     let run = state
-        .app
         .journal
         .run(run_id)
         .await
@@ -258,7 +268,7 @@ async fn recovery_runs(
     axum::extract::Query(query): axum::extract::Query<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, MAX_RUNS);
-    let runs = state.app.journal.recent_runs(limit).await.map_err(journal_error)?;
+    let runs = state.journal.recent_runs(limit).await.map_err(journal_error)?;
     Ok(Json(json!({ "runs": runs })))
 }
 
@@ -266,14 +276,14 @@ async fn inference_history(
     State(state): State<AdminState>,
     Path(inference_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let history = state.app.journal.history(&inference_id).await.map_err(journal_error)?;
+    let history = state.journal.history(&inference_id).await.map_err(journal_error)?;
     if history.is_empty() {
         return Err(ApiError::NotFound(format!("the journal has no record of `{inference_id}`")));
     }
     Ok(Json(json!(history)))
 }
 
-fn journal_error(err: crate::storage::Error) -> ApiError {
+fn journal_error(err: journal::Error) -> ApiError {
     ApiError::Internal(anyhow::Error::new(err).context("reading the journal"))
 }
 
@@ -295,7 +305,7 @@ async fn claim_reward_recover(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ClaimRequest = parse_body(&body)?;
-    let claimer = &state.app.claimer;
+    let claimer = &state.claimer;
     let epoch = match request.epoch_index {
         Some(epoch) => epoch,
         None => claimer.previous_epoch().await.map_err(ApiError::Internal)?,
@@ -331,7 +341,7 @@ async fn claim_reward_recover(
             false,
         ));
     }
-    if state.app.engine.is_stopped() {
+    if state.engine.is_stopped() {
         return Err(ApiError::Unavailable("the engine is shutting down".into()));
     }
     let already = claimer.is_claimed(epoch);
@@ -348,7 +358,7 @@ async fn claim_reward_recover(
         }
         Ok(Err(_)) => Err(ApiError::Unavailable("the claim task ended without a result".into())),
         Err(_) => {
-            let run = state.app.engine.current_run();
+            let run = state.engine.current_run();
             let (run_id, detected) =
                 run.map_or((None, 0), |run| (Some(run.id()), run.report().detected));
             let message = match run_id {
@@ -373,4 +383,36 @@ async fn shutdown(State(state): State<AdminState>) -> Result<Response, ApiError>
     };
     let _ = sender.try_send("admin API request".into());
     Ok((StatusCode::ACCEPTED, Json(json!({"state": "shutting_down"}))).into_response())
+}
+
+/// Reads the admin token from `path`, or generates one (32 random bytes, hex) into a new file
+/// readable by the owner only.
+pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let token = text.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut bytes = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the token directory {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating the admin token file {}", path.display()))?;
+    std::io::Write::write_all(&mut file, token.as_bytes())
+        .with_context(|| format!("writing the admin token file {}", path.display()))?;
+    Ok(token)
 }

@@ -1,48 +1,32 @@
-//! The app: builds the adapters and the engine from [`Settings`], runs the chain-event loop, the
-//! claim-time dispatcher, the admin API and the metrics listener, and drains on shutdown.
-//!
-//! Triggers, all through the engine's one recovery guard:
-//! - `inference_finished` events go to [`Engine::sample`], `needs_revalidation` events to
-//!   [`Engine::revalidate`];
-//! - the claim-time dispatcher (DOMAIN.md 3.6 (a)): at the claim height of the current epoch
-//!   (`chain_source::schedule::claim_due`) it recovers epoch-1, awaits that run (or the run
-//!   another trigger started), then claims the rewards, also when recovery failed;
-//! - the periodic reward-recovery checker (DOMAIN.md 3.6 (b)): inside its window of the epoch
-//!   (`chain_source::schedule::reward_recovery_due`), at most once per 1000 blocks and one check
-//!   at a time, it asks the chain what is still settled for this validator; when coins wait,
-//!   it recovers their epoch, awaits the run, then claims (the same path as the dispatcher);
-//! - the admin API ([`crate::admin`]).
+//! The app: builds the adapters and the engine from [`Settings`], runs the chain-event loop with
+//! the block triggers ([`crate::triggers`]), the admin API ([`crate::admin`]), the metrics
+//! listener and the journal's pruning, and drains on shutdown.
 
 use std::{
-    collections::BTreeMap,
     future::Future,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
 
 use anyhow::Context;
-use chain_source::{
-    events::{ChainEvent, EventStream, HeightStore},
-    schedule::{claim_due, reward_recovery_due, EpochSchedule},
-    ChainClient, HttpPayloadSource, Signer,
-};
+use chain_source::{events::HeightStore, ChainNodeClient, HttpPayloadSource, Signer};
+use journal::{DataDirLock, SqliteJournal};
 use ml_client::{HttpMlNodeClient, NodePool};
 use serde::Serialize;
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, oneshot, watch},
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
-use validator_core::{Engine, Ports, RecoveryStart, RunReport, ShutdownReport, Trigger};
+use validator_core::{Engine, Ports, ShutdownReport};
 
 use crate::{
+    admin::{load_or_create_token, AdminState},
+    claim::Claimer,
     settings::{IdentityConfig, Settings},
-    storage::{DataDirLock, SqliteJournal},
+    triggers::{follow_chain, BlockTriggers},
 };
 
 /// The key and account this validator acts as.
@@ -67,200 +51,6 @@ impl Identity {
     }
 }
 
-/// One claim: the recovery run before it and the claim's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClaimRecord {
-    /// The epoch claimed.
-    pub epoch_index: u64,
-    /// The seed revealed with the claim.
-    pub seed: i64,
-    /// The recovery run awaited before the claim, if one ran.
-    pub run: Option<RunReport>,
-    /// The claim transaction's hash, when it was accepted.
-    pub tx_hash: Option<String>,
-    /// Why the claim failed, when it did.
-    pub error: Option<String>,
-}
-
-impl ClaimRecord {
-    /// Whether the claim transaction was accepted.
-    pub fn claimed(&self) -> bool {
-        self.tx_hash.is_some()
-    }
-}
-
-/// Recovery followed by the reward claim, shared by the dispatcher and the admin API, with an
-/// in-memory record of claimed epochs.
-pub struct Claimer {
-    engine: Engine,
-    chain: ChainClient,
-    signer: Signer,
-    records: Mutex<BTreeMap<u64, ClaimRecord>>,
-    changed: watch::Sender<usize>,
-    tasks: TaskTracker,
-    cancel: CancellationToken,
-}
-
-impl Claimer {
-    fn new(engine: Engine, chain: ChainClient, signer: Signer, cancel: CancellationToken) -> Self {
-        Self {
-            engine,
-            chain,
-            signer,
-            records: Mutex::default(),
-            changed: watch::Sender::new(0),
-            tasks: TaskTracker::new(),
-            cancel,
-        }
-    }
-
-    /// The seed of `epoch` (`chain_source::seed_for_epoch` with this validator's signer).
-    pub fn seed(&self, epoch: u64) -> i64 {
-        chain_source::seed_for_epoch(&self.signer, epoch)
-    }
-
-    /// The epoch before the chain's latest one.
-    pub async fn previous_epoch(&self) -> anyhow::Result<u64> {
-        let info = self.chain.epoch_info().await.context("querying the latest epoch")?;
-        Ok(info.epoch_index.saturating_sub(1))
-    }
-
-    /// Whether a claim of `epoch` was accepted.
-    pub fn is_claimed(&self, epoch: u64) -> bool {
-        self.lock().get(&epoch).is_some_and(ClaimRecord::claimed)
-    }
-
-    /// Every claim attempted, by epoch.
-    pub fn records(&self) -> Vec<ClaimRecord> {
-        self.lock().values().cloned().collect()
-    }
-
-    /// Ticks once per finished claim attempt.
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
-        self.changed.subscribe()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClaimRecord>> {
-        self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The periodic reward check on a tracked task: queries what is settled for `address`
-    /// and, when coins wait, recovers their epoch then claims. `running` is set by the caller
-    /// and cleared when the check ends, however it ends.
-    fn spawn_reward_check(self: &Arc<Self>, address: String, running: Arc<AtomicBool>) {
-        let claimer = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let _running = ClearOnDrop(running);
-            let settled = tokio::select! {
-                settled = tokio::time::timeout(
-                    SETTLE_QUERY_TIMEOUT,
-                    claimer.chain.query().settle_amount(&address),
-                ) => settled,
-                () = claimer.cancel.cancelled() => return,
-            };
-            let settled = match settled {
-                Ok(Ok(settled)) => settled,
-                Ok(Err(chain_source::Error::NotFound(_))) => {
-                    info!("reward check: nothing settled to claim");
-                    return;
-                }
-                Ok(Err(err)) => {
-                    warn!(%err, "reward check: settle amount query failed");
-                    return;
-                }
-                Err(_) => {
-                    warn!("reward check: settle amount query timed out");
-                    return;
-                }
-            };
-            if !settled.has_coins() {
-                info!(epoch = settled.epoch_index, "reward check: no coins left to claim");
-                return;
-            }
-            let epoch = settled.epoch_index;
-            info!(
-                epoch,
-                reward_coins = settled.reward_coins,
-                work_coins = settled.work_coins,
-                "reward check: unclaimed rewards; recovering their epoch, then claiming"
-            );
-            claimer.recover_then_claim(Trigger::RewardCheck, epoch, claimer.seed(epoch)).await;
-        });
-    }
-
-    /// Runs [`Claimer::recover_then_claim`] on a tracked task; the receiver gets the record.
-    pub fn spawn(
-        self: &Arc<Self>,
-        trigger: Trigger,
-        epoch: u64,
-        seed: i64,
-    ) -> oneshot::Receiver<ClaimRecord> {
-        let (sender, receiver) = oneshot::channel();
-        let claimer = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let record = claimer.recover_then_claim(trigger, epoch, seed).await;
-            let _ = sender.send(record);
-        });
-        receiver
-    }
-
-    /// Recovers `epoch` (or joins the run going on), awaits the run, then claims, also when
-    /// recovery failed. Epoch 0 (genesis) is claimed without recovery. Shutdown ends it
-    /// without claiming.
-    pub async fn recover_then_claim(&self, trigger: Trigger, epoch: u64, seed: i64) -> ClaimRecord {
-        let mut record =
-            ClaimRecord { epoch_index: epoch, seed, run: None, tx_hash: None, error: None };
-        // A run of another epoch may hold the guard: await it, then start ours once more.
-        for _ in 0..2 {
-            if epoch == 0 {
-                break;
-            }
-            let start = match self.engine.recover_from(trigger, epoch, seed) {
-                Ok(start) => start,
-                Err(err) => {
-                    warn!(epoch, %err, "recovery not started before the claim");
-                    break;
-                }
-            };
-            let started = matches!(start, RecoveryStart::Started(_));
-            let handle = start.handle().clone();
-            info!(epoch, run_id = handle.id(), started, "awaiting recovery before the claim");
-            let report = tokio::select! {
-                report = handle.wait() => report,
-                () = self.cancel.cancelled() => {
-                    record.error = Some("shut down before the claim".into());
-                    return record;
-                }
-            };
-            let done = started || report.epoch == epoch;
-            record.run = Some(report);
-            if done {
-                break;
-            }
-        }
-        let claimed = tokio::select! {
-            claimed = self.chain.claim_rewards(seed, epoch) => claimed,
-            () = self.cancel.cancelled() => {
-                record.error = Some("shut down before the claim".into());
-                return record;
-            }
-        };
-        match claimed {
-            Ok(hash) => {
-                info!(epoch, tx_hash = %hash, "rewards claimed");
-                record.tx_hash = Some(hash);
-            }
-            Err(err) => {
-                warn!(epoch, %err, "reward claim failed");
-                record.error = Some(err.to_string());
-            }
-        }
-        self.lock().insert(epoch, record.clone());
-        self.changed.send_modify(|n| *n += 1);
-        record
-    }
-}
-
 /// What the running app offers: cheap to clone, usable while [`App::run`] runs.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -271,7 +61,7 @@ pub struct AppHandle {
     /// Recovery-then-claim and the claimed-epochs record.
     pub claimer: Arc<Claimer>,
     /// The chain client.
-    pub chain: ChainClient,
+    pub chain: ChainNodeClient,
     /// The admin API's bound address.
     pub admin_addr: SocketAddr,
     /// The metrics listener's bound address.
@@ -312,7 +102,7 @@ impl App {
     /// within a Tokio runtime.
     ///
     /// The lock comes first: a second process on the same data directory fails with
-    /// [`crate::storage::Error::Locked`] before it opens, binds or connects anything.
+    /// [`journal::Error::Locked`] before it opens, binds or connects anything.
     pub async fn build(settings: Settings, identity: Identity) -> anyhow::Result<Self> {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let journal = {
@@ -325,7 +115,7 @@ impl App {
         // Installed before the engine starts, so the gauges it sets at start are recorded.
         crate::telemetry::recorder()?;
         let cancel = CancellationToken::new();
-        let chain = ChainClient::new(
+        let chain = ChainNodeClient::new(
             &settings.chain,
             identity.account_address.clone(),
             identity.signer.clone(),
@@ -409,8 +199,12 @@ impl App {
         let (stop_sender, mut stop_requests) = mpsc::channel::<String>(1);
         let ready = Arc::new(AtomicBool::new(false));
 
-        let admin = crate::admin::router(crate::admin::AdminState {
-            app: handle.clone(),
+        let admin = crate::admin::router(AdminState {
+            engine: handle.engine.clone(),
+            pool: handle.pool.clone(),
+            claimer: Arc::clone(&handle.claimer),
+            journal: Arc::clone(&handle.journal),
+            token: Arc::clone(&handle.token),
             ready: Arc::clone(&ready),
             shutdown: settings.admin.allow_shutdown.then_some(stop_sender.clone()),
             claim_wait: settings.admin.claim_wait,
@@ -438,7 +232,7 @@ impl App {
             }
         });
         let _probe = handle.pool.spawn_probe(&ml_client, cancel.clone());
-        let heights = Arc::clone(&handle.journal) as Arc<dyn HeightStore>;
+        let heights = Arc::new(JournalHeights(Arc::clone(&handle.journal)));
         let events = chain_source::events::spawn(&settings.chain.events, heights, cancel.clone())
             .context("starting the chain event source")?;
         tasks.spawn(prune_loop(
@@ -447,17 +241,12 @@ impl App {
             settings.storage.clone(),
             cancel.clone(),
         ));
-        let dispatcher = Dispatcher {
-            address: identity.account_address.clone(),
-            claimer: Arc::clone(&handle.claimer),
-            chain: handle.chain.clone(),
-            schedule: None,
-            refreshed_at: 0,
-            launched_at: None,
-            last_reward_check: None,
-            reward_check: Arc::default(),
-        };
-        tasks.spawn(event_loop(events, handle.engine.clone(), dispatcher, cancel.clone()));
+        let triggers = BlockTriggers::new(
+            identity.account_address.clone(),
+            Arc::clone(&handle.claimer),
+            handle.chain.clone(),
+        );
+        tasks.spawn(follow_chain(events, handle.engine.clone(), triggers, cancel.clone()));
         ready.store(true, Ordering::Release);
         info!("validator running");
 
@@ -473,10 +262,10 @@ impl App {
         // One deadline for the engine and the app's own tasks: the grace bounds the whole drain.
         let deadline = tokio::time::Instant::now() + grace;
         let engine = handle.engine.shutdown(grace).await;
-        handle.claimer.tasks.close();
+        handle.claimer.tasks().close();
         tasks.close();
         let rest = tokio::time::timeout_at(deadline, async {
-            handle.claimer.tasks.wait().await;
+            handle.claimer.tasks().wait().await;
             tasks.wait().await;
         })
         .await;
@@ -499,8 +288,8 @@ impl App {
 /// before the chain's current one.
 async fn prune_loop(
     journal: Arc<SqliteJournal>,
-    chain: ChainClient,
-    config: crate::storage::StorageConfig,
+    chain: ChainNodeClient,
+    config: journal::Config,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.prune_interval);
@@ -528,143 +317,18 @@ async fn prune_loop(
     }
 }
 
-/// Reads the admin token from `path`, or generates one (32 random bytes, hex) into a new file
-/// readable by the owner only.
-pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let token = text.trim().to_owned();
-        if !token.is_empty() {
-            return Ok(token);
-        }
-    }
-    use rand::{RngCore as _, SeedableRng as _};
-    let mut bytes = [0u8; 32];
-    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the token directory {}", dir.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating the admin token file {}", path.display()))?;
-    std::io::Write::write_all(&mut file, token.as_bytes())
-        .with_context(|| format!("writing the admin token file {}", path.display()))?;
-    Ok(token)
-}
+/// The journal as the event source's [`HeightStore`].
+struct JournalHeights(Arc<SqliteJournal>);
 
-/// How many blocks the cached epoch schedule is reused before it is queried again.
-const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
-
-/// The reward check's bound on its settle-amount query (upstream's 30 s).
-const SETTLE_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Clears its flag when dropped, so a check that ends by any path reopens the next one.
-struct ClearOnDrop(Arc<AtomicBool>);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// The per-block triggers: the claim-time dispatcher (DOMAIN.md 3.6 (a)) and the periodic
-/// reward-recovery checker (3.6 (b)).
-struct Dispatcher {
-    address: String,
-    claimer: Arc<Claimer>,
-    chain: ChainClient,
-    schedule: Option<EpochSchedule>,
-    refreshed_at: u64,
-    /// The first block the checker saw.
-    launched_at: Option<i64>,
-    /// The block of the checker's last attempt.
-    last_reward_check: Option<i64>,
-    /// Set while a reward check runs.
-    reward_check: Arc<AtomicBool>,
-}
-
-impl Dispatcher {
-    async fn on_block(&mut self, height: u64) {
-        let signed = i64::try_from(height).unwrap_or(i64::MAX);
-        let stale = self.schedule.is_none_or(|schedule| {
-            signed >= schedule.next_poc_start()
-                || height.saturating_sub(self.refreshed_at) >= SCHEDULE_REFRESH_BLOCKS
-        });
-        if stale {
-            match self.chain.epoch_info().await {
-                Ok(info) => {
-                    self.schedule = Some(EpochSchedule::from(&info));
-                    self.refreshed_at = height;
-                }
-                Err(err) => warn!(height, %err, "cannot refresh the epoch schedule"),
-            }
-        }
-        let Some(schedule) = self.schedule else { return };
-        self.check_rewards(signed, &schedule);
-        if !claim_due(&self.address, signed, &schedule) {
-            return;
-        }
-        let epoch = schedule.epoch_index.saturating_sub(1);
-        if self.claimer.is_claimed(epoch) {
-            info!(epoch, "rewards already claimed");
-            return;
-        }
-        info!(height, epoch, "claim height reached: recovering the previous epoch, then claiming");
-        let seed = self.claimer.seed(epoch);
-        // The claim runs on its own; the dispatcher does not wait for its record.
-        drop(self.claimer.spawn(Trigger::Claim, epoch, seed));
+impl HeightStore for JournalHeights {
+    fn load(&self) -> Option<u64> {
+        self.0.height().unwrap_or_else(|err| {
+            warn!(%err, "cannot read the last processed height; starting from the tip");
+            None
+        })
     }
 
-    fn check_rewards(&mut self, height: i64, schedule: &EpochSchedule) {
-        let launched_at = *self.launched_at.get_or_insert(height);
-        if !reward_recovery_due(height, launched_at, self.last_reward_check, schedule) {
-            return;
-        }
-        if self.reward_check.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.last_reward_check = Some(height);
-        info!(height, "reward check due");
-        self.claimer.spawn_reward_check(self.address.clone(), Arc::clone(&self.reward_check));
+    fn store(&self, height: u64) {
+        self.0.store_height(height);
     }
-}
-
-async fn event_loop(
-    mut events: EventStream,
-    engine: Engine,
-    mut dispatcher: Dispatcher,
-    cancel: CancellationToken,
-) {
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => break,
-            event = events.recv() => event,
-        };
-        let Some(event) = event else { break };
-        match event {
-            ChainEvent::InferenceFinished { ids, height } => {
-                if let Err(err) = engine.sample(ids) {
-                    warn!(height, %err, "finished inferences not sampled");
-                }
-            }
-            ChainEvent::RevalidationNeeded { inference_id, height } => {
-                if let Err(err) = engine.revalidate(inference_id.clone()) {
-                    warn!(height, %inference_id, %err, "revalidation not admitted");
-                }
-            }
-            ChainEvent::NewBlock { height } => tokio::select! {
-                () = dispatcher.on_block(height) => {}
-                () = cancel.cancelled() => break,
-            },
-        }
-    }
-    events.join().await;
 }

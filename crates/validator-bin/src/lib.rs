@@ -1,26 +1,26 @@
-//! The validator node: settings, the app that wires the chain and ML-node adapters to the
-//! engine, the admin API, metrics, logs, and the `demo` and `score` subcommands.
+//! The validator node: settings, the app that wires the chain and ML-node adapters and the
+//! journal to the engine, the block triggers, the admin API, metrics, logs, and the `score`
+//! subcommand.
 //!
 //! Layout:
 //! - [`settings`]: the one settings struct (defaults, TOML file, `VALIDATOR_` environment);
 //! - [`app`]: locks the data directory, opens the journal, builds the adapters and the engine,
-//!   runs the chain-event loop, the claim-time dispatcher and the reward checker, and drains on
-//!   shutdown;
+//!   runs the chain-event loop and the admin API, and drains on shutdown;
+//! - [`triggers`]: what each block triggers: the claim trigger and the periodic reward check;
+//! - [`claim`]: recovery followed by the reward claim, and the record of claims;
 //! - [`admin`]: the admin HTTP API (bearer token, recovery triggers, status);
 //! - [`telemetry`]: the Prometheus listener and the tracing subscriber;
-//! - [`demo`]: the whole system on loopback fakes, in one command;
 //! - [`score`]: scores two chat-completion files;
-//! - [`signal`]: the OS shutdown signal as a future;
-//! - [`storage`]: the SQLite journal and the data directory's single-instance lock.
+//! - [`signal`]: the OS shutdown signal as a future.
 
 pub mod admin;
 pub mod app;
-pub mod demo;
+pub mod claim;
 pub mod score;
 pub mod settings;
 pub mod signal;
-pub mod storage;
 pub mod telemetry;
+pub mod triggers;
 
 /// Exit code of a bad command line or configuration (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;

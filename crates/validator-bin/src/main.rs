@@ -1,13 +1,13 @@
-//! The `validator` binary: `run`, `check-config`, `demo` and `score`.
+//! The `validator` binary: `run`, `check-config` and `score`.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tracing::info;
 use validator_bin::{
-    app, demo,
+    app,
     settings::{LogFormat, Settings},
-    signal, storage, telemetry, EXIT_LOCKED, EXIT_USAGE,
+    signal, telemetry, EXIT_LOCKED, EXIT_USAGE,
 };
 
 /// A validator node for a decentralized AI inference network.
@@ -35,8 +35,6 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Runs the whole system on loopback fakes.
-    Demo(demo::DemoOptions),
     /// Scores two chat-completion JSON files and prints one JSON line.
     Score {
         /// The executor's response.
@@ -56,10 +54,6 @@ fn main() -> ExitCode {
             Ok(settings) => settings.to_toml().map(|text| print!("{text}")),
             Err(err) => return usage(err),
         },
-        Command::Demo(options) => {
-            telemetry::init_logs(cli.log_format.unwrap_or(LogFormat::Pretty), "warn");
-            runtime().and_then(|rt| rt.block_on(demo::run(options)))
-        }
         Command::Run { config } => {
             let settings = match Settings::load(Some(&config))
                 .and_then(|s| s.validate_for_run().map(|()| s))
@@ -78,8 +72,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            match err.downcast_ref::<storage::Error>() {
-                Some(storage::Error::Locked { .. }) => ExitCode::from(EXIT_LOCKED),
+            match err.downcast_ref::<journal::Error>() {
+                Some(journal::Error::Locked { .. }) => ExitCode::from(EXIT_LOCKED),
                 _ => ExitCode::FAILURE,
             }
         }

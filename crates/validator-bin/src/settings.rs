@@ -47,7 +47,7 @@ pub struct Settings {
     /// Logs.
     pub log: LogConfig,
     /// The journal.
-    pub storage: crate::storage::StorageConfig,
+    pub storage: journal::Config,
 }
 
 impl Default for Settings {
@@ -62,7 +62,7 @@ impl Default for Settings {
             metrics: MetricsConfig::default(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
-            storage: crate::storage::StorageConfig::default(),
+            storage: journal::Config::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Chaos test of the whole app (event source, dispatcher, engine, payload source, node pool, ML
-//! client, journal, admin and metrics listeners) against `FakeChainNode`, `FakeExecutor` and two
-//! `FakeMlNode`s on loopback: a recovery of 2,000 missed validations plus live traffic and
+//! Chaos test of the whole app (event source, block triggers, engine, payload source, node pool, ML
+//! client, journal, admin and metrics listeners) against `LoopbackChainNode`, `LoopbackExecutor` and two
+//! `LoopbackMlNode`s on loopback: a recovery of 2,000 missed validations plus live traffic and
 //! revalidations, with faults injected at seeded moments:
 //!
 //! - replays on ML node A that hang (freed by the replay timeout), reset the connection or answer
@@ -32,8 +32,8 @@ use std::{
 use ml_client::{Availability, NodeConfig};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use testkit::{
-    ExecutorReply, FakeChainNode, FakeExecutor, FakeMlNode, Latency, Reply, Stay, SubmittedMsg,
-    TxEvent,
+    ExecutorReply, Latency, LoopbackChainNode, LoopbackExecutor, LoopbackMlNode, Reply, Stay,
+    SubmittedMsg, TxEvent,
 };
 use tokio::{
     sync::{
@@ -47,10 +47,10 @@ use tokio::{
 };
 use validator_bin::{
     app::{AppHandle, StopReport},
-    demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED, LIVE_EPOCH},
     settings::Settings,
 };
 use validator_core::{testing::MODEL, Outcome, OutcomeEvent, OutcomeKind};
+use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED, LIVE_EPOCH};
 
 /// Missed validations of the previous epoch, recovered at the claim height.
 const BACKLOG: usize = 2_000;
@@ -200,7 +200,7 @@ struct SeedReport {
     /// Hangs, resets and 5xx node A was asked to serve.
     a_faults: [usize; 3],
     a_disconnects: usize,
-    /// Raw peaks at nodes A and B ([`FakeMlNode::peak`]), then what [`peak_held`] finds at A,
+    /// Raw peaks at nodes A and B ([`LoopbackMlNode::peak`]), then what [`peak_held`] finds at A,
     /// B and both, then the engine's slots.
     peaks: [usize; 6],
     executor_errors: usize,
@@ -241,7 +241,7 @@ impl std::fmt::Display for SeedReport {
 
 /// Adjusts the demo's settings: two ML nodes (the demo's fake as A, `node_b` as B), a deep
 /// outcome stream, a fast health probe and this seed's jitter.
-fn configure(settings: &mut Settings, node_b: &FakeMlNode, seed: u64) {
+fn configure(settings: &mut Settings, node_b: &LoopbackMlNode, seed: u64) {
     settings.shutdown_grace = GRACE;
     settings.core.jitter_seed = Some(seed);
     // Far more than a seed's outcomes: the test's receiver never lags.
@@ -256,7 +256,7 @@ fn configure(settings: &mut Settings, node_b: &FakeMlNode, seed: u64) {
 }
 
 /// Scripts a finished inference on the chain and its payloads at the executor.
-fn add_inference(chain: &FakeChainNode, executor: &FakeExecutor, id: &str, epoch: u64) {
+fn add_inference(chain: &LoopbackChainNode, executor: &LoopbackExecutor, id: &str, epoch: u64) {
     chain.add_inference(id, epoch, executor.address());
     executor.insert_generated(id, epoch);
     chain.put_inference(executor.inference(id).unwrap());
@@ -296,9 +296,9 @@ impl Tally {
 struct Driver<'a> {
     plan: Plan,
     rng: StdRng,
-    chain: &'a FakeChainNode,
-    executor: &'a FakeExecutor,
-    node_b: &'a FakeMlNode,
+    chain: &'a LoopbackChainNode,
+    executor: &'a LoopbackExecutor,
+    node_b: &'a LoopbackMlNode,
     app: &'a AppHandle,
     tally: Tally,
     shutting_down: bool,
@@ -430,7 +430,7 @@ async fn run_seed(seed: u64) -> SeedReport {
         json: true,
         ..DemoOptions::default()
     };
-    let node_b = FakeMlNode::start().await;
+    let node_b = LoopbackMlNode::start().await;
     let (scenario, app) =
         Scenario::build_with(&options, |_, settings| configure(settings, &node_b, seed))
             .await
@@ -660,7 +660,7 @@ fn check_outcomes(seed: u64, tally: &Tally, app: &AppHandle, ran_to_the_end: boo
 
 /// No key validated twice on chain, no duplicate refused, and every message on chain is the one
 /// its key's outcome names, or belongs to a key the shutdown cancelled mid-broadcast.
-fn check_chain(seed: u64, tally: &Tally, chain: &FakeChainNode) {
+fn check_chain(seed: u64, tally: &Tally, chain: &LoopbackChainNode) {
     assert_eq!(chain.duplicate_rejections(), 0, "seed {seed}: the chain refused a duplicate");
     let mut on_chain: HashMap<(String, bool), Vec<String>> = HashMap::new();
     for submitted in chain.submitted() {

@@ -15,9 +15,9 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
-    /// The claim-time dispatcher, before claiming the previous epoch.
+    /// The claim trigger, before claiming the previous epoch.
     Claim,
-    /// The periodic reward-recovery checker.
+    /// The periodic reward check.
     RewardCheck,
     /// An operator, through the admin API.
     Admin,

@@ -139,7 +139,7 @@ pub fn chosen_details(id: &str, epoch: u64, executor: &str, total_power: u64) ->
     }
 }
 
-// === FakeChain ===
+// === MemoryChain ===
 
 /// Chain state the fake serves, scripted by the test.
 #[derive(Default)]
@@ -165,12 +165,12 @@ struct ChainState {
 /// every submitted `MsgValidation`. It rejects a second non-revalidation submission for the same
 /// inference as the chain does (`ErrDuplicateValidation`).
 #[derive(Clone, Default)]
-pub struct FakeChain {
+pub struct MemoryChain {
     state: Arc<Mutex<ChainState>>,
     submitted: Arc<Notify>,
 }
 
-impl FakeChain {
+impl MemoryChain {
     /// A chain at epoch 10 where [`SELF_ADDRESS`] is active and holds weight for [`MODEL`].
     pub fn new() -> Self {
         let chain = Self::default();
@@ -319,7 +319,7 @@ impl FakeChain {
 }
 
 #[async_trait]
-impl ChainClient for FakeChain {
+impl ChainClient for MemoryChain {
     fn account_address(&self) -> &str {
         SELF_ADDRESS
     }
@@ -453,7 +453,7 @@ pub fn echo_completion(body: &Value) -> Bytes {
     Bytes::from(completion(&positions).to_string())
 }
 
-// === FakePayloads ===
+// === MemoryPayloads ===
 
 #[derive(Default)]
 struct PayloadState {
@@ -466,12 +466,12 @@ struct PayloadState {
 /// An in-memory payload source. Serves [`payloads_for`] for every id unless scripted: a queue
 /// of errors per id is served first, one per call.
 #[derive(Clone, Default)]
-pub struct FakePayloads {
+pub struct MemoryPayloads {
     state: Arc<Mutex<PayloadState>>,
     called: Arc<Notify>,
 }
 
-impl FakePayloads {
+impl MemoryPayloads {
     /// Serves `payloads` for `id` instead of the default.
     pub fn set(&self, id: &str, payloads: Payloads) {
         lock(&self.state).payloads.insert(id.into(), payloads);
@@ -505,7 +505,7 @@ impl FakePayloads {
 }
 
 #[async_trait]
-impl PayloadSource for FakePayloads {
+impl PayloadSource for MemoryPayloads {
     async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
         let id = &inference.inference_id;
         let result = {
@@ -531,7 +531,7 @@ impl PayloadSource for FakePayloads {
     }
 }
 
-// === FakeBroker ===
+// === MemoryBroker ===
 
 struct BrokerShared {
     models: Mutex<HashSet<String>>,
@@ -544,11 +544,11 @@ struct BrokerShared {
 /// A broker over one node serving a set of models with `max_concurrent` slots. Records the
 /// current and peak number of leases and how many were released as failed.
 #[derive(Clone)]
-pub struct FakeBroker {
+pub struct MemoryBroker {
     shared: Arc<BrokerShared>,
 }
 
-impl FakeBroker {
+impl MemoryBroker {
     /// One node serving [`MODEL`] with `max_concurrent` slots.
     pub fn new(max_concurrent: usize) -> Self {
         Self {
@@ -583,9 +583,9 @@ impl FakeBroker {
     }
 }
 
-struct FakeRelease(Arc<BrokerShared>);
+struct MemoryRelease(Arc<BrokerShared>);
 
-impl LeaseRelease for FakeRelease {
+impl LeaseRelease for MemoryRelease {
     fn release(self: Box<Self>, health: NodeHealth) {
         self.0.held.fetch_sub(1, Ordering::SeqCst);
         if health == NodeHealth::Failed {
@@ -594,7 +594,7 @@ impl LeaseRelease for FakeRelease {
     }
 }
 
-impl ModelLockBroker for FakeBroker {
+impl ModelLockBroker for MemoryBroker {
     fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
         let no_node = || LockError::NoNode { model: model.to_owned() };
         if !self.serves(model) {
@@ -609,7 +609,7 @@ impl ModelLockBroker for FakeBroker {
             .map_err(|_| no_node())?;
         shared.peak.fetch_max(shared.held.load(Ordering::SeqCst), Ordering::SeqCst);
         let node = MlNode { id: "node-0".into(), address: "mem://node-0".into() };
-        Ok(ModelLease::new(node, Box::new(FakeRelease(Arc::clone(shared)))))
+        Ok(ModelLease::new(node, Box::new(MemoryRelease(Arc::clone(shared)))))
     }
 
     fn serves(&self, model: &str) -> bool {
@@ -726,26 +726,26 @@ impl MlNodeClient for MemoryMlNode {
 
 /// The four fakes, wired together, and the [`Ports`](crate::Ports) over them.
 #[derive(Clone)]
-pub struct Fakes {
+pub struct MemoryPorts {
     /// The chain.
-    pub chain: FakeChain,
+    pub chain: MemoryChain,
     /// The payload source.
-    pub payloads: FakePayloads,
+    pub payloads: MemoryPayloads,
     /// The broker.
-    pub broker: FakeBroker,
+    pub broker: MemoryBroker,
     /// The ML node.
     pub ml: MemoryMlNode,
     /// The journal.
     pub journal: MemoryJournal,
 }
 
-impl Fakes {
-    /// Fakes with an ML node of the given latency and a broker as wide as `slots`.
+impl MemoryPorts {
+    /// MemoryPorts with an ML node of the given latency and a broker as wide as `slots`.
     pub fn new(latency: Duration, broker_slots: usize) -> Self {
         Self {
-            chain: FakeChain::new(),
-            payloads: FakePayloads::default(),
-            broker: FakeBroker::new(broker_slots),
+            chain: MemoryChain::new(),
+            payloads: MemoryPayloads::default(),
+            broker: MemoryBroker::new(broker_slots),
             ml: MemoryMlNode::new(latency),
             journal: MemoryJournal::default(),
         }

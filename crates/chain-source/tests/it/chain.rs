@@ -1,15 +1,15 @@
-//! `ChainClient` (queries, seed, submission) against `testkit::FakeChainNode` over loopback.
+//! `ChainNodeClient` (queries, seed, submission) against `testkit::LoopbackChainNode` over loopback.
 
 use std::{sync::Arc, time::Duration};
 
 use chain_source::{
-    config::QueryConfig, query::QueryClient, seed_for_epoch, ChainClient, Config, Error,
+    config::QueryConfig, query::QueryClient, seed_for_epoch, ChainNodeClient, Config, Error,
     ExecutorDirectory, Signer,
 };
 use futures_util::future::join_all;
 use testkit::{
-    fakes::{Fakes, EXECUTOR},
-    FakeChainNode, SubmittedMsg,
+    memory::{MemoryPorts, EXECUTOR},
+    LoopbackChainNode, SubmittedMsg,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -26,7 +26,7 @@ const BOUND: Duration = Duration::from_secs(10);
 const VALIDATION: &str = "/inference.inference.MsgValidation";
 const CLAIM: &str = "/inference.inference.MsgClaimRewards";
 
-fn config(node: &FakeChainNode) -> Config {
+fn config(node: &LoopbackChainNode) -> Config {
     let mut config = Config::default();
     config.events.rpc_url = node.url();
     config.query.url = node.url();
@@ -41,10 +41,10 @@ fn account_key() -> Signer {
 }
 
 /// A node with the validator's account, and a client signing with the account key.
-async fn setup() -> (FakeChainNode, ChainClient, String) {
-    let node = FakeChainNode::start().await;
+async fn setup() -> (LoopbackChainNode, ChainNodeClient, String) {
+    let node = LoopbackChainNode::start().await;
     let address = node.add_key(&account_key().public_key());
-    let client = ChainClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let client = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
     (node, client, address)
 }
 
@@ -216,7 +216,7 @@ async fn a_second_validation_is_the_typed_duplicate() {
 #[tokio::test]
 async fn a_sequence_moved_by_another_sender_is_relearned() {
     let (node, first, address) = setup().await;
-    let second = ChainClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let second = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
     for i in 0..6 {
         node.add_inference(&format!("inf-{i}"), 3, EXECUTOR);
     }
@@ -233,13 +233,13 @@ async fn a_sequence_moved_by_another_sender_is_relearned() {
 
 #[tokio::test]
 async fn a_warm_key_signs_inside_msg_exec() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     let account = node.add_key(&account_key().public_key());
     let warm = Signer::from_bytes(&[0x32; 32]).unwrap();
     let warm_address = node.add_key(&warm.public_key());
     node.grant(&account, &warm_address, VALIDATION);
     node.add_inference("inf-1", 3, EXECUTOR);
-    let client = ChainClient::new(&config(&node), account.clone(), warm.clone()).unwrap();
+    let client = ChainNodeClient::new(&config(&node), account.clone(), warm.clone()).unwrap();
     assert_eq!(client.signer_address(), warm_address);
 
     client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
@@ -288,7 +288,7 @@ async fn serve_raw(status: u16, body: &'static str) -> String {
 
 #[tokio::test]
 async fn oversized_and_malformed_answers_are_typed_errors() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     node.add_inference("inf-1", 3, EXECUTOR);
     let tiny = QueryConfig { url: node.url(), max_response_bytes: 32, ..QueryConfig::default() };
     let query = QueryClient::new(&tiny).unwrap();
@@ -331,7 +331,7 @@ async fn the_engine_submits_through_the_chain_client() {
     for id in ["e-1", "e-2", "e-3"] {
         node.add_inference(id, 3, EXECUTOR);
     }
-    let fakes = Fakes::new(Duration::from_millis(1), 3);
+    let fakes = MemoryPorts::new(Duration::from_millis(1), 3);
     let ports = Ports { chain: Arc::new(client), ..fakes.ports() };
     let engine = Engine::start(validator_core::Config::default(), ports).unwrap();
     let mut outcomes = engine.outcomes();

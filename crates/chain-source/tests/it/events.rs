@@ -1,4 +1,4 @@
-//! The event source against `testkit::FakeChainNode`, and event decoding against fixtures
+//! The event source against `testkit::LoopbackChainNode`, and event decoding against fixtures
 //! written from CometBFT's documented JSON (0.38 and 0.34 shapes).
 
 use std::{sync::Arc, time::Duration};
@@ -12,7 +12,7 @@ use chain_source::{
     Error,
 };
 use serde_json::{json, Value};
-use testkit::{FakeChainNode, TxEvent};
+use testkit::{LoopbackChainNode, TxEvent};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,7 @@ fn malformed_and_oversized_attributes_are_typed_and_skipped() {
     assert!(matches!(decode_frame("{\"result\": "), Err(Error::Decode(_))));
 }
 
-fn config(node: &FakeChainNode, window: u64) -> EventsConfig {
+fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
     EventsConfig {
         rpc_url: node.url(),
         catch_up_window: window,
@@ -138,7 +138,7 @@ fn block_heights(events: &[ChainEvent]) -> Vec<u64> {
 
 #[tokio::test]
 async fn events_arrive_in_order_across_a_dropped_socket_and_a_gap() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     let store = Arc::new(MemoryHeightStore::default());
     let cancel = CancellationToken::new();
     let mut stream = events::spawn(&config(&node, 500), store.clone(), cancel.clone()).unwrap();
@@ -177,7 +177,7 @@ async fn events_arrive_in_order_across_a_dropped_socket_and_a_gap() {
 
 #[tokio::test]
 async fn a_lag_over_the_window_restarts_at_tip_minus_window() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     node.advance(199);
     let store = Arc::new(MemoryHeightStore::new(Some(100)));
     let mut stream =
@@ -190,7 +190,7 @@ async fn a_lag_over_the_window_restarts_at_tip_minus_window() {
 
 #[tokio::test]
 async fn a_lag_within_the_window_resumes_after_the_stored_height() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     node.advance(199);
     let store = Arc::new(MemoryHeightStore::new(Some(180)));
     let mut stream = events::spawn(&config(&node, 50), store, CancellationToken::new()).unwrap();
@@ -200,7 +200,7 @@ async fn a_lag_within_the_window_resumes_after_the_stored_height() {
 
 #[tokio::test]
 async fn without_a_stored_height_it_starts_at_the_earliest_available_in_the_window() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     node.advance(199);
     node.set_earliest(170);
     let store = Arc::new(MemoryHeightStore::default());
@@ -211,7 +211,7 @@ async fn without_a_stored_height_it_starts_at_the_earliest_available_in_the_wind
 
 #[tokio::test]
 async fn a_stalled_node_is_left_and_its_blocks_backfilled() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     let mut config = config(&node, 500);
     config.idle_timeout = Duration::from_millis(300);
     let mut stream =
@@ -228,7 +228,7 @@ async fn a_stalled_node_is_left_and_its_blocks_backfilled() {
 
 #[tokio::test]
 async fn base64_attributes_of_older_nodes_are_read() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     node.set_base64_attributes(true);
     let mut stream = events::spawn(
         &config(&node, 500),
@@ -250,7 +250,7 @@ async fn base64_attributes_of_older_nodes_are_read() {
 
 #[tokio::test]
 async fn oversized_frames_are_refused_and_their_blocks_backfilled() {
-    let node = FakeChainNode::start().await;
+    let node = LoopbackChainNode::start().await;
     let mut config = config(&node, 500);
     // Large enough for `status` and empty `block_results`, too small for a NewBlock frame.
     config.max_message_bytes = 400;

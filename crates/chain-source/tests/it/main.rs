@@ -1,14 +1,14 @@
 //! chain-source's integration tests: the adapters against loopback fakes of their peers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Payload retrieval against `testkit::FakeExecutor`: verification, failure mapping, bounds, the
+// Payload retrieval against `testkit::LoopbackExecutor`: verification, failure mapping, bounds, the
 // address guard, and the engine end to end over HTTP.
 mod payloads;
 
 // Chain queries, the directory, the seed and transaction submission against
-// `testkit::FakeChainNode`, and the engine end to end through the chain client.
+// `testkit::LoopbackChainNode`, and the engine end to end through the chain client.
 mod chain;
 
-// Event decoding against CometBFT fixtures, and the event source against `FakeChainNode`: order,
+// Event decoding against CometBFT fixtures, and the event source against `LoopbackChainNode`: order,
 // gaps, reconnects, the catch-up window, stalls and size caps.
 mod events;

@@ -1,4 +1,4 @@
-//! `HttpPayloadSource` against `testkit::FakeExecutor` over loopback HTTP. Tests wait on the
+//! `HttpPayloadSource` against `testkit::LoopbackExecutor` over loopback HTTP. Tests wait on the
 //! fake's signals (requests, disconnects); the only clock waits are the timeouts under test,
 //! in real time because real sockets do not mix with paused time.
 
@@ -17,8 +17,9 @@ use chain_source::{
     signer, HttpPayloadSource, Signer,
 };
 use testkit::{
-    fakes::{payloads_for, Fakes, EXECUTOR, SELF_ADDRESS},
-    fixture_payloads, ExecutorReply, FakeExecutor, StaticDirectory,
+    fixture_payloads,
+    memory::{payloads_for, MemoryPorts, EXECUTOR, SELF_ADDRESS},
+    ExecutorReply, LoopbackExecutor, StaticDirectory,
 };
 use tokio::time::timeout;
 use validator_core::{
@@ -50,13 +51,13 @@ fn loopback_config(timeout: Duration, cap: u64) -> PayloadsConfig {
 }
 
 struct Setup {
-    executor: FakeExecutor,
+    executor: LoopbackExecutor,
     directory: StaticDirectory,
     source: HttpPayloadSource,
 }
 
 async fn setup_with(config: PayloadsConfig) -> Setup {
-    let executor = FakeExecutor::start(EXECUTOR, executor_key()).await;
+    let executor = LoopbackExecutor::start(EXECUTOR, executor_key()).await;
     executor.register_requester(SELF_ADDRESS, vec![warm_key().public_key()]);
     let directory = StaticDirectory::new();
     directory.add_executor(&executor, vec![grantee_key().public_key()]);
@@ -158,7 +159,7 @@ async fn a_404_is_gone_and_adjacent_storage_epochs_are_found() {
 async fn other_statuses_redirects_and_directory_failures_are_unavailable() {
     let s = setup().await;
     s.executor.insert_generated("a", EPOCH);
-    let target = FakeExecutor::start(EXECUTOR, executor_key()).await;
+    let target = LoopbackExecutor::start(EXECUTOR, executor_key()).await;
     s.executor.script(
         "a",
         [
@@ -275,7 +276,7 @@ type Change = Box<dyn FnOnce(&mut Headers)>;
 
 /// A GET with the four headers, built by hand, with `change` applied before sending.
 async fn raw_get(
-    executor: &FakeExecutor,
+    executor: &LoopbackExecutor,
     id: &str,
     change: impl FnOnce(&mut Headers),
 ) -> (u16, String) {
@@ -416,7 +417,7 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
     assert_eq!(by_network.fetch(&record).await.unwrap(), payloads_for("a"));
 
     // A redirect from an allowed host to loopback is not followed.
-    let target = FakeExecutor::start(EXECUTOR, executor_key()).await;
+    let target = LoopbackExecutor::start(EXECUTOR, executor_key()).await;
     target.insert_generated("a", EPOCH);
     s.executor.script(
         "a",
@@ -431,8 +432,8 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_validates_over_http_and_invalidates_a_tampered_payload_once() {
-    let fakes = Fakes::new(Duration::ZERO, 4);
-    let executor = FakeExecutor::start(EXECUTOR, executor_key()).await;
+    let fakes = MemoryPorts::new(Duration::ZERO, 4);
+    let executor = LoopbackExecutor::start(EXECUTOR, executor_key()).await;
     executor.register_requester(SELF_ADDRESS, vec![warm_key().public_key()]);
     let directory = StaticDirectory::new();
     directory.add_executor(&executor, Vec::new());

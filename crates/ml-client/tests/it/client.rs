@@ -3,8 +3,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ml_client::{Config, HttpMlNodeClient};
 use testkit::{
-    fakes::{echo_completion, payloads_for},
-    FakeMlNode, Reply,
+    memory::{echo_completion, payloads_for},
+    LoopbackMlNode, Reply,
 };
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -22,14 +22,14 @@ fn client(timeout: Duration) -> HttpMlNodeClient {
     HttpMlNodeClient::new(&config(Vec::new(), timeout)).unwrap()
 }
 
-async fn replay_once(fake: &FakeMlNode, reply: Reply) -> Result<ReplayResponse, ReplayError> {
+async fn replay_once(fake: &LoopbackMlNode, reply: Reply) -> Result<ReplayResponse, ReplayError> {
     fake.script([reply]);
     client(Duration::from_secs(5)).replay(&ml_node(fake), &request()).await
 }
 
 #[tokio::test]
 async fn replay_posts_the_enforced_body_and_keeps_the_exact_answer() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let answer = client(Duration::from_secs(5)).replay(&ml_node(&fake), &request()).await;
 
     let recorded = fake.requests().pop().unwrap();
@@ -66,7 +66,7 @@ async fn replay_posts_the_enforced_body_and_keeps_the_exact_answer() {
 
 #[tokio::test]
 async fn rejections_400_and_422_are_a_pass() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     for status in [400, 422] {
         let answer = replay_once(&fake, Reply::status(status)).await;
         assert_eq!(answer, Ok(ReplayResponse::Rejected { status }));
@@ -75,7 +75,7 @@ async fn rejections_400_and_422_are_a_pass() {
 
 #[tokio::test]
 async fn other_error_statuses_are_transport_failures_with_a_short_excerpt() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let long_body = Bytes::from(format!("upstream exploded {}", "x".repeat(64 * 1024)));
     for status in [500, 503, 404, 401] {
         let answer = replay_once(&fake, Reply::Status(status, long_body.clone())).await;
@@ -88,7 +88,7 @@ async fn other_error_statuses_are_transport_failures_with_a_short_excerpt() {
 
 #[tokio::test]
 async fn a_2xx_body_that_is_not_json_is_a_bad_response() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     for reply in [Reply::Malformed, Reply::Body(Bytes::new())] {
         let answer = replay_once(&fake, reply).await;
         assert!(matches!(answer, Err(ReplayError::BadResponse(_))), "{answer:?}");
@@ -97,7 +97,7 @@ async fn a_2xx_body_that_is_not_json_is_a_bad_response() {
 
 #[tokio::test]
 async fn broken_connections_are_transport_failures() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     for reply in [Reply::Truncated, Reply::Reset] {
         let answer = replay_once(&fake, reply.clone()).await;
         assert!(matches!(answer, Err(ReplayError::Transport(_))), "{reply:?}: {answer:?}");
@@ -113,7 +113,7 @@ async fn broken_connections_are_transport_failures() {
 
 #[tokio::test]
 async fn a_hung_node_times_out_and_the_connection_is_dropped() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     fake.script([Reply::Hang]);
     let started = Instant::now();
     let answer = client(Duration::from_millis(200)).replay(&ml_node(&fake), &request()).await;
@@ -128,7 +128,7 @@ async fn a_hung_node_times_out_and_the_connection_is_dropped() {
 
 #[tokio::test]
 async fn a_slow_drip_is_bounded_by_the_same_timeout() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     fake.script([Reply::Drip { chunk: 64, every: Duration::from_millis(50) }]);
     let started = Instant::now();
     let answer = client(Duration::from_millis(200)).replay(&ml_node(&fake), &request()).await;
@@ -144,7 +144,7 @@ async fn a_slow_drip_is_bounded_by_the_same_timeout() {
 
 #[tokio::test]
 async fn dropping_the_replay_aborts_the_request_within_100_ms() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let client = client(Duration::from_secs(300));
 
     // As a task the engine aborts.
@@ -187,7 +187,7 @@ async fn dropping_the_replay_aborts_the_request_within_100_ms() {
 
 #[tokio::test]
 async fn oversize_bodies_are_refused_without_reading_them_whole() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let cap = 1024 * 1024;
     let client = HttpMlNodeClient::new(&Config {
         max_response_bytes: cap,
@@ -212,7 +212,7 @@ async fn oversize_bodies_are_refused_without_reading_them_whole() {
 
 #[tokio::test]
 async fn a_body_at_the_cap_is_accepted_and_one_byte_more_is_not() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let cap = 1024;
     let client = HttpMlNodeClient::new(&Config {
         max_response_bytes: cap,
@@ -229,7 +229,7 @@ async fn a_body_at_the_cap_is_accepted_and_one_byte_more_is_not() {
 
 #[tokio::test]
 async fn the_fakes_random_latency_stays_within_its_bounds() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let (min, max) = (Duration::from_millis(5), Duration::from_millis(25));
     fake.set_latency(testkit::Latency::Uniform { min, max, seed: 7 });
     let client = client(Duration::from_secs(5));

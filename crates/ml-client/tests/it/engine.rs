@@ -1,7 +1,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ml_client::{HttpMlNodeClient, NodePool};
-use testkit::{fakes::Fakes, FakeMlNode, Latency};
+use testkit::{memory::MemoryPorts, Latency, LoopbackMlNode};
 use tokio::time::timeout;
 use validator_core::{scoring::ValueDecimal, Admission, Config, Engine, Ports};
 
@@ -9,12 +9,12 @@ use crate::{config, node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_validates_over_http_with_its_slots_as_the_only_bound() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     fake.set_latency(Latency::Fixed(Duration::from_millis(10)));
     // The node takes more than the engine's slots, so the slots are what bounds concurrency.
     let ml_config = config(vec![node("a", &fake, 8)], Duration::from_secs(5));
     let pool = NodePool::new(&ml_config).unwrap();
-    let fakes = Fakes::new(Duration::ZERO, 1);
+    let fakes = MemoryPorts::new(Duration::ZERO, 1);
     let ports = Ports {
         ml: Arc::new(HttpMlNodeClient::new(&ml_config).unwrap()),
         broker: Arc::new(pool.clone()),

@@ -1,4 +1,4 @@
-//! The real `HttpMlNodeClient` and `NodePool` against `testkit::FakeMlNode` over loopback HTTP.
+//! The real `HttpMlNodeClient` and `NodePool` against `testkit::LoopbackMlNode` over loopback HTTP.
 //! Tests await signals from the fake (requests, disconnects, health checks); the only waits on
 //! the clock are the timeouts and cool-downs under test, which run in real time because real
 //! sockets do not mix with paused time.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ml_client::{Config, NodeConfig};
-use testkit::{fakes::payloads_for, FakeMlNode};
+use testkit::{memory::payloads_for, LoopbackMlNode};
 use validator_core::{
     ports::{
         ml_node::{ReplayError, ReplayRequest},
@@ -25,7 +25,7 @@ use validator_core::{
 };
 
 /// The model the tests' nodes serve.
-pub(crate) const MODEL: &str = testkit::fakes::MODEL;
+pub(crate) const MODEL: &str = testkit::memory::MODEL;
 
 /// The replay request the engine builds for inference `x` of the fakes.
 pub(crate) fn request() -> ReplayRequest {
@@ -35,7 +35,7 @@ pub(crate) fn request() -> ReplayRequest {
 }
 
 /// A node config for `fake`, serving [`MODEL`].
-pub(crate) fn node(id: &str, fake: &FakeMlNode, max_concurrent: usize) -> NodeConfig {
+pub(crate) fn node(id: &str, fake: &LoopbackMlNode, max_concurrent: usize) -> NodeConfig {
     NodeConfig::new(id, &fake.url(), &[MODEL], max_concurrent)
 }
 
@@ -45,7 +45,7 @@ pub(crate) fn config(nodes: Vec<NodeConfig>, timeout: Duration) -> Config {
 }
 
 /// The leased node for `fake` without a pool.
-pub(crate) fn ml_node(fake: &FakeMlNode) -> MlNode {
+pub(crate) fn ml_node(fake: &LoopbackMlNode) -> MlNode {
     MlNode { id: "fake".into(), address: fake.url().into() }
 }
 

@@ -4,7 +4,7 @@ use std::{
 };
 
 use ml_client::{Availability, Config, HealthConfig, HttpMlNodeClient, NodePool};
-use testkit::{FakeMlNode, Latency, Reply};
+use testkit::{Latency, LoopbackMlNode, Reply};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use validator_core::ports::{
@@ -36,7 +36,7 @@ fn in_use(pool: &NodePool) -> usize {
 
 #[tokio::test]
 async fn a_hung_node_is_abandoned_after_the_timeout_and_the_lease_released() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     fake.script([Reply::Hang]);
     let (pool, client) = adapters(&config(vec![node("a", &fake, 1)], Duration::from_millis(200)));
 
@@ -54,7 +54,7 @@ async fn a_hung_node_is_abandoned_after_the_timeout_and_the_lease_released() {
 
 #[tokio::test]
 async fn the_node_version_and_segment_are_in_the_path() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     let mut versioned = node("a", &fake, 1);
     versioned.version = "v3.0.8".into();
     versioned.segment = "/api".into();
@@ -71,7 +71,7 @@ async fn the_node_version_and_segment_are_in_the_path() {
 
 #[tokio::test]
 async fn a_down_node_is_skipped_and_comes_back_after_its_cooldown() {
-    let (a, b) = (FakeMlNode::start().await, FakeMlNode::start().await);
+    let (a, b) = (LoopbackMlNode::start().await, LoopbackMlNode::start().await);
     let cooldown = Duration::from_millis(300);
     let config = Config {
         health: HealthConfig {
@@ -118,7 +118,7 @@ async fn a_down_node_is_skipped_and_comes_back_after_its_cooldown() {
 
 #[tokio::test]
 async fn the_probe_brings_a_node_back_and_takes_a_failing_one_down() {
-    let (a, b) = (FakeMlNode::start().await, FakeMlNode::start().await);
+    let (a, b) = (LoopbackMlNode::start().await, LoopbackMlNode::start().await);
     let config = Config {
         health: HealthConfig {
             failure_threshold: 2,
@@ -159,7 +159,7 @@ async fn the_probe_brings_a_node_back_and_takes_a_failing_one_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_busy_selection_holds_under_concurrent_leases() {
-    let (a, b) = (FakeMlNode::start().await, FakeMlNode::start().await);
+    let (a, b) = (LoopbackMlNode::start().await, LoopbackMlNode::start().await);
     for fake in [&a, &b] {
         fake.set_latency(Latency::Fixed(Duration::from_millis(300)));
     }
@@ -184,7 +184,7 @@ async fn least_busy_selection_holds_under_concurrent_leases() {
 
 #[tokio::test]
 async fn two_nodes_serving_one_model_share_sequential_load() {
-    let (a, b) = (FakeMlNode::start().await, FakeMlNode::start().await);
+    let (a, b) = (LoopbackMlNode::start().await, LoopbackMlNode::start().await);
     let (pool, client) =
         adapters(&config(vec![node("a", &a, 4), node("b", &b, 4)], Duration::from_secs(5)));
     for _ in 0..10 {
@@ -195,7 +195,7 @@ async fn two_nodes_serving_one_model_share_sequential_load() {
 
 #[tokio::test]
 async fn leases_are_released_on_every_path() {
-    let fake = FakeMlNode::start().await;
+    let fake = LoopbackMlNode::start().await;
     // One slot, and failures never take the node down: a leaked lease shows as "no node".
     let config = Config {
         health: HealthConfig { failure_threshold: u32::MAX, ..HealthConfig::default() },

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::Reply;
-use validator_bin::demo::{DemoOptions, BACKLOG_EPOCH};
+use validator_demo::{DemoOptions, BACKLOG_EPOCH};
 
 use crate::Running;
 

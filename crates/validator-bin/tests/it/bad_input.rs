@@ -32,7 +32,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::broadcast::error::RecvError,
 };
-use validator_bin::demo::{validator_key, DemoOptions, EPOCH_PARAMS, LIVE_EPOCH};
 use validator_core::{
     ports::{
         chain::{Inference, InferenceStatus},
@@ -42,6 +41,7 @@ use validator_core::{
     testing::{payloads_for, MODEL},
     Admission, InvalidationReason, Outcome, OutcomeEvent, RetryPolicy, RunState, SkipReason, Stage,
 };
+use validator_demo::{validator_key, DemoOptions, EPOCH_PARAMS, LIVE_EPOCH};
 
 use crate::Running;
 
@@ -55,7 +55,7 @@ const ONE_MIB: usize = 1024 * 1024;
 const DEPTH: usize = 10_000;
 /// Attempts per stage: two, so retried failures end quickly.
 const ATTEMPTS: u16 = 2;
-/// Blocks after which the app's dispatcher reads the epoch schedule again.
+/// Blocks after which the app's block triggers read the epoch schedule again.
 const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
 /// How far ahead of the tip the next PoC stage is put, in blocks.
 const FAR_AHEAD: i64 = 50_000;
@@ -88,7 +88,7 @@ enum Input {
     Block(Vec<TxEvent>),
     /// A raw text frame on the websocket of the chain the app follows; also decoded directly.
     Frame(String),
-    /// The chain's latest epoch (as `EpochInfo` answers it), read by the app's dispatcher.
+    /// The chain's latest epoch (as `EpochInfo` answers it), read by the app's block triggers.
     Epoch { poc_start: i64, params: EpochParams },
     /// A call on the app's engine.
     Engine(Call),
@@ -582,7 +582,7 @@ fn table() -> Vec<Case> {
             Expect::Chain(ChainErr::TooLarge { limit: 0 }, "33554432"),
         ),
         case(
-            "epoch with PoC start and length i64::MAX, read by the dispatcher",
+            "epoch with PoC start and length i64::MAX, read by the block triggers",
             Input::Epoch {
                 poc_start: i64::MAX,
                 params: EpochParams {
@@ -594,7 +594,7 @@ fn table() -> Vec<Case> {
             Expect::NothingDue,
         ),
         case(
-            "epoch with PoC start i64::MIN and negative stages, read by the dispatcher",
+            "epoch with PoC start i64::MIN and negative stages, read by the block triggers",
             Input::Epoch {
                 poc_start: i64::MIN,
                 params: EpochParams {
@@ -1068,7 +1068,7 @@ impl Env {
                     let _ = schedule.phase(at);
                     let _ = claim_due(&self.running.scenario.address, at, &schedule);
                 }
-                // The dispatcher reads the epoch again once its copy is this many blocks old; the
+                // The block triggers read the epoch again once their copy is this many blocks old; the
                 // revalidation that follows shows it got past these blocks.
                 chain.advance(SCHEDULE_REFRESH_BLOCKS + 1);
                 let id = self.add_inference("epoch");

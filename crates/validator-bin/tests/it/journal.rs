@@ -7,9 +7,9 @@ use std::{
 
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
-use testkit::{FakeChainNode, Submitted, SubmittedMsg, TxEvent};
+use testkit::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 use tokio::time::timeout;
-use validator_bin::demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED};
+use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED};
 
 const BOUND: Duration = Duration::from_secs(30);
 const BACKLOG: usize = 40;
@@ -44,7 +44,7 @@ fn send_signal(child: &Child, signal: i32) {
 }
 
 async fn wait_exit(child: Child) -> ExitStatus {
-    tokio::task::spawn_blocking(move || crate::process::wait_exit(child, BOUND)).await.unwrap()
+    tokio::task::spawn_blocking(move || testkit::process::wait_exit(child, BOUND)).await.unwrap()
 }
 
 fn free_port() -> u16 {
@@ -52,7 +52,7 @@ fn free_port() -> u16 {
 }
 
 /// The (inference, revalidation) of every accepted `MsgValidation`, with how often it landed.
-fn validations(chain: &FakeChainNode) -> BTreeMap<(String, bool), usize> {
+fn validations(chain: &LoopbackChainNode) -> BTreeMap<(String, bool), usize> {
     let mut counts = BTreeMap::new();
     for submitted in chain.submitted() {
         if let SubmittedMsg::Validation { inference_id, revalidation, .. } = submitted.msg {
@@ -76,7 +76,7 @@ fn backlog_done(submitted: &[Submitted]) -> bool {
 }
 
 /// One block per disputed inference, each with a `needs_revalidation` event.
-fn disputes(chain: &FakeChainNode) {
+fn disputes(chain: &LoopbackChainNode) {
     for i in 0..DISPUTED {
         let id = format!("disputed-{i}");
         chain.produce_block(vec![vec![TxEvent::inference_validation(&id, "gonka1other", true)]]);

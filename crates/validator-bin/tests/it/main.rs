@@ -10,42 +10,32 @@ mod bad_input;
 mod journal;
 // Configuration loading and its exit codes, through the built binary.
 mod config;
-// The demo process: SIGTERM, and an external ML node with hanging replies.
+// `validator run` as a process on the loopback fakes: it follows the chain, recovers, claims
+// and stops on SIGTERM.
 mod process;
 // `validator score` on the recorded vLLM fixtures.
 mod score;
-// The recovery triggers: the claim-time dispatcher, the reward checker, the admin claim.
+// The recovery triggers: the claim trigger, the reward check, the admin claim.
 mod triggers;
 
 use std::path::PathBuf;
 
 use tokio::sync::oneshot;
-use validator_bin::{
-    app::AppHandle,
-    demo::{DemoOptions, Scenario},
-    settings::Settings,
-};
+use validator_bin::{app::AppHandle, settings::Settings};
+use validator_demo::{DemoOptions, Scenario};
 
 /// The built binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_validator"))
 }
 
-/// A fresh path under the system's temporary directory.
-pub fn temp_path(name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("validator-it-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+pub use testkit::process::temp_path;
 
 /// Writes a `validator run` configuration for `scenario` with its state in `data_dir` and the
 /// admin API on `admin_port` (0 picks one); returns the file's path.
 pub fn run_config(
-    scenario: &validator_bin::demo::Scenario,
-    options: &validator_bin::demo::DemoOptions,
+    scenario: &validator_demo::Scenario,
+    options: &validator_demo::DemoOptions,
     data_dir: &std::path::Path,
     admin_port: u16,
 ) -> PathBuf {

@@ -2,11 +2,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::{Submitted, SubmittedMsg};
-use validator_bin::{
-    app::{AppHandle, ClaimRecord},
-    demo::{DemoOptions, Scenario, BACKLOG_EPOCH, EPOCH_PARAMS, LIVE_EPOCH},
-};
+use validator_bin::{app::AppHandle, claim::ClaimRecord};
 use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
+use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, EPOCH_PARAMS, LIVE_EPOCH};
 
 use crate::Running;
 
@@ -49,7 +47,7 @@ fn claimed_epoch(submitted: &Submitted) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
+async fn the_claim_trigger_recovers_the_previous_epoch_then_claims() {
     let running = start(|_| {}).await;
     // The demo's claim-money height is five blocks ahead; below height 500 there is no delay.
     running.scenario.chain.advance(6);
@@ -100,7 +98,7 @@ async fn the_dispatcher_recovers_the_previous_epoch_then_claims() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dispatcher_claims_even_when_recovery_fails() {
+async fn the_claim_trigger_claims_even_when_recovery_fails() {
     // Epoch 12 is current and this validator is in it, but the chain has no group for epoch
     // 11: detection fails at once.
     let running = start(|scenario| {
@@ -132,7 +130,7 @@ async fn the_dispatcher_claims_even_when_recovery_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reward_checker_recovers_the_settled_epoch_then_claims() {
-    // The app starts 1200 blocks into the epoch: past the dispatcher's claim height and inside
+    // The app starts 1200 blocks into the epoch: past the claim trigger's height and inside
     // the checker's window (claim money + 1000 onwards), which opens 60 blocks after the first block the app sees.
     let running = start(|scenario| {
         let chain = &scenario.chain;

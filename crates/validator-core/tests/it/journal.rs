@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use testkit::fakes::{Fakes, MemoryJournal};
+use testkit::memory::{MemoryJournal, MemoryPorts};
 use validator_core::{
     ports::{
         chain::MsgValidation,
@@ -98,7 +98,7 @@ async fn nothing_is_broadcast_without_a_committed_intent() {
 
 #[tokio::test(start_paused = true)]
 async fn open_intents_are_reconciled_with_the_chain_before_anything_is_sent() {
-    let fakes = Fakes::new(Duration::from_millis(5), 2);
+    let fakes = MemoryPorts::new(Duration::from_millis(5), 2);
     for id in ["landed", "lost", "disputed", "fresh"] {
         fakes.chain.add_inference(id, 10);
     }
@@ -138,7 +138,7 @@ async fn open_intents_are_reconciled_with_the_chain_before_anything_is_sent() {
 
 #[tokio::test(start_paused = true)]
 async fn a_restarted_engine_does_not_redo_what_an_earlier_one_submitted() {
-    let fakes = Fakes::new(Duration::from_millis(5), 1);
+    let fakes = MemoryPorts::new(Duration::from_millis(5), 1);
     fakes.chain.add_inference("a", 10);
     let first = Engine::start(config(1), fakes.ports()).unwrap();
     let mut outcomes = first.outcomes();

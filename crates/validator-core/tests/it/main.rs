@@ -17,13 +17,13 @@ mod scheduling;
 
 use std::time::Duration;
 
-use testkit::fakes::Fakes;
+use testkit::memory::MemoryPorts;
 use tokio::sync::broadcast;
 use validator_core::{Config, Engine, OutcomeEvent, RetryPolicy};
 
 /// The engine on fakes, with a receiver of its outcomes.
 pub(crate) struct Harness {
-    pub(crate) fakes: Fakes,
+    pub(crate) fakes: MemoryPorts,
     pub(crate) engine: Engine,
     pub(crate) outcomes: broadcast::Receiver<OutcomeEvent>,
 }
@@ -41,15 +41,15 @@ pub(crate) fn config(slots: usize) -> Config {
 }
 
 impl Harness {
-    pub(crate) fn new(config: Config, fakes: Fakes) -> Self {
+    pub(crate) fn new(config: Config, fakes: MemoryPorts) -> Self {
         let engine = Engine::start(config, fakes.ports()).expect("valid config");
         let outcomes = engine.outcomes();
         Self { fakes, engine, outcomes }
     }
 
-    /// Fakes with an ML node of `latency` and as many node slots as engine slots.
+    /// MemoryPorts with an ML node of `latency` and as many node slots as engine slots.
     pub(crate) fn with_slots(slots: usize, latency: Duration) -> Self {
-        Self::new(config(slots), Fakes::new(latency, slots))
+        Self::new(config(slots), MemoryPorts::new(latency, slots))
     }
 
     pub(crate) async fn next_outcome(&mut self) -> OutcomeEvent {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use testkit::fakes::{payloads_for, Fakes};
+use testkit::memory::{payloads_for, MemoryPorts};
 use validator_core::{
     ports::{chain::InferenceStatus, payload_source::PayloadError},
     Config, InvalidationReason, Outcome, SkipReason, Stage,
@@ -130,7 +130,7 @@ async fn payload_gone_skips_at_once_or_retries_behind_the_flag() {
     assert!(h.fakes.chain.submitted().is_empty());
 
     let config = Config { payload_gone_is_final: false, ..config(1) };
-    let mut h = Harness::new(config, Fakes::new(Duration::from_millis(5), 1));
+    let mut h = Harness::new(config, MemoryPorts::new(Duration::from_millis(5), 1));
     h.fakes.chain.add_inference("a", 10);
     h.fakes.payloads.script("a", vec![PayloadError::Gone; 10]);
     h.engine.validate("a".into()).unwrap();

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use proptest::prelude::*;
-use testkit::fakes::{Fakes, MlScript, MODEL};
+use testkit::memory::{MemoryPorts, MlScript, MODEL};
 use tokio::sync::broadcast::error::TryRecvError;
 use validator_core::{
     ports::{ml_node::ReplayError, payload_source::PayloadError},
@@ -82,7 +82,7 @@ fn engine_config() -> Config {
 }
 
 async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let fakes = Fakes::new(Duration::from_millis(700), SLOTS + 2);
+    let fakes = MemoryPorts::new(Duration::from_millis(700), SLOTS + 2);
     fakes.chain.set_epoch_models(9, &[MODEL]);
     for k in 0..KEYS {
         fakes.chain.add_inference(&format!("k{k}"), 9);

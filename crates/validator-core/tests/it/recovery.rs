@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use testkit::fakes::{Fakes, MODEL};
+use testkit::memory::{MemoryPorts, MODEL};
 use validator_core::{
     ports::chain::{ValidationDetails, ValidatorPower},
     sampling, OutcomeKind, RecoveryStart, RunState,
@@ -183,7 +183,7 @@ async fn live_sampling_uses_the_seed_of_the_inference_epoch() {
 }
 
 fn details(id: &str, epoch: u64, total_power: u64) -> ValidationDetails {
-    testkit::fakes::chosen_details(id, epoch, testkit::fakes::EXECUTOR, total_power)
+    testkit::memory::chosen_details(id, epoch, testkit::memory::EXECUTOR, total_power)
 }
 
 /// Recovery memory is bounded: a backlog larger than the recovery window is streamed through
@@ -191,7 +191,7 @@ fn details(id: &str, epoch: u64, total_power: u64) -> ValidationDetails {
 #[tokio::test(start_paused = true)]
 async fn the_recovery_lane_never_exceeds_its_window() {
     let config = validator_core::Config { recovery_window: 64, ..config(4) };
-    let mut h = Harness::new(config, Fakes::new(Duration::from_millis(10), 4));
+    let mut h = Harness::new(config, MemoryPorts::new(Duration::from_millis(10), 4));
     h.fakes.chain.set_epoch_models(9, &[MODEL]);
     for i in 0..1_000 {
         h.fakes.chain.add_inference(&format!("w{i:04}"), 9);

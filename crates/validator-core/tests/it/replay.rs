@@ -3,7 +3,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use testkit::fakes::{payloads_for, Fakes, MlScript};
+use testkit::memory::{payloads_for, MemoryPorts, MlScript};
 use validator_core::{
     ports::{
         chain::{InferenceStatus, SubmitError},
@@ -105,7 +105,7 @@ async fn rejection_by_our_node_passes_with_value_one() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_node_is_abandoned_after_the_timeout_and_retried() {
     let config = Config { replay_timeout: Duration::from_secs(300), ..config(1) };
-    let mut h = Harness::new(config, Fakes::new(Duration::from_millis(5), 1));
+    let mut h = Harness::new(config, MemoryPorts::new(Duration::from_millis(5), 1));
     h.fakes.chain.add_inference("a", 10);
     h.fakes.ml.script([MlScript::Hang]);
     h.engine.validate("a".into()).unwrap();
@@ -192,7 +192,7 @@ async fn the_message_carries_hash_uuid_value_and_flag() {
     h.next_outcome().await;
 
     let request = &h.fakes.ml.requests()[0];
-    let expected_hash = hex(&Sha256::digest(testkit::fakes::echo_completion(request)));
+    let expected_hash = hex(&Sha256::digest(testkit::memory::echo_completion(request)));
     let submitted = h.fakes.chain.submitted();
     assert_eq!(submitted.len(), 2);
     assert_eq!(submitted[0].response_hash, expected_hash);

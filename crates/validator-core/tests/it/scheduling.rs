@@ -1,7 +1,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use testkit::fakes::{payloads_for, Fakes, MlScript, MODEL};
+use testkit::memory::{payloads_for, MemoryPorts, MlScript, MODEL};
 use validator_core::{
     ports::{
         chain::Inference,
@@ -16,7 +16,7 @@ use crate::{config, settle, Harness};
 /// and a slow ML node never run more than 10 validations at once, and every slot comes back.
 #[tokio::test(start_paused = true)]
 async fn peak_concurrency_is_exactly_the_slot_count_across_all_lanes() {
-    let mut h = Harness::new(config(10), Fakes::new(Duration::from_millis(250), 64));
+    let mut h = Harness::new(config(10), MemoryPorts::new(Duration::from_millis(250), 64));
     h.fakes.chain.set_epoch_models(9, &[MODEL]);
     for i in 0..5_000 {
         h.fakes.chain.add_inference(&format!("r{i:05}"), 9);
@@ -98,7 +98,7 @@ async fn live_work_is_not_starved_by_a_backlog() {
 /// DOMAIN.md 8.37: the same inference sent by live and recovery at once runs once.
 #[tokio::test(start_paused = true)]
 async fn the_same_inference_from_two_paths_runs_once() {
-    let fakes = Fakes::new(Duration::from_millis(50), 4);
+    let fakes = MemoryPorts::new(Duration::from_millis(50), 4);
     let mut mock = testkit::mocks::MockPayloadSource::new();
     mock.expect_fetch()
         .times(1)
@@ -133,7 +133,7 @@ impl PayloadSource for Panicking {
 /// DOMAIN.md 8.32: a panic inside an attempt frees the slot and ends the key once.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_attempt_frees_its_slot_and_gives_up() {
-    let fakes = Fakes::new(Duration::from_millis(1), 1);
+    let fakes = MemoryPorts::new(Duration::from_millis(1), 1);
     let ports = Ports { payloads: Arc::new(Panicking), ..fakes.ports() };
     let engine = validator_core::Engine::start(config(1), ports).unwrap();
     let mut outcomes = engine.outcomes();

@@ -12,6 +12,7 @@ use validator_core::{
 };
 
 use super::*;
+use crate::{Config, DataDirLock, Error, Synchronous};
 
 /// A directory under the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -40,7 +41,7 @@ impl Drop for TempDir {
 }
 
 fn open(dir: &TempDir) -> SqliteJournal {
-    SqliteJournal::open(dir.path(), &StorageConfig::default()).unwrap()
+    SqliteJournal::open(dir.path(), &Config::default()).unwrap()
 }
 
 fn at(ms: u64) -> SystemTime {
@@ -240,7 +241,7 @@ async fn runs_and_heights_survive_a_restart() {
     let dir = TempDir::new("runs");
     let journal = open(&dir);
     assert_eq!(journal.last_run_id(), 0);
-    assert_eq!(journal.load(), None);
+    assert_eq!(journal.height().unwrap(), None);
     journal.record(JournalEntry::RunStarted {
         run_id: 4,
         epoch: 9,
@@ -266,13 +267,13 @@ async fn runs_and_heights_survive_a_restart() {
         trigger: Trigger::Admin,
         at: at(6_000),
     });
-    journal.store(120);
-    journal.store(121);
+    journal.store_height(120);
+    journal.store_height(121);
     journal.close().await;
 
     let journal = open(&dir);
     assert_eq!(journal.last_run_id(), 5);
-    assert_eq!(journal.load(), Some(121));
+    assert_eq!(journal.height().unwrap(), Some(121));
     let runs = journal.recent_runs(10).await.unwrap();
     assert_eq!(runs.iter().map(|run| run.run_id).collect::<Vec<_>>(), [5, 4]);
     assert_eq!(runs[0].state, None);
@@ -298,7 +299,7 @@ async fn a_newer_schema_is_refused() {
         .pragma_update(None, "user_version", newer)
         .unwrap();
 
-    let err = SqliteJournal::open(dir.path(), &StorageConfig::default()).unwrap_err();
+    let err = SqliteJournal::open(dir.path(), &Config::default()).unwrap_err();
     assert!(
         matches!(err, Error::SchemaTooNew { found, known, .. }
             if found == newer && known == schema::known_version()),
@@ -399,7 +400,7 @@ async fn close_writes_everything_queued() {
 #[tokio::test]
 async fn a_full_queue_drops_and_counts() {
     let dir = TempDir::new("full");
-    let config = StorageConfig { queue_capacity: 4, ..StorageConfig::default() };
+    let config = Config { queue_capacity: 4, ..Config::default() };
     let journal = SqliteJournal::open(dir.path(), &config).unwrap();
     let resume = journal.pause().await;
     for n in 0..10 {
@@ -418,20 +419,20 @@ async fn a_full_queue_drops_and_counts() {
 
 #[test]
 fn config_reads_and_checks() {
-    let config: StorageConfig =
+    let config: Config =
         toml::from_str("synchronous = \"normal\"\nprune_interval = 60000").unwrap();
     assert_eq!(config.synchronous, Synchronous::Normal);
     assert_eq!(config.prune_interval, Duration::from_secs(60));
     assert_eq!(config.queue_capacity, 65_536);
     assert_eq!(config.keep_from_epoch(20), 12);
     assert_eq!(config.keep_from_epoch(3), 0);
-    assert!(toml::from_str::<StorageConfig>("sync = \"full\"").is_err());
-    let zero = StorageConfig { queue_capacity: 0, ..StorageConfig::default() };
+    assert!(toml::from_str::<Config>("sync = \"full\"").is_err());
+    let zero = Config { queue_capacity: 0, ..Config::default() };
     assert!(matches!(zero.validate(), Err(Error::Config(_))));
 }
 
 /// Throughput with `synchronous = full`, printed rather than asserted:
-/// `cargo test -p validator-bin --lib storage::tests::throughput -- --ignored --nocapture`.
+/// `cargo test -p journal --lib sqlite::tests::throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
 async fn throughput() {

@@ -1,4 +1,4 @@
-//! `cargo bench -p validator-core --bench engine`: the engine against models of the two upstream
+//! `cargo bench -p bench --bench engine`: the engine against models of the two upstream
 //! designs (PR #1277's shared semaphore, and the unbounded pre-fix design), scenario by scenario,
 //! on the same in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live`
 //! chart `docs/benchmarks-live.svg`. `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`

@@ -505,16 +505,16 @@ pub(crate) fn shutdown(
 // === http_drain ===
 
 /// `drain` over loopback HTTP: the real `HttpMlNodeClient` and `NodePool` against testkit's
-/// `FakeMlNode`, which measures S from a request's arrival to the last byte of its answer.
+/// `LoopbackMlNode`, which measures S from a request's arrival to the last byte of its answer.
 pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, BoxError> {
     http_drain_with(strategy, sizes, None)
 }
 
-/// `http_drain` of our engine with and without the SQLite journal of `validator-bin` (WAL,
+/// `http_drain` of our engine with and without the journal crate's `SqliteJournal` (WAL,
 /// `synchronous = full`, in a temporary directory), in alternating rounds so both see the same
 /// machine; the cost is one minus the ratio of the median efficiencies.
 pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
-    use validator_bin::storage::Synchronous;
+    use journal::Synchronous;
     const ROUNDS: usize = 5;
     let (mut without, mut full, mut normal) = (Vec::new(), Vec::new(), Vec::new());
     let mut dropped = 0;
@@ -553,19 +553,18 @@ pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
 fn http_drain_with(
     strategy: Strategy,
     sizes: &Sizes,
-    journal: Option<(&std::path::Path, validator_bin::storage::Synchronous)>,
+    journal: Option<(&std::path::Path, journal::Synchronous)>,
 ) -> Result<Value, BoxError> {
     runtime()?.block_on(async {
         let journal = match journal {
             Some((dir, synchronous)) => {
-                let config =
-                    validator_bin::storage::StorageConfig { synchronous, ..Default::default() };
-                Some(Arc::new(validator_bin::storage::SqliteJournal::open(dir, &config)?))
+                let config = journal::Config { synchronous, ..Default::default() };
+                Some(Arc::new(journal::SqliteJournal::open(dir, &config)?))
             }
             None => None,
         };
         let policy = Policy::scaled(K);
-        let node = testkit::FakeMlNode::try_start().await?;
+        let node = testkit::LoopbackMlNode::try_start().await?;
         node.set_latency(testkit::Latency::Fixed(REPLAY));
         let config = ml_client::Config {
             nodes: vec![ml_client::NodeConfig::new(

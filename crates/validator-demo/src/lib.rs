@@ -1,11 +1,11 @@
-//! `validator demo`: the real app (engine, chain client, payload source, node pool, ML client,
+//! The demo: the real app (engine, chain client, payload source, node pool, ML client,
 //! event stream, admin API, metrics) against loopback fakes of a chain node, an executor and an
 //! ML node, all in this process.
 //!
 //! The fake chain holds a recovery backlog in the previous epoch (inferences carrying the
 //! executor's real payload hashes, this validator active and holding weight), then produces
 //! blocks carrying `inference_finished` events at `--live-rate` and a few `needs_revalidation`
-//! events. At the claim height the app's dispatcher detects the missed validations, recovers
+//! events. At the claim height the app's claim trigger detects the missed validations, recovers
 //! them, then claims; the demo ends when the claim is done and every live validation and
 //! revalidation has an outcome. Retry back-offs are scaled from minutes to milliseconds.
 
@@ -22,11 +22,13 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use chain_source::{events::HeightStore, query::EpochParams, Signer};
+use chain_source::{query::EpochParams, Signer};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ml_client::NodeConfig;
 use serde_json::json;
-use testkit::{ExecutorReply, FakeChainNode, FakeExecutor, FakeMlNode, Latency, TxEvent};
+use testkit::{
+    ExecutorReply, Latency, LoopbackChainNode, LoopbackExecutor, LoopbackMlNode, TxEvent,
+};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use validator_core::{
@@ -34,8 +36,9 @@ use validator_core::{
     RunReport,
 };
 
-use crate::{
-    app::{App, ClaimRecord, Identity},
+use validator_bin::{
+    app::{App, Identity},
+    claim::ClaimRecord,
     settings::Settings,
 };
 
@@ -120,11 +123,11 @@ const BLOCK_INTERVAL: Duration = Duration::from_millis(20);
 /// The fakes the demo's app runs against.
 pub struct Scenario {
     /// The fake chain node.
-    pub chain: FakeChainNode,
+    pub chain: LoopbackChainNode,
     /// The fake executor serving the payloads.
-    pub executor: FakeExecutor,
+    pub executor: LoopbackExecutor,
     /// The fake ML node, unless `--ml-node` named another.
-    pub ml: Option<FakeMlNode>,
+    pub ml: Option<LoopbackMlNode>,
     /// The ML node replays go to: the fake's URL or `--ml-node`.
     pub ml_url: String,
     /// A fresh temporary data directory for the app's journal.
@@ -201,7 +204,7 @@ impl Scenario {
         let app = App::build(settings, identity).await?;
         // The app follows the chain from where the scenario stands, not from its first block.
         let journal = &app.handle().journal;
-        HeightStore::store(journal.as_ref(), scenario.chain.tip());
+        journal.store_height(scenario.chain.tip());
         journal.flush().await?;
         Ok((scenario, app))
     }
@@ -222,11 +225,11 @@ impl Scenario {
         if options.slots == 0 {
             bail!("--slots must be at least 1");
         }
-        let chain = FakeChainNode::try_start().await.context("starting the fake chain node")?;
+        let chain = LoopbackChainNode::try_start().await.context("starting the fake chain node")?;
         let address = chain.add_key(&validator_key()?.public_key());
         let executor_key = Signer::from_bytes(&[0x22; 32])?;
         let executor_address = chain.add_key(&executor_key.public_key());
-        let executor = FakeExecutor::try_start(&executor_address, executor_key)
+        let executor = LoopbackExecutor::try_start(&executor_address, executor_key)
             .await
             .context("starting the fake executor")?;
         chain.set_participant(&executor_address, &executor.url());
@@ -273,7 +276,7 @@ impl Scenario {
         let (ml, ml_url) = match &options.ml_node {
             Some(url) => (None, url.clone()),
             None => {
-                let ml = FakeMlNode::try_start().await.context("starting the fake ML node")?;
+                let ml = LoopbackMlNode::try_start().await.context("starting the fake ML node")?;
                 ml.set_latency(Latency::Fixed(Duration::from_millis(options.ml_latency_ms)));
                 let url = ml.url();
                 (Some(ml), url)
@@ -295,8 +298,8 @@ pub fn validator_key() -> anyhow::Result<Signer> {
 }
 
 fn add_inference(
-    chain: &FakeChainNode,
-    executor: &FakeExecutor,
+    chain: &LoopbackChainNode,
+    executor: &LoopbackExecutor,
     id: &str,
     epoch: u64,
 ) -> anyhow::Result<()> {
@@ -310,8 +313,8 @@ fn add_inference(
 /// Produces a block every [`BLOCK_INTERVAL`]: live finished inferences at `rate` per second
 /// until `stop_live`, and one disputed inference per block for the first blocks.
 async fn produce_blocks(
-    chain: Arc<FakeChainNode>,
-    executor: Arc<FakeExecutor>,
+    chain: Arc<LoopbackChainNode>,
+    executor: Arc<LoopbackExecutor>,
     rate: f64,
     live_sent: Arc<AtomicUsize>,
     disputed_sent: Arc<AtomicUsize>,
@@ -393,7 +396,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let executor = Arc::new(executor);
     let handle = app.handle();
     let signalled = CancellationToken::new();
-    let signal = crate::signal::shutdown();
+    let signal = validator_bin::signal::shutdown();
     {
         let signalled = signalled.clone();
         tokio::spawn(async move {
@@ -411,7 +414,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if options.json {
         println!("{listening}");
     } else {
-        println!("validator demo: loopback fakes of a chain node, an executor and an ML node; retry back-offs scaled from minutes to milliseconds");
+        println!("validator-demo: loopback fakes of a chain node, an executor and an ML node; retry back-offs scaled from minutes to milliseconds");
         println!(
             "  admin API  http://{}  (token {} , kept in {})",
             handle.admin_addr,
@@ -519,7 +522,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .or_else(|| handle.engine.runs().last().map(|run| run.report()));
     let mean_replay = ml
         .as_ref()
-        .and_then(FakeMlNode::mean_service_time)
+        .and_then(LoopbackMlNode::mean_service_time)
         .unwrap_or(Duration::from_millis(options.ml_latency_ms));
     let recovery_elapsed = recovery_elapsed.unwrap_or(elapsed).as_secs_f64();
     let ideal = options.backlog as f64 * mean_replay.as_secs_f64() / options.slots as f64;
@@ -528,7 +531,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         let index = ((live_waits.len() as f64 - 1.0) * p).round().max(0.0) as usize;
         live_waits.get(index).map_or(0.0, Duration::as_secs_f64)
     };
-    let peak = ml.as_ref().map_or(status.slots_peak, FakeMlNode::peak);
+    let peak = ml.as_ref().map_or(status.slots_peak, LoopbackMlNode::peak);
     let terminal = run.as_ref().map_or(0, |run| run.outcomes.total());
     let summary = json!({
         "backlog": options.backlog,

@@ -1,10 +1,9 @@
-//! The node's durable state in its data directory: the SQLite [`Journal`] (`journal.sqlite`),
-//! the chain source's last processed height (a [`HeightStore`] over the same file), and the
-//! [`DataDirLock`] that keeps a second process out of the directory.
+//! The SQLite backend: `{data_dir}/journal.sqlite`, holding the engine's [`Journal`] and the
+//! last processed block height.
 //!
 //! The database runs in WAL mode. One writer thread owns the write connection and is fed by a
-//! bounded queue: [`Journal::record`] and [`HeightStore::store`] never wait (when the queue is
-//! full the write is dropped and counted in `validator_journal_dropped_total`), while
+//! bounded queue: [`Journal::record`] and [`SqliteJournal::store_height`] never wait (when the
+//! queue is full the write is dropped and counted in `validator_journal_dropped_total`), while
 //! [`Journal::intend`] waits until the batch holding its intent is committed. Reads go through a
 //! second connection on the blocking pool, so neither side blocks an async worker.
 //!
@@ -18,7 +17,6 @@
 //! The schema is versioned by `PRAGMA user_version`; a database written by a newer validator is
 //! refused rather than guessed at.
 
-mod lock;
 mod read;
 mod schema;
 #[cfg(test)]
@@ -36,31 +34,20 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chain_source::events::HeightStore;
 use rusqlite::Connection;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
-use validator_core::{
-    config::duration_ms,
-    ports::{
-        chain::InferenceId,
-        journal::{Intent, Journal, JournalEntry, JournalError},
-    },
+use validator_core::ports::{
+    chain::InferenceId,
+    journal::{Intent, Journal, JournalEntry, JournalError},
 };
 
-pub use lock::DataDirLock;
-pub use read::{
-    AttemptRecord, InferenceHistory, OutcomeRecord, PruneReport, RunRecord, SubmissionRecord,
-    ValidationRecord,
-};
 use writer::{Msg, Writer};
+
+use crate::{Config, Error, InferenceHistory, PruneReport, Result, RunRecord};
 
 /// The journal's file name in the data directory.
 pub const JOURNAL_FILE: &str = "journal.sqlite";
-
-/// The lock file's name in the data directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// How long a connection waits for a lock held by the other connection before failing. The
 /// writer and the reader rarely contend in WAL mode (a checkpoint, a reader opening), so this
@@ -80,171 +67,8 @@ const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 const HEIGHT_KEY: &str = "chain_height";
 const RUN_ID_KEY: &str = "last_run_id";
 
-// === config ===
-
-/// The journal's settings (`[storage]`). Durations are whole milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    /// SQLite's `synchronous` under WAL: `full` makes every commit durable at once; `normal`
-    /// may lose the last commits on a power loss (never on a process crash) for fewer fsyncs.
-    pub synchronous: Synchronous,
-    /// Messages the writer's queue holds. History entries beyond it are dropped and counted;
-    /// intents wait for room.
-    pub queue_capacity: usize,
-    /// Epochs of history kept: a prune keeps the current epoch and this many before it.
-    pub retention_epochs: u64,
-    /// How often history is pruned, in milliseconds.
-    #[serde(with = "duration_ms")]
-    pub prune_interval: Duration,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            synchronous: Synchronous::Full,
-            queue_capacity: 65_536,
-            retention_epochs: 8,
-            prune_interval: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl StorageConfig {
-    /// Checks the values a journal cannot run with.
-    pub fn validate(&self) -> Result<()> {
-        if self.queue_capacity == 0 {
-            return Err(Error::Config("storage.queue_capacity must be at least 1".into()));
-        }
-        if self.prune_interval.is_zero() {
-            return Err(Error::Config("storage.prune_interval must be positive".into()));
-        }
-        Ok(())
-    }
-
-    /// The oldest epoch a prune keeps while `current_epoch` is the chain's current epoch.
-    pub fn keep_from_epoch(&self, current_epoch: u64) -> u64 {
-        current_epoch.saturating_sub(self.retention_epochs)
-    }
-}
-
-/// SQLite's `synchronous` setting, as far as WAL mode makes a difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Synchronous {
-    /// Every commit is on disk before it is acknowledged.
-    Full,
-    /// Commits reach the disk at checkpoints; a power loss may undo the last ones.
-    Normal,
-}
-
-impl Synchronous {
-    /// The pragma's numeric value.
-    fn level(self) -> i64 {
-        match self {
-            Synchronous::Full => 2,
-            Synchronous::Normal => 1,
-        }
-    }
-}
-
-// === error ===
-
-/// What went wrong with the data directory or the journal.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Another process holds the data directory's lock.
-    #[error(
-        "another validator process is using the data directory {} (its {LOCK_FILE} file is locked)",
-        path.display()
-    )]
-    Locked {
-        /// The data directory.
-        path: PathBuf,
-    },
-    /// The database was written by a newer validator.
-    #[error(
-        "the journal {} has schema version {found}, but this validator knows versions up to \
-         {known}: run a newer validator, or point it at another data directory",
-        path.display()
-    )]
-    SchemaTooNew {
-        /// The database file.
-        path: PathBuf,
-        /// Its schema version.
-        found: u32,
-        /// The newest version this validator knows.
-        known: u32,
-    },
-    /// SQLite would not switch the database to WAL mode.
-    #[error(
-        "the journal {} cannot use WAL mode (journal_mode stays {mode}): put the data directory \
-         on a local file system",
-        path.display()
-    )]
-    NoWal {
-        /// The database file.
-        path: PathBuf,
-        /// The journal mode SQLite kept.
-        mode: String,
-    },
-    /// A setting is out of range.
-    #[error("invalid storage settings: {0}")]
-    Config(String),
-    /// A file system operation failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database could not be opened or set up.
-    #[error("cannot open the journal {}: {source}", path.display())]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// A query failed.
-    #[error("journal query failed: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The writer could not commit.
-    #[error("journal write failed: {0}")]
-    Write(String),
-    /// A stored JSON value does not decode.
-    #[error("journal holds an undecodable {what}: {source}")]
-    Decode {
-        /// What it belongs to.
-        what: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The journal was closed, or its writer stopped.
-    #[error("the journal is closed")]
-    Closed,
-    /// A blocking read panicked or was cancelled.
-    #[error("journal read did not complete: {0}")]
-    Task(String),
-}
-
-/// The module's result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Error> for JournalError {
-    fn from(err: Error) -> Self {
-        JournalError(err.to_string())
-    }
-}
-
-// === SqliteJournal ===
-
-/// The [`Journal`] in `{data_dir}/journal.sqlite`, and the chain source's [`HeightStore`]. See
-/// the module docs.
+/// The [`Journal`] in `{data_dir}/journal.sqlite`, and the last processed block height. See the
+/// module docs.
 ///
 /// [`close`](Self::close) writes everything queued and waits for the writer; dropping the last
 /// handle without closing lets the writer finish the queue on its own thread.
@@ -265,7 +89,7 @@ impl SqliteJournal {
     ///
     /// This blocks on file I/O: call it at start, or on the blocking pool. Take the
     /// [`DataDirLock`] first.
-    pub fn open(data_dir: &Path, config: &StorageConfig) -> Result<Self> {
+    pub fn open(data_dir: &Path, config: &Config) -> Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(data_dir)
             .map_err(|source| Error::Io { path: data_dir.to_owned(), source })?;
@@ -318,6 +142,18 @@ impl SqliteJournal {
     /// Writes dropped because the queue was full (or the journal closed), since open.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The last processed block height, if one was stored. Reads on the calling thread: call it
+    /// at start, before the event source follows the chain.
+    pub fn height(&self) -> Result<Option<u64>> {
+        self.reader.with(read::height)
+    }
+
+    /// Stores the last processed block height. Never waits: like history, it is dropped and
+    /// counted when the queue is full, and the next height stored replaces it.
+    pub fn store_height(&self, height: u64) {
+        self.send(Msg::Height(height));
     }
 
     /// Every validation of the inference (both revalidation flags) with its attempts and
@@ -449,22 +285,6 @@ impl Journal for SqliteJournal {
 
     async fn flush(&self) -> Result<(), JournalError> {
         Ok(SqliteJournal::flush(self).await?)
-    }
-}
-
-impl HeightStore for SqliteJournal {
-    fn load(&self) -> Option<u64> {
-        match self.reader.with(read::height) {
-            Ok(height) => height,
-            Err(err) => {
-                warn!(%err, "cannot read the last processed height; starting from the tip");
-                None
-            }
-        }
-    }
-
-    fn store(&self, height: u64) {
-        self.send(Msg::Height(height));
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Error, Result, LOCK_FILE};
+use crate::{Error, Result, LOCK_FILE};
 
 /// An exclusive lock on the data directory, held for the life of the value: a second validator
 /// started on the same directory fails with [`Error::Locked`] instead of sharing the journal.

@@ -1,4 +1,4 @@
-//! The fakes every strategy runs on. The broker is the crate's own [`FakeBroker`]; the chain,
+//! The fakes every strategy runs on. The broker is the crate's own [`MemoryBroker`]; the chain,
 //! payload source and ML node are bench versions of the crate's fakes that keep no per-item
 //! history (the crate's fakes record every call for inspection, which grows with the backlog and
 //! would be measured as the design's memory), generate records from the id, inject the faults
@@ -27,7 +27,7 @@ use validator_core::{
         payload_source::{PayloadError, PayloadSource, Payloads},
         Journal, NoJournal,
     },
-    testing::{echo_completion, payloads_for, FakeBroker, EXECUTOR, MODEL, SELF_ADDRESS},
+    testing::{echo_completion, payloads_for, MemoryBroker, EXECUTOR, MODEL, SELF_ADDRESS},
     Ports,
 };
 
@@ -402,7 +402,7 @@ impl MlNodeClient for TimedMlNode {
 pub(crate) struct Rig {
     pub(crate) chain: Arc<SynthChain>,
     pub(crate) payloads: Arc<BenchPayloads>,
-    pub(crate) broker: FakeBroker,
+    pub(crate) broker: MemoryBroker,
     pub(crate) ml: Arc<TimedMlNode>,
     /// Replace `broker` and `ml` in the ports (the HTTP adapter and its node pool in
     /// `http_drain`).
@@ -424,7 +424,7 @@ impl Rig {
         Self {
             chain: Arc::new(SynthChain::new(backlog, faults, track_duplicates)),
             payloads: Arc::new(BenchPayloads::new(faults)),
-            broker: FakeBroker::new(node_slots),
+            broker: MemoryBroker::new(node_slots),
             ml: Arc::new(TimedMlNode::new(latency, faults)),
             broker_port: None,
             ml_port: None,

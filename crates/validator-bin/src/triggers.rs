@@ -1,0 +1,141 @@
+//! The per-block triggers, both through the engine's one recovery guard via the [`Claimer`]:
+//! - the claim trigger (DOMAIN.md 3.6 (a)): at the claim height of the current epoch
+//!   (`chain_source::schedule::claim_due`) it recovers epoch-1, awaits that run (or the run
+//!   another trigger started), then claims the rewards, also when recovery failed;
+//! - the periodic reward check (DOMAIN.md 3.6 (b)): inside its window of the epoch
+//!   (`chain_source::schedule::reward_recovery_due`), at most once per 1000 blocks and one check
+//!   at a time, it asks the chain what is still settled for this validator; when coins wait,
+//!   it recovers their epoch, awaits the run, then claims.
+//!
+//! [`follow_chain`] feeds the chain's events to them and to the engine: `inference_finished` to
+//! [`Engine::sample`], `needs_revalidation` to [`Engine::revalidate`], every new block to
+//! [`BlockTriggers::on_block`].
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use chain_source::{
+    events::{ChainEvent, EventStream},
+    schedule::{claim_due, reward_recovery_due, EpochSchedule},
+    ChainNodeClient,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use validator_core::{Engine, Trigger};
+
+use crate::claim::Claimer;
+
+/// How many blocks the cached epoch schedule is reused before it is queried again.
+const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
+
+/// The per-block triggers: the claim trigger (DOMAIN.md 3.6 (a)) and the periodic reward check
+/// (3.6 (b)).
+pub(crate) struct BlockTriggers {
+    address: String,
+    claimer: Arc<Claimer>,
+    chain: ChainNodeClient,
+    schedule: Option<EpochSchedule>,
+    refreshed_at: u64,
+    /// The first block the checker saw.
+    launched_at: Option<i64>,
+    /// The block of the checker's last attempt.
+    last_reward_check: Option<i64>,
+    /// Set while a reward check runs.
+    reward_check: Arc<AtomicBool>,
+}
+
+impl BlockTriggers {
+    /// Triggers for the validator at `address`, claiming through `claimer`.
+    pub(crate) fn new(address: String, claimer: Arc<Claimer>, chain: ChainNodeClient) -> Self {
+        Self {
+            address,
+            claimer,
+            chain,
+            schedule: None,
+            refreshed_at: 0,
+            launched_at: None,
+            last_reward_check: None,
+            reward_check: Arc::default(),
+        }
+    }
+
+    async fn on_block(&mut self, height: u64) {
+        let signed = i64::try_from(height).unwrap_or(i64::MAX);
+        let stale = self.schedule.is_none_or(|schedule| {
+            signed >= schedule.next_poc_start()
+                || height.saturating_sub(self.refreshed_at) >= SCHEDULE_REFRESH_BLOCKS
+        });
+        if stale {
+            match self.chain.epoch_info().await {
+                Ok(info) => {
+                    self.schedule = Some(EpochSchedule::from(&info));
+                    self.refreshed_at = height;
+                }
+                Err(err) => warn!(height, %err, "cannot refresh the epoch schedule"),
+            }
+        }
+        let Some(schedule) = self.schedule else { return };
+        self.check_rewards(signed, &schedule);
+        if !claim_due(&self.address, signed, &schedule) {
+            return;
+        }
+        let epoch = schedule.epoch_index.saturating_sub(1);
+        if self.claimer.is_claimed(epoch) {
+            info!(epoch, "rewards already claimed");
+            return;
+        }
+        info!(height, epoch, "claim height reached: recovering the previous epoch, then claiming");
+        let seed = self.claimer.seed(epoch);
+        // The claim runs on its own; the triggers do not wait for its record.
+        drop(self.claimer.spawn(Trigger::Claim, epoch, seed));
+    }
+
+    fn check_rewards(&mut self, height: i64, schedule: &EpochSchedule) {
+        let launched_at = *self.launched_at.get_or_insert(height);
+        if !reward_recovery_due(height, launched_at, self.last_reward_check, schedule) {
+            return;
+        }
+        if self.reward_check.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_reward_check = Some(height);
+        info!(height, "reward check due");
+        self.claimer.spawn_reward_check(self.address.clone(), Arc::clone(&self.reward_check));
+    }
+}
+
+/// Feeds the chain's events to the engine and the block triggers until `cancel` fires or the
+/// stream ends, then waits for the event source to stop.
+pub(crate) async fn follow_chain(
+    mut events: EventStream,
+    engine: Engine,
+    mut triggers: BlockTriggers,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break,
+            event = events.recv() => event,
+        };
+        let Some(event) = event else { break };
+        match event {
+            ChainEvent::InferenceFinished { ids, height } => {
+                if let Err(err) = engine.sample(ids) {
+                    warn!(height, %err, "finished inferences not sampled");
+                }
+            }
+            ChainEvent::RevalidationNeeded { inference_id, height } => {
+                if let Err(err) = engine.revalidate(inference_id.clone()) {
+                    warn!(height, %inference_id, %err, "revalidation not admitted");
+                }
+            }
+            ChainEvent::NewBlock { height } => tokio::select! {
+                () = triggers.on_block(height) => {}
+                () = cancel.cancelled() => break,
+            },
+        }
+    }
+    events.join().await;
+}
