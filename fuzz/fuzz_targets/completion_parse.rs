@@ -1,4 +1,4 @@
-//! Chat-completion parsing (`validator_core::scoring`): the executor's response payload, plain or
+//! Chat-completion parsing (`validator_core::completion`): the executor's response payload, plain or
 //! streamed (`{"events": ["data: …"]}`), our node's plain answer, the enforced tokens, and the
 //! replay request built from a prompt and a response (the input split at a `0xff` byte).
 //!
@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use validator_core::scoring::{self, CompletionResponse};
+use validator_core::completion::{self, CompletionResponse};
 use validator_fuzz::{bounded, split};
 
 fuzz_target!(|data: &[u8]| {
@@ -34,9 +34,9 @@ fn run(data: &[u8]) {
     }
 
     let (prompt, original) = split(data);
-    let built = scoring::build_replay_request(prompt, original);
+    let built = completion::build_replay_request(prompt, original);
     if let Ok(parsed) = CompletionResponse::from_payload(original) {
-        assert_eq!(scoring::build_replay_request_parsed(prompt, &parsed), built);
+        assert_eq!(completion::build_replay_request_parsed(prompt, &parsed), built);
     }
     if let Ok(body) = built {
         let body: Map<String, Value> =

@@ -11,8 +11,9 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use validator_core::scoring::{
-    self, compare_logprobs, value_decimal, Logprob, Score, TopLogprob, ValueDecimal, Verdict,
+use validator_core::{
+    completion::{Logprob, TopLogprob},
+    scoring::{self, compare_logprobs, value_decimal, Score, ValueDecimal, Verdict},
 };
 use validator_fuzz::{bounded, split};
 

@@ -7,12 +7,13 @@
 //! - [`Engine`]: the entry points (`sample`, `revalidate`, `recover`, `status`, `shutdown`) over
 //!   one process-wide slot limiter with priority lanes, an in-flight dedup set and a recovery
 //!   guard;
-//! - [`scoring`] and [`sampling`]: pure functions, bit-compatible with the upstream Go
-//!   implementation;
+//! - [`completion`], [`scoring`] and [`sampling`]: pure functions, bit-compatible with the
+//!   upstream Go implementation;
 //! - `testing` (feature `test-util`): in-memory fakes of every port.
 //!
 //! The crate performs no I/O of its own: every outside effect goes through a port.
 
+pub mod completion;
 pub mod config;
 mod engine;
 pub mod error;

@@ -31,6 +31,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use validator_core::{
+    completion,
     ports::{
         chain::{
             ChainError, Inference, InferenceId, InferenceStatus, InferenceSummary, MsgValidation,
@@ -322,8 +323,8 @@ impl Baseline {
         }
 
         let built =
-            scoring::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-                let body = scoring::build_replay_request_parsed(&payloads.prompt, &original)?;
+            completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
+                let body = completion::build_replay_request_parsed(&payloads.prompt, &original)?;
                 Ok((original, body))
             });
         let Ok((original, body)) = built else {
@@ -349,7 +350,7 @@ impl Baseline {
     async fn lock_and_replay(
         &self,
         inference: &Inference,
-        original: &scoring::CompletionResponse,
+        original: &completion::CompletionResponse,
         request: &ReplayRequest,
         live_trigger: &mut Option<Instant>,
     ) -> Option<(f64, String)> {

@@ -17,11 +17,11 @@ use bytes::Bytes;
 use ml_client::{Config, NodeConfig};
 use testkit::{memory::payloads_for, LoopbackMlNode};
 use validator_core::{
+    completion::build_replay_request,
     ports::{
         ml_node::{ReplayError, ReplayRequest},
         model_lock::{MlNode, NodeHealth},
     },
-    scoring::build_replay_request,
 };
 
 /// The model the tests' nodes serve.

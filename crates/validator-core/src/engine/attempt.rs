@@ -17,6 +17,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::Inner;
 use crate::{
+    completion,
     config::RetryPolicy,
     outcome::{InvalidationReason, Lane, Outcome, SkipReason, Stage},
     ports::{
@@ -136,8 +137,8 @@ impl Attempt<'_> {
             return self.retry_replay("inference is not finished".into());
         }
         let built =
-            scoring::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-                let body = scoring::build_replay_request_parsed(&payloads.prompt, &original)?;
+            completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
+                let body = completion::build_replay_request_parsed(&payloads.prompt, &original)?;
                 Ok((original, body))
             });
         let (original, body) = match built {
@@ -193,7 +194,7 @@ impl Attempt<'_> {
     async fn replay(
         &mut self,
         inference: &Inference,
-        original: &scoring::CompletionResponse,
+        original: &completion::CompletionResponse,
         request: &ReplayRequest,
     ) -> Step {
         let started = Instant::now();

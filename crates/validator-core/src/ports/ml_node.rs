@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::model_lock::MlNode;
 
 /// A replay request: the chat-completion body the core built from the original prompt, with
-/// the enforced tokens (see [`crate::scoring::build_replay_request`]).
+/// the enforced tokens (see [`crate::completion::build_replay_request`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRequest {
     /// The inference being replayed, for logs.

@@ -1,0 +1,345 @@
+//! The chat-completion format as validation reads and writes it: the executor's response payload,
+//! plain or streamed, and our ML node's answer ([`CompletionResponse`]), the tokens a replay must
+//! reproduce ([`EnforcedTokens`]) and the replay request built from the executor's prompt
+//! (DOMAIN.md 2.6, 6.3, 6.4).
+//!
+//! It re-implements the parsing, logit extraction and enforced tokens of upstream's
+//! `decentralized-api/completionapi/completionresponse.go` (gonka-ai/gonka) and the request body
+//! that `validateWithPayloads` (`decentralized-api/internal/validation/inference_validation.go`)
+//! sends for a replay.
+//!
+//! Known differences from upstream's Go JSON decoding, none of which vLLM output triggers:
+//! - Only the fields scoring reads are type-checked; Go also rejects, say, a non-integer `bytes`.
+//! - serde reads an array where an object is expected, rejects duplicate keys (Go keeps the last)
+//!   and matches keys case-sensitively (Go falls back to a case-insensitive match).
+//! - Invalid UTF-8 and lone surrogate escapes in strings are errors (Go substitutes U+FFFD).
+//! - Without serde_json's `float_roundtrip` feature a logprob with 17 significant digits may be
+//!   read one ulp off, where Go rounds correctly; the fixtures' golden values are unaffected.
+//! - Prompt integers beyond 2^53 pass through exactly (Go rounds them through `float64`).
+
+use std::collections::HashMap;
+
+use serde::{de::IgnoredAny, Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+// === Error ===
+
+/// Why the executor's payloads cannot be replayed. The executor's fault: the engine submits
+/// [`Score::invalid_inference`](crate::scoring::Score::invalid_inference).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInference {
+    /// The prompt payload is not a JSON object.
+    #[error("prompt payload is not a json object: {0}")]
+    Prompt(String),
+    /// The response payload is neither a chat completion nor a streamed one.
+    #[error("response payload is not a chat completion: {0}")]
+    Response(String),
+    /// A plain response without any choice.
+    #[error("response has no choices")]
+    NoChoices,
+    /// A plain response position whose `top_logprobs` is present but empty.
+    #[error("response has a position with an empty top logprobs list")]
+    EmptyTopLogprobs,
+    /// A streamed response without any chunk.
+    #[error("streamed response has no chunks")]
+    NoChunks,
+    /// A streamed chunk whose choice has a present but empty `logprobs.content`.
+    #[error("streamed response has a chunk with empty logprobs content")]
+    EmptyLogprobsContent,
+    /// A streamed response from which not a single token could be taken.
+    #[error("streamed response has no tokens")]
+    NoTokens,
+}
+
+// === Parsed responses ===
+
+/// One alternative at a position of `logprobs.content[*].top_logprobs`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TopLogprob {
+    /// The token text.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub token: String,
+    /// Its log probability.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub logprob: f64,
+}
+
+/// One output position of `choices[*].logprobs.content`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Logprob {
+    /// The chosen token.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub token: String,
+    /// Its log probability.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub logprob: f64,
+    /// The alternatives, most likely first. `None` when absent or null, which upstream tells
+    /// apart from a present but empty list.
+    #[serde(default, deserialize_with = "nullable_items")]
+    pub top_logprobs: Option<Vec<TopLogprob>>,
+}
+
+/// A chat completion as scoring reads it: either a plain one, or the chunks of a streamed one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompletionResponse {
+    /// One entry for a plain response; the parsed `data:` lines, in order, for a streamed one.
+    chunks: Vec<Completion>,
+    streamed: bool,
+}
+
+impl CompletionResponse {
+    /// Parses an executor's response payload: a streamed one if it is a JSON object with an
+    /// `events` key (`{"events": ["data: {chunk}", …, "data: [DONE]"]}`), else a plain chat
+    /// completion (DOMAIN.md 6.3).
+    pub fn from_payload(payload: &[u8]) -> Result<Self, InvalidInference> {
+        let invalid = |err: serde_json::Error| InvalidInference::Response(err.to_string());
+        // Like upstream, first read the payload as a generic object just to look for `events`.
+        let keys: Option<HashMap<String, IgnoredAny>> =
+            serde_json::from_slice(payload).map_err(invalid)?;
+        if !keys.is_some_and(|keys| keys.contains_key("events")) {
+            return Self::from_json(payload).map_err(invalid);
+        }
+        let envelope: StreamEnvelope = serde_json::from_slice(payload).map_err(invalid)?;
+        let mut chunks = Vec::new();
+        for event in &envelope.events {
+            let line = event.trim();
+            let line = line.strip_prefix("data:").unwrap_or(line).trim();
+            if line.is_empty() || line == "[DONE]" {
+                continue;
+            }
+            let chunk: Option<Completion> = serde_json::from_str(line).map_err(invalid)?;
+            chunks.push(chunk.unwrap_or_default());
+        }
+        Ok(Self { chunks, streamed: true })
+    }
+
+    /// Parses a plain (non-streamed) chat completion, as our ML node answers a replay.
+    pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        let completion: Option<Completion> = serde_json::from_slice(body)?;
+        Ok(Self { chunks: vec![completion.unwrap_or_default()], streamed: false })
+    }
+
+    /// Whether this was a streamed response.
+    pub fn is_streamed(&self) -> bool {
+        self.streamed
+    }
+
+    /// Every position of every choice, concatenated in order (for a streamed response, across
+    /// all chunks): upstream's `ExtractLogits`.
+    pub fn logprobs(&self) -> Vec<&Logprob> {
+        self.chunks
+            .iter()
+            .flat_map(|chunk| &chunk.choices)
+            .flat_map(|choice| choice.logprobs.content.iter().flatten())
+            .collect()
+    }
+
+    /// The tokens the replay must reproduce: upstream's `GetEnforcedTokens`.
+    ///
+    /// Plain response: the positions of the *first* choice; positions whose `top_logprobs` is
+    /// absent or null are skipped; no choice, or a present but empty top list, is invalid.
+    ///
+    /// Streamed response: the *first* position of every choice of every chunk; choices whose
+    /// `logprobs.content` is absent or null are skipped and a present but empty one is invalid;
+    /// no chunk, or no token at all, is invalid.
+    pub fn enforced_tokens(&self) -> Result<EnforcedTokens, InvalidInference> {
+        if self.streamed {
+            self.streamed_enforced_tokens()
+        } else {
+            self.plain_enforced_tokens()
+        }
+    }
+
+    fn plain_enforced_tokens(&self) -> Result<EnforcedTokens, InvalidInference> {
+        let choice = self
+            .chunks
+            .first()
+            .and_then(|chunk| chunk.choices.first())
+            .ok_or(InvalidInference::NoChoices)?;
+        let mut tokens = Vec::new();
+        for position in choice.logprobs.content.iter().flatten() {
+            let Some(top) = &position.top_logprobs else { continue };
+            if top.is_empty() {
+                return Err(InvalidInference::EmptyTopLogprobs);
+            }
+            tokens.push(EnforcedToken::new(position));
+        }
+        Ok(EnforcedTokens { tokens })
+    }
+
+    fn streamed_enforced_tokens(&self) -> Result<EnforcedTokens, InvalidInference> {
+        if self.chunks.is_empty() {
+            return Err(InvalidInference::NoChunks);
+        }
+        let mut tokens = Vec::new();
+        for choice in self.chunks.iter().flat_map(|chunk| &chunk.choices) {
+            let Some(content) = &choice.logprobs.content else { continue };
+            // Upstream takes only the first position of each chunk: vLLM streams one per chunk.
+            let first = content.first().ok_or(InvalidInference::EmptyLogprobsContent)?;
+            tokens.push(EnforcedToken::new(first));
+        }
+        if tokens.is_empty() {
+            return Err(InvalidInference::NoTokens);
+        }
+        Ok(EnforcedTokens { tokens })
+    }
+}
+
+/// The `enforced_tokens` field of a replay request (DOMAIN.md 6.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnforcedTokens {
+    /// The positions to force, in order.
+    pub tokens: Vec<EnforcedToken>,
+}
+
+/// One forced position: the chosen token and the alternatives to report logprobs for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnforcedToken {
+    /// The token to force.
+    pub token: String,
+    /// The original's top tokens, in the given order.
+    pub top_tokens: Vec<String>,
+}
+
+impl EnforcedToken {
+    fn new(position: &Logprob) -> Self {
+        let top_tokens = position.top_logprobs.iter().flatten().map(|top| top.token.clone());
+        Self { token: position.token.clone(), top_tokens: top_tokens.collect() }
+    }
+}
+
+impl EnforcedTokens {
+    /// The JSON value upstream sends: `{"tokens": [{"token": …, "top_tokens": […]}, …]}`. An
+    /// empty list is written as `null`, as Go writes a nil slice.
+    pub fn to_json(&self) -> Value {
+        let tokens = self.tokens.iter().map(|enforced| {
+            let mut entry = Map::new();
+            entry.insert("token".to_owned(), Value::String(enforced.token.clone()));
+            let top = enforced.top_tokens.iter().cloned().map(Value::String);
+            entry.insert("top_tokens".to_owned(), nil_if_empty(top.collect()));
+            Value::Object(entry)
+        });
+        let mut object = Map::new();
+        object.insert("tokens".to_owned(), nil_if_empty(tokens.collect()));
+        Value::Object(object)
+    }
+}
+
+fn nil_if_empty(items: Vec<Value>) -> Value {
+    if items.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(items)
+    }
+}
+
+// === Replay request ===
+
+/// Builds the body of the replay request from the executor's prompt and response payloads
+/// (DOMAIN.md 2.6 steps 2-5): the prompt object with `enforced_tokens` added, `stream` and
+/// `skip_special_tokens` set to false and `stream_options` removed. Every other field is kept.
+///
+/// Keys come out sorted, as Go's `json.Marshal` writes a map (unless serde_json's
+/// `preserve_order` feature is on, in which case the prompt's order is kept; the ML node does not
+/// care either way).
+pub fn build_replay_request(
+    prompt: &[u8],
+    original_response: &[u8],
+) -> Result<Vec<u8>, InvalidInference> {
+    // Upstream checks the prompt before the response; keep that order for the reported reason.
+    let prompt = parse_prompt(prompt)?;
+    let original = CompletionResponse::from_payload(original_response)?;
+    replay_body(prompt, &original)
+}
+
+/// [`build_replay_request`] for an original response that is already parsed, so that the engine
+/// can keep it for [`compare_parsed`](crate::scoring::compare_parsed).
+pub fn build_replay_request_parsed(
+    prompt: &[u8],
+    original: &CompletionResponse,
+) -> Result<Vec<u8>, InvalidInference> {
+    replay_body(parse_prompt(prompt)?, original)
+}
+
+fn parse_prompt(prompt: &[u8]) -> Result<Map<String, Value>, InvalidInference> {
+    let prompt: Option<Map<String, Value>> =
+        serde_json::from_slice(prompt).map_err(|err| InvalidInference::Prompt(err.to_string()))?;
+    // Upstream decodes `null` into a nil map and then panics writing to it; refuse it instead.
+    prompt.ok_or_else(|| InvalidInference::Prompt("null".to_owned()))
+}
+
+fn replay_body(
+    mut request: Map<String, Value>,
+    original: &CompletionResponse,
+) -> Result<Vec<u8>, InvalidInference> {
+    let enforced = original.enforced_tokens()?;
+    request.insert("enforced_tokens".to_owned(), enforced.to_json());
+    request.insert("stream".to_owned(), Value::Bool(false));
+    request.insert("skip_special_tokens".to_owned(), Value::Bool(false));
+    request.remove("stream_options");
+    // Writing a `Value` into a `String` cannot fail: every key is a string and the writer is
+    // infallible.
+    Ok(Value::Object(request).to_string().into_bytes())
+}
+
+// === Wire format ===
+
+// Fields not read for scoring are not declared, so they are not type-checked either.
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+struct Completion {
+    #[serde(default, deserialize_with = "null_items")]
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+struct Choice {
+    #[serde(default, deserialize_with = "null_as_default")]
+    logprobs: ChoiceLogprobs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+struct ChoiceLogprobs {
+    #[serde(default, deserialize_with = "nullable_items")]
+    content: Option<Vec<Logprob>>,
+}
+
+#[derive(Deserialize)]
+struct StreamEnvelope {
+    #[serde(default, deserialize_with = "null_items")]
+    events: Vec<String>,
+}
+
+// Go's decoder leaves a field at its zero value when the JSON says null; these helpers do the
+// same, so a null never fails a parse that upstream accepts.
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn null_items<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(nullable_items(deserializer)?.unwrap_or_default())
+}
+
+/// A list that may be null (`None`), with null items read as zero values.
+fn nullable_items<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    let items = Option::<Vec<Option<T>>>::deserialize(deserializer)?;
+    Ok(items.map(|items| items.into_iter().map(Option::unwrap_or_default).collect()))
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;

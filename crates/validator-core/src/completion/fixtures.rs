@@ -1,0 +1,87 @@
+//! Chat-completion payloads for tests: upstream's vLLM fixtures and builders of plain and
+//! streamed responses.
+
+use serde_json::{json, Value};
+
+/// Where the vLLM fixtures (upstream's `internal/validation/testdata`) live.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/ml-node/");
+
+pub(crate) const INFERENCE: &str = "inference_response.json";
+pub(crate) const INFERENCE_INT4: &str = "inference_response_int4.json";
+pub(crate) const VALIDATION: &str = "validation_response.json";
+pub(crate) const VALIDATION_FP8: &str = "validation_response_fp8.json";
+
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{FIXTURES}{name}");
+    std::fs::read(&path).unwrap_or_else(|err| panic!("reading {path}: {err}"))
+}
+
+pub(crate) fn fixture_value(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap()
+}
+
+/// The `logprobs.content` array of a plain fixture's first choice.
+pub(crate) fn content_mut(response: &mut Value) -> &mut Vec<Value> {
+    response["choices"][0]["logprobs"]["content"].as_array_mut().unwrap()
+}
+
+pub(crate) fn top(token: &str, logprob: f64) -> Value {
+    json!({"token": token, "logprob": logprob})
+}
+
+pub(crate) fn position(token: &str, top_logprobs: Value) -> Value {
+    json!({"token": token, "logprob": -0.5, "bytes": [97], "top_logprobs": top_logprobs})
+}
+
+pub(crate) fn plain(positions: Vec<Value>) -> Vec<u8> {
+    let choice = json!({"index": 0, "message": {"role": "assistant", "content": "x"},
+        "logprobs": {"content": positions}, "finish_reason": "stop"});
+    to_bytes(&json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice]}))
+}
+
+pub(crate) fn streamed(events: Vec<String>) -> Vec<u8> {
+    to_bytes(&json!({ "events": events }))
+}
+
+/// A streamed payload carrying the same positions as a plain fixture, one per chunk, framed
+/// as vLLM frames them: a role chunk without logprobs first, a usage chunk without choices
+/// and `[DONE]` last.
+pub(crate) fn streamed_from_plain(name: &str) -> Vec<u8> {
+    let mut response = fixture_value(name);
+    let chunk = |choice: Value| format!("data: {}", json!({"id": "c", "choices": [choice]}));
+    let role = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null});
+    let mut events = vec![chunk(role)];
+    for position in content_mut(&mut response).iter() {
+        let delta = json!({"content": position["token"]});
+        let choice = json!({"index": 0, "delta": delta, "logprobs": {"content": [position]}});
+        events.push(chunk(choice));
+    }
+    events.push(format!("data: {}", json!({"choices": [], "usage": {"prompt_tokens": 7}})));
+    events.push("  ".to_owned());
+    events.push("data: [DONE]".to_owned());
+    streamed(events)
+}
+
+/// The prefixes of `payload` whose length is a multiple of 997 or less than 8 bytes short of it
+/// all (`payload` itself excluded).
+pub(crate) fn truncations(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let cuts =
+        (0..payload.len()).step_by(997).chain(payload.len().saturating_sub(8)..payload.len());
+    cuts.map(move |cut| &payload[..cut])
+}
+
+/// Copies of `payload` with one byte, at offset 0, 2003, 4006, …, replaced by `"`, `}`, `-` or
+/// `0xff`.
+pub(crate) fn corruptions(payload: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (0..payload.len()).step_by(2003).flat_map(move |at| {
+        [b'"', b'}', b'-', 0xff].into_iter().map(move |byte| {
+            let mut corrupted = payload.to_vec();
+            corrupted[at] = byte;
+            corrupted
+        })
+    })
+}
