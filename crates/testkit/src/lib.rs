@@ -1,6 +1,7 @@
-//! Test doubles and helpers for the workspace's tests; a dev-dependency only.
+//! Test doubles and helpers for the workspace's tests, the demo and the bench; never a dependency
+//! of the `validator` binary.
 //!
-//! - [`memory`]: the in-memory fakes of every port (`Memory*`) (re-exported from `validator-core`'s
+//! - [`memory`]: the in-memory fakes of every port (`Memory*`, from `validator-core`'s
 //!   `test-util` feature), with inspectable state and scripted failures;
 //! - [`LoopbackMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
 //!   HTTP adapter's tests, the demo and benchmarks;
