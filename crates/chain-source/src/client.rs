@@ -11,7 +11,7 @@ use validator_core::ports::chain::{
 };
 
 use crate::{
-    directory::START_INFERENCE_MSG_TYPE,
+    directory::{SigningKeys, START_INFERENCE_MSG_TYPE},
     proto,
     query::{EpochInfo, QueryClient},
     rpc::{NodeStatus, RpcClient},
@@ -199,17 +199,38 @@ impl ExecutorDirectory for ChainNodeClient {
         self.query.inference_url(executor).await
     }
 
-    async fn signing_keys(&self, executor: &str) -> Result<Vec<Vec<u8>>> {
-        let mut keys = vec![self.query.account_pubkey(executor).await?];
-        let grantees = match self.query.grantees(executor, START_INFERENCE_MSG_TYPE).await {
-            Ok(grantees) => grantees,
-            Err(Error::NotFound(_)) => Vec::new(),
-            Err(err) => return Err(err),
-        };
-        keys.extend(
-            grantees.into_iter().map(|grantee| grantee.public_key).filter(|key| !key.is_empty()),
+    async fn signing_keys(&self, executor: &str) -> Result<SigningKeys> {
+        let (account, grantees) = tokio::join!(
+            self.query.account_pubkey(executor),
+            self.query.grantees(executor, START_INFERENCE_MSG_TYPE),
         );
-        Ok(keys)
+        let mut keys = Vec::new();
+        let mut failures = Vec::new();
+        let account_missing = match account {
+            Ok(key) => {
+                keys.push(key);
+                None
+            }
+            Err(Error::NotFound(what)) => Some(Error::NotFound(what)),
+            Err(err) => {
+                failures.push(format!("account key: {err}"));
+                Some(err)
+            }
+        };
+        match grantees {
+            Ok(grantees) => keys.extend(
+                grantees.into_iter().map(|grantee| grantee.public_key).filter(|k| !k.is_empty()),
+            ),
+            Err(Error::NotFound(_)) => {}
+            Err(err) => failures.push(format!("grantee keys: {err}")),
+        }
+        match account_missing {
+            Some(err) if keys.is_empty() => Err(err),
+            _ => Ok(SigningKeys {
+                keys,
+                incomplete: (!failures.is_empty()).then(|| failures.join("; ")),
+            }),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub mod tx;
 
 pub use client::ChainNodeClient;
 pub use config::Config;
-pub use directory::ExecutorDirectory;
+pub use directory::{ExecutorDirectory, SigningKeys};
 pub use error::{Error, Result};
 pub use payloads::HttpPayloadSource;
 pub use seed::seed_for_epoch;

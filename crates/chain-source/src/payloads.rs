@@ -5,8 +5,14 @@
 //! - [`hash`]: the prompt and response commitments, byte for byte as upstream computes them;
 //! - [`guard`]: the outbound address guard and the checking DNS resolver.
 //!
-//! The client speaks plain HTTP only (the workspace builds reqwest without TLS): an executor
-//! whose `inference_url` is `https` is refused with that reason, as an unavailable payload.
+//! Each failure says whose it is. The executor's ([`PayloadError::Unavailable`],
+//! [`PayloadError::BadSignature`], [`PayloadError::HashMismatch`], [`PayloadError::Gone`]): no
+//! answer, an error status, a malformed or oversized answer, a wrong signature checked against
+//! every key it may sign with, payloads that do not hash to the commitment, or no inference URL
+//! on chain. The validator's own ([`PayloadError::Local`]): a failed chain query for the URL or
+//! keys, a signature that fails while some of the executor's keys could not be looked up, the
+//! address guard's refusal (an internal address, or `https`, which the client cannot speak: the
+//! workspace builds reqwest without TLS), the resolver, a request the client cannot build.
 
 pub mod guard;
 pub mod hash;
@@ -106,16 +112,18 @@ impl HttpPayloadSource {
     async fn fetch_once(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
         let id = inference.inference_id.as_str();
         let executor = inference.executed_by.as_str();
-        let base = self
-            .directory
-            .inference_url(executor)
-            .await
-            .map_err(|err| unavailable(format!("no inference URL for {executor}: {err}")))?;
+        let base = match self.directory.inference_url(executor).await {
+            Ok(base) => base,
+            Err(crate::Error::NotFound(what)) => {
+                return Err(unavailable(format!("executor {executor} is unknown: {what}")));
+            }
+            Err(err) => return Err(local(format!("no inference URL for {executor}: {err}"))),
+        };
         if base.trim().is_empty() {
             return Err(unavailable(format!("executor {executor} has no inference URL")));
         }
         let url = wire::request_url(&base, id).map_err(|err| unavailable(err.to_string()))?;
-        self.guard.check_url(&url).map_err(|err| unavailable(err.to_string()))?;
+        self.guard.check_url(&url).map_err(|err| local(err.to_string()))?;
 
         let timestamp = unix_nanos();
         let message =
@@ -146,8 +154,14 @@ impl HttpPayloadSource {
             .directory
             .signing_keys(executor)
             .await
-            .map_err(|err| unavailable(format!("no signing keys for {executor}: {err}")))?;
-        verify_response(inference, &keys, &body)
+            .map_err(|err| local(format!("no signing keys for {executor}: {err}")))?;
+        match verify_response(inference, &keys.keys, &body) {
+            Err(PayloadError::BadSignature) if keys.incomplete.is_some() => Err(local(format!(
+                "the signature verifies with none of the keys looked up ({})",
+                keys.incomplete.unwrap_or_default()
+            ))),
+            verified => verified,
+        }
     }
 }
 
@@ -232,15 +246,38 @@ fn unavailable(reason: impl Into<String>) -> PayloadError {
     PayloadError::Unavailable(reason.into())
 }
 
+fn local(reason: impl Into<String>) -> PayloadError {
+    PayloadError::Local(reason.into())
+}
+
 fn unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// The crate's transport and size errors, as the port's retryable failure.
+/// A failed request: the validator's own when the request could not be built or the resolver
+/// (the system's, or the guard's check of its answer) failed, else the executor's.
 fn from_reqwest(err: reqwest::Error) -> PayloadError {
-    unavailable(http::from_reqwest(err).to_string())
+    let ours = err.is_builder() || resolver_failed(&err);
+    let message = http::from_reqwest(err).to_string();
+    if ours {
+        local(message)
+    } else {
+        unavailable(message)
+    }
+}
+
+/// Whether `err` comes from [`GuardedResolver`], whose errors reach the client as the crate's.
+fn resolver_failed(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<crate::Error>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -174,6 +174,8 @@ struct State {
     groups: BTreeMap<(u64, String), EpochGroup>,
     validated: BTreeMap<(String, u64), BTreeSet<String>>,
     settle_amounts: BTreeMap<String, SettleAmount>,
+    /// The `inference` module's REST routes, by first segment, that answer a status instead.
+    failing_routes: BTreeMap<String, u16>,
     submitted: Vec<Submitted>,
     duplicate_rejections: usize,
 }
@@ -235,6 +237,7 @@ impl LoopbackChainNode {
                 groups: BTreeMap::new(),
                 validated: BTreeMap::new(),
                 settle_amounts: BTreeMap::new(),
+                failing_routes: BTreeMap::new(),
                 submitted: Vec::new(),
                 duplicate_rejections: 0,
             }),
@@ -382,6 +385,22 @@ impl LoopbackChainNode {
     /// Sends no NewBlock notification for these heights (their results stay queryable).
     pub fn skip_notifications(&self, heights: impl IntoIterator<Item = u64>) {
         self.shared.update(|state| state.skipped.extend(heights));
+    }
+
+    /// Makes the `inference` module's REST route `route` (its first segment, such as
+    /// `grantees_by_message_type`) answer `status` with an error body, as a gateway that cannot
+    /// route a request does (`301` for a path it cleans, `501` for one it cannot match).
+    pub fn fail_route(&self, route: &str, status: u16) {
+        self.shared.update(|state| {
+            state.failing_routes.insert(route.to_owned(), status);
+        });
+    }
+
+    /// Serves `route` normally again after [`LoopbackChainNode::fail_route`].
+    pub fn restore_route(&self, route: &str) {
+        self.shared.update(|state| {
+            state.failing_routes.remove(route);
+        });
     }
 
     /// Stops (or resumes) NewBlock notifications, as a stalled node would.

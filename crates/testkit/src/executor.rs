@@ -25,7 +25,7 @@ use chain_source::{
         hash,
         wire::{self, PayloadResponse},
     },
-    signer, ExecutorDirectory, Signer,
+    signer, ExecutorDirectory, Signer, SigningKeys,
 };
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, StreamBody};
 use hyper::{
@@ -357,7 +357,7 @@ pub fn fixture_payloads(name: &str) -> io::Result<Payloads> {
 // === StaticDirectory ===
 
 /// An executor's inference URL and signing keys.
-type DirectoryEntry = (String, Vec<Vec<u8>>);
+type DirectoryEntry = (String, SigningKeys);
 
 /// An in-memory [`ExecutorDirectory`]: executor address to inference URL and signing keys.
 /// Cloning shares the map.
@@ -374,6 +374,11 @@ impl StaticDirectory {
 
     /// Sets `executor`'s inference URL and signing keys (its account key, then its grantees').
     pub fn insert(&self, executor: &str, url: &str, keys: Vec<Vec<u8>>) {
+        self.insert_keys(executor, url, SigningKeys::complete(keys));
+    }
+
+    /// Sets `executor`'s inference URL and signing keys as a lookup left them, complete or not.
+    pub fn insert_keys(&self, executor: &str, url: &str, keys: SigningKeys) {
         lock(&self.entries).insert(executor.to_owned(), (url.to_owned(), keys));
     }
 
@@ -394,7 +399,7 @@ impl ExecutorDirectory for StaticDirectory {
             .ok_or_else(|| chain_source::Error::NotFound(format!("participant {executor}")))
     }
 
-    async fn signing_keys(&self, executor: &str) -> chain_source::Result<Vec<Vec<u8>>> {
+    async fn signing_keys(&self, executor: &str) -> chain_source::Result<SigningKeys> {
         lock(&self.entries)
             .get(executor)
             .map(|(_, keys)| keys.clone())

@@ -47,6 +47,11 @@ const RECENT_CAPACITY: usize = 4_096;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Attempts {
     pub(crate) payload: u16,
+    /// Whether a payload attempt failed on the validator's own side ([`PayloadError::Local`]):
+    /// then running out of payload attempts gives up instead of invalidating.
+    ///
+    /// [`PayloadError::Local`]: crate::ports::payload_source::PayloadError::Local
+    pub(crate) payload_local: bool,
     pub(crate) replay: u16,
     pub(crate) submit: u16,
     pub(crate) total: u32,

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use chain_source::{
     config::QueryConfig, query::QueryClient, seed_for_epoch, ChainNodeClient, Config, Error,
-    ExecutorDirectory, Signer,
+    ExecutorDirectory, Signer, SigningKeys,
 };
 use futures_util::future::join_all;
 use testkit::{
@@ -121,8 +121,39 @@ async fn the_directory_lists_the_executor_and_its_grantees() {
     assert_eq!(client.inference_url(&executor_address).await.unwrap(), "http://executor:8080/");
     assert!(matches!(client.inference_url("gonka1nobody").await, Err(Error::NotFound(_))));
     let keys = client.signing_keys(&executor_address).await.unwrap();
-    assert_eq!(keys, vec![executor.public_key(), grantee.public_key()]);
+    assert_eq!(keys, SigningKeys::complete(vec![executor.public_key(), grantee.public_key()]));
     assert!(matches!(client.signing_keys("gonka1nobody").await, Err(Error::NotFound(_))));
+}
+
+/// The account key and the grantee keys are looked up independently: one failed lookup leaves
+/// the other's keys, marked incomplete; only both failing is an error.
+#[tokio::test]
+async fn one_failed_key_lookup_leaves_the_other_keys() {
+    let (node, client, _) = setup().await;
+    let executor = Signer::from_bytes(&[0x41; 32]).unwrap();
+    let grantee = Signer::from_bytes(&[0x42; 32]).unwrap();
+    let executor_address = node.add_key(&executor.public_key());
+    let grantee_address = node.add_key(&grantee.public_key());
+    node.grant(
+        &executor_address,
+        &grantee_address,
+        chain_source::directory::START_INFERENCE_MSG_TYPE,
+    );
+
+    node.fail_route("grantees_by_message_type", 301);
+    let keys = client.signing_keys(&executor_address).await.unwrap();
+    assert_eq!(keys.keys, vec![executor.public_key()]);
+    assert!(keys.incomplete.as_deref().is_some_and(|why| why.contains("grantee keys")), "{keys:?}");
+
+    node.restore_route("grantees_by_message_type");
+    node.fail_route("inference_participant", 501);
+    let keys = client.signing_keys(&executor_address).await.unwrap();
+    assert_eq!(keys.keys, vec![grantee.public_key()]);
+    assert!(keys.incomplete.as_deref().is_some_and(|why| why.contains("account key")), "{keys:?}");
+
+    node.fail_route("grantees_by_message_type", 301);
+    let result = client.signing_keys(&executor_address).await;
+    assert!(result.is_err(), "{result:?}");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use chain_source::{
         guard::{Guard, GuardedResolver, Lookup},
         hash, wire,
     },
-    signer, HttpPayloadSource, Signer,
+    signer, ExecutorDirectory, HttpPayloadSource, Signer, SigningKeys,
 };
 use testkit::{
     fixture_payloads,
@@ -137,6 +137,60 @@ async fn an_unrelated_signature_is_retryable_and_a_grantee_signature_passes() {
     // Without the grant, the grantee's signature is as good as a stranger's.
     s.directory.add_executor(&s.executor, Vec::new());
     assert_eq!(s.fetch("a").await, Err(PayloadError::BadSignature));
+}
+
+/// A signature that fails while one of the executor's key lookups failed is the validator's
+/// side: the missing key may be the one it signed with. A failed URL or key lookup is too.
+#[tokio::test]
+async fn key_and_url_lookup_failures_are_the_validators_side() {
+    let s = setup().await;
+    s.executor.insert_generated("a", EPOCH);
+    s.executor.sign_with(grantee_key());
+    let partial = |keys: Vec<Vec<u8>>| SigningKeys {
+        keys,
+        incomplete: Some("grantee keys: status 301".into()),
+    };
+    // The account key alone, the grantee lookup having failed: not provably a bad signature.
+    s.directory.insert_keys(
+        EXECUTOR,
+        &s.executor.url(),
+        partial(vec![executor_key().public_key()]),
+    );
+    let result = s.fetch("a").await;
+    assert!(
+        matches!(&result, Err(PayloadError::Local(why)) if why.contains("grantee keys: status 301")),
+        "{result:?}"
+    );
+    // The keys that were found still verify what they signed.
+    s.directory.insert_keys(EXECUTOR, &s.executor.url(), partial(vec![grantee_key().public_key()]));
+    assert_eq!(s.fetch("a").await.unwrap(), payloads_for("a"));
+
+    let failing = HttpPayloadSource::new(
+        &loopback_config(BOUND, 1 << 20),
+        warm_key(),
+        SELF_ADDRESS,
+        Arc::new(FailingDirectory),
+    )
+    .unwrap();
+    let result = failing.fetch(&s.stored("a")).await;
+    assert!(
+        matches!(&result, Err(PayloadError::Local(why)) if why.contains("timed out")),
+        "{result:?}"
+    );
+}
+
+/// A directory whose chain queries time out.
+struct FailingDirectory;
+
+#[async_trait::async_trait]
+impl ExecutorDirectory for FailingDirectory {
+    async fn inference_url(&self, _: &str) -> chain_source::Result<String> {
+        Err(chain_source::Error::Timeout("participant query timed out".into()))
+    }
+
+    async fn signing_keys(&self, _: &str) -> chain_source::Result<SigningKeys> {
+        Err(chain_source::Error::Timeout("account query timed out".into()))
+    }
 }
 
 #[tokio::test]
@@ -384,7 +438,8 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
     s.executor.insert_generated("a", EPOCH);
     let record = s.stored("a");
     let port = s.executor.addr().port();
-    let refused = |result: &Result<Payloads, PayloadError>, what: &str| matches!(result, Err(PayloadError::Unavailable(why)) if why.contains(what));
+    // The guard's refusals are the validator's own policy, never the executor's fault.
+    let refused = |result: &Result<Payloads, PayloadError>, what: &str| matches!(result, Err(PayloadError::Local(why)) if why.contains(what));
 
     // Literal loopback, in both spellings, without an allow-list.
     let strict = guarded_source(&[], lookup_to("127.0.0.1"), &s.directory);
@@ -423,8 +478,12 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
         "a",
         [ExecutorReply::Redirect(format!("{}/v1/inference/payloads?inference_id=a", target.url()))],
     );
+    // The redirect is the executor's answer, not a refusal of ours.
     let result = by_name.fetch(&record).await;
-    assert!(refused(&result, "302"), "{result:?}");
+    assert!(
+        matches!(&result, Err(PayloadError::Unavailable(why)) if why.contains("302")),
+        "{result:?}"
+    );
     assert!(target.requests().is_empty());
 }
 

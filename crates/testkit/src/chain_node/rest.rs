@@ -29,6 +29,9 @@ pub(super) fn get(state: &State, segments: &[String], query: &[(String, String)]
     let Some(route) = segments.strip_prefix(PREFIX.as_slice()) else {
         return not_found("no route");
     };
+    if let Some(&status) = route.first().and_then(|first| state.failing_routes.get(*first)) {
+        return (status, json!({"code": 12, "message": "Not Implemented", "details": []}));
+    }
     match route {
         ["inference", id] => match state.inferences.get(*id) {
             Some(inference) => ok(json!({"inference": inference_json(inference)})),

@@ -175,7 +175,10 @@ impl Attempt<'_> {
             }
             Err(err) => err,
         };
+        let side = if err.is_local() { "validator" } else { "executor" };
+        metrics::counter!("validator_payload_failures_total", "side" => side).increment(1);
         self.attempts.payload += 1;
+        self.attempts.payload_local |= err.is_local();
         if self.attempts.payload < config.payload_retry.attempts {
             debug!(%err, attempt = self.attempts.payload, "payload fetch failed; will retry");
             return Err(self.retry(Stage::Payload, &config.payload_retry, err.to_string()));
@@ -185,6 +188,13 @@ impl Attempt<'_> {
             return Ok(Some(Payloads {
                 prompt: Bytes::copy_from_slice(inference.prompt_payload.as_bytes()),
                 response: Bytes::copy_from_slice(inference.response_payload.as_bytes()),
+            }));
+        }
+        if self.attempts.payload_local {
+            warn!(%err, "payloads not fetched, partly for a validator-side failure; giving up");
+            return Err(Step::Terminal(Outcome::GaveUp {
+                stage: Stage::Payload,
+                error: err.to_string(),
             }));
         }
         warn!(%err, "payloads unavailable after every attempt");

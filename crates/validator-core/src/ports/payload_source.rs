@@ -27,9 +27,24 @@ pub enum PayloadError {
     /// The executor's signature verifies with none of its keys. Retried, as upstream does.
     #[error("bad executor signature")]
     BadSignature,
-    /// Any transient failure (timeout, refused, 5xx, no inference URL). Retried.
+    /// The executor did not serve its payloads: a timeout, a refused connection, a 5xx, a
+    /// malformed answer. Retried; when every attempt fails this way the engine invalidates, as
+    /// upstream does.
     #[error("payload unavailable: {0}")]
     Unavailable(String),
+    /// The validator's own side failed: its chain query for the executor's URL or keys, its
+    /// resolver, its TLS, its address guard. Retried like [`PayloadError::Unavailable`], but never
+    /// the executor's fault: a validation with such a failure among its attempts gives up
+    /// without a submission instead of invalidating.
+    #[error("validator-side payload failure: {0}")]
+    Local(String),
+}
+
+impl PayloadError {
+    /// Whether the failure is the validator's own rather than the executor's.
+    pub fn is_local(&self) -> bool {
+        matches!(self, PayloadError::Local(_))
+    }
 }
 
 /// One attempt at fetching an inference's payloads. Retries, back-off and the fallback to legacy

@@ -77,6 +77,40 @@ async fn ten_failures_invalidate_once_with_jittered_backoff() {
     assert_eq!(h.fakes.chain.submitted().len(), 1);
 }
 
+/// A validator-side failure is never the executor's fault: with one among the failed attempts,
+/// running out of attempts gives up without submitting anything, where the executor's failures
+/// alone invalidate.
+#[tokio::test(start_paused = true)]
+async fn validator_side_failures_never_invalidate() {
+    let mut h = Harness::with_slots(2, Duration::from_millis(5));
+    h.fakes.chain.add_inference("ours", 10);
+    h.fakes.chain.add_inference("mixed", 10);
+    let ours = (0..10).map(|i| PayloadError::Local(format!("chain query failed #{i}")));
+    h.fakes.payloads.script("ours", ours);
+    let mut mixed = unavailable(9);
+    mixed.insert(4, PayloadError::Local("resolver failed".into()));
+    h.fakes.payloads.script("mixed", mixed);
+    h.engine.validate("ours".into()).unwrap();
+    h.engine.validate("mixed".into()).unwrap();
+    let mut events = h.collect(2).await;
+    events.sort_by(|x, y| x.inference_id.cmp(&y.inference_id));
+    assert_eq!(events[0].inference_id.as_str(), "mixed");
+    assert!(
+        matches!(&events[0].outcome, Outcome::GaveUp { stage: Stage::Payload, error } if error.contains("refused #8")),
+        "{:?}",
+        events[0].outcome
+    );
+    assert!(
+        matches!(&events[1].outcome, Outcome::GaveUp { stage: Stage::Payload, error } if error.contains("validator-side")),
+        "{:?}",
+        events[1].outcome
+    );
+    assert_eq!(h.fakes.payloads.calls("ours").len(), 10);
+    assert_eq!(h.fakes.payloads.calls("mixed").len(), 10);
+    assert!(h.fakes.chain.submitted().is_empty(), "nothing is submitted against the executor");
+    assert_eq!(h.fakes.ml.calls(), 0);
+}
+
 /// DOMAIN.md 8.15: a pre-upgrade inference falls back to the legacy on-chain payloads.
 #[tokio::test(start_paused = true)]
 async fn legacy_payloads_are_used_after_every_attempt_fails() {
