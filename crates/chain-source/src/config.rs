@@ -146,8 +146,12 @@ pub struct TxConfig {
     pub chain_id: String,
     /// Bech32 prefix of account addresses.
     pub address_prefix: String,
-    /// Gas limit of one transaction.
-    pub gas_limit: u64,
+    /// Gas and fees, per message type as upstream budgets them.
+    pub gas: GasConfig,
+    /// With a warm key, name the account as the transaction's fee granter, as upstream does:
+    /// the account pays fees through a feegrant allowance to the warm key, which the chain
+    /// requires when a granter is named. Turn off where no such allowance exists.
+    pub fee_granter: bool,
     /// Bound of one broadcast.
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
@@ -158,7 +162,8 @@ impl Default for TxConfig {
         Self {
             chain_id: "gonka-mainnet".into(),
             address_prefix: "gonka".into(),
-            gas_limit: 1_000_000,
+            gas: GasConfig::default(),
+            fee_granter: true,
             timeout: Duration::from_secs(30),
         }
     }
@@ -172,10 +177,62 @@ impl TxConfig {
         if self.address_prefix.is_empty() {
             return bad("tx.address_prefix", "a non-empty bech32 prefix");
         }
-        if self.gas_limit == 0 {
-            return bad("tx.gas_limit", "at least 1");
-        }
+        self.gas.validate()?;
         positive("tx.timeout", self.timeout)
+    }
+}
+
+/// Gas wanted per transaction: the message's budget plus a fixed overhead (upstream's static
+/// table of v0.2.14), and the fee paid for it. The chain charges fees on the gas wanted, and
+/// validations and claims are fee-exempt network duties, so the price is zero by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GasConfig {
+    /// Gas for one `MsgValidation` (upstream: 1,500,000).
+    pub validation: u64,
+    /// Gas for one `MsgClaimRewards` (upstream: 700,000).
+    pub claim_rewards: u64,
+    /// Gas added to every transaction for the ante handlers and the authz unwrap (upstream:
+    /// 50,000).
+    pub overhead: u64,
+    /// Fee per unit of gas, in ngonka (upstream's `min_gas_price_ngonka`); 0 pays no fee.
+    pub price_ngonka: u64,
+}
+
+/// The chain's cap on one transaction's gas (upstream `BatchGasLimit`).
+pub const MAX_GAS: u64 = 1_000_000_000;
+
+impl Default for GasConfig {
+    fn default() -> Self {
+        Self { validation: 1_500_000, claim_rewards: 700_000, overhead: 50_000, price_ngonka: 0 }
+    }
+}
+
+impl GasConfig {
+    fn validate(&self) -> crate::Result<()> {
+        for (key, budget) in
+            [("tx.gas.validation", self.validation), ("tx.gas.claim_rewards", self.claim_rewards)]
+        {
+            if budget == 0 || budget.saturating_add(self.overhead) > MAX_GAS {
+                return bad(key, "at least 1, and with tx.gas.overhead at most 1,000,000,000");
+            }
+        }
+        Ok(())
+    }
+
+    /// Gas wanted for a transaction carrying the message of `type_url`: its budget plus the
+    /// overhead; a message type without a budget of its own gets the validation's.
+    pub fn wanted(&self, type_url: &str) -> u64 {
+        let budget = match type_url {
+            crate::proto::MSG_CLAIM_REWARDS_TYPE_URL => self.claim_rewards,
+            _ => self.validation,
+        };
+        budget.saturating_add(self.overhead).min(MAX_GAS)
+    }
+
+    /// The fee for `gas` wanted, in ngonka.
+    pub fn fee(&self, gas: u64) -> u128 {
+        u128::from(gas) * u128::from(self.price_ngonka)
     }
 }
 

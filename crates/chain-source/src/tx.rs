@@ -6,7 +6,8 @@
 //! while a broadcast is in flight. A `sequence mismatch` answer (or a failure that leaves the
 //! sequence unknown) makes the task re-learn it, from the node's log line or the account query,
 //! and retry. When the signer is not the account (a warm key), every message is wrapped in an
-//! authz `MsgExec` signed by the grantee.
+//! authz `MsgExec` signed by the grantee, with the account as fee granter. Gas is budgeted per
+//! message type ([`GasConfig`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,12 +15,13 @@ use cosmrs::{
     crypto::PublicKey,
     tendermint::chain,
     tx::{Body, Fee, SignDoc, SignerInfo},
-    Any,
+    AccountId, Any, Coin,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    config::GasConfig,
     proto,
     query::{BaseAccount, QueryClient},
     rpc::RpcClient,
@@ -34,6 +36,9 @@ pub const CODE_DUPLICATE_VALIDATION: u32 = 1143;
 pub const CODESPACE_SDK: &str = "sdk";
 /// The `inference` module's codespace.
 pub const CODESPACE_INFERENCE: &str = "inference";
+
+/// The denomination fees are paid in.
+pub const FEE_DENOM: &str = "ngonka";
 
 /// How many times one submission is signed and broadcast before a sequence mismatch is given
 /// back to the caller: one stale sequence, one re-learned from the node, one from the account.
@@ -86,7 +91,9 @@ struct Request {
 struct Context {
     identity: TxIdentity,
     chain_id: chain::Id,
-    gas_limit: u64,
+    gas: GasConfig,
+    /// The account, named as fee granter of a warm key's transactions.
+    fee_granter: Option<AccountId>,
     rpc: Arc<RpcClient>,
     query: QueryClient,
 }
@@ -120,7 +127,17 @@ impl Submitter {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Transport("no Tokio runtime to run the submitter on".into()))?;
         let (requests, inbox) = mpsc::channel(QUEUE);
-        let context = Context { identity, chain_id, gas_limit: config.gas_limit, rpc, query };
+        let fee_granter = if identity.is_warm() && config.fee_granter {
+            Some(identity.account_address.parse::<AccountId>().map_err(|_| {
+                Error::InvalidConfig {
+                    key: "identity.account_address".into(),
+                    allowed: "a bech32 account address",
+                }
+            })?)
+        } else {
+            None
+        };
+        let context = Context { identity, chain_id, gas: config.gas, fee_granter, rpc, query };
         runtime.spawn(run(context, inbox));
         Ok(Self { requests, timeout: config.timeout })
     }
@@ -162,6 +179,7 @@ async fn submit_one(
     account: &mut Option<BaseAccount>,
     msg: Any,
 ) -> Result<String> {
+    let gas = context.gas.wanted(&msg.type_url);
     let msg = if context.identity.is_warm() {
         proto::exec(&context.identity.signer_address, vec![msg])
     } else {
@@ -177,7 +195,7 @@ async fn submit_one(
                 fresh
             }
         };
-        let tx = sign(context, &msg, current)?;
+        let tx = sign(context, &msg, current, gas)?;
         let answer = match context.rpc.broadcast_tx_sync(&tx).await {
             Ok(answer) => answer,
             Err(err) => {
@@ -206,13 +224,20 @@ async fn submit_one(
     Err(last.unwrap_or_else(|| Error::TxRejected { code: CODE_WRONG_SEQUENCE, log: String::new() }))
 }
 
-fn sign(context: &Context, msg: &Any, account: BaseAccount) -> Result<Vec<u8>> {
+fn sign(context: &Context, msg: &Any, account: BaseAccount, gas: u64) -> Result<Vec<u8>> {
     let failed =
         |err: cosmrs::ErrorReport| Error::Key(format!("cannot build the transaction: {err}"));
     let key = k256::ecdsa::VerifyingKey::from_sec1_bytes(&context.identity.signer.public_key())
         .map_err(|err| Error::Key(err.to_string()))?;
     let body = Body::new(vec![msg.clone()], String::new(), 0u32);
-    let fee = Fee { amount: Vec::new(), gas_limit: context.gas_limit, payer: None, granter: None };
+    let amount = match context.gas.fee(gas) {
+        0 => Vec::new(),
+        amount => {
+            let denom = FEE_DENOM.parse().map_err(failed)?;
+            vec![Coin { denom, amount }]
+        }
+    };
+    let fee = Fee { amount, gas_limit: gas, payer: None, granter: context.fee_granter.clone() };
     let auth_info =
         SignerInfo::single_direct(Some(PublicKey::from(key)), account.sequence).auth_info(fee);
     let sign_doc = SignDoc::new(&body, &auth_info, &context.chain_id, account.account_number)

@@ -132,6 +132,12 @@ pub struct Submitted {
     pub sequence: u64,
     /// The transaction hash, upper-case hex.
     pub tx_hash: String,
+    /// The transaction's gas limit.
+    pub gas_limit: u64,
+    /// The transaction's fee, in ngonka.
+    pub fee_ngonka: u128,
+    /// The transaction's fee granter, when it named one.
+    pub fee_granter: Option<String>,
     /// The message.
     pub msg: SubmittedMsg,
 }
@@ -166,6 +172,8 @@ struct State {
     block_results_requests: Vec<u64>,
     accounts: BTreeMap<String, Account>,
     grants: Vec<(String, String, String)>,
+    /// Feegrant allowances, (granter, grantee).
+    fee_allowances: BTreeSet<(String, String)>,
     participants: BTreeMap<String, String>,
     inferences: BTreeMap<String, Inference>,
     details: BTreeMap<String, ValidationDetails>,
@@ -229,6 +237,7 @@ impl LoopbackChainNode {
                 block_results_requests: Vec::new(),
                 accounts: BTreeMap::new(),
                 grants: Vec::new(),
+                fee_allowances: BTreeSet::new(),
                 participants: BTreeMap::new(),
                 inferences: BTreeMap::new(),
                 details: BTreeMap::new(),
@@ -282,6 +291,13 @@ impl LoopbackChainNode {
     pub fn grant(&self, granter: &str, grantee: &str, type_url: &str) {
         self.shared
             .update(|state| state.grants.push((granter.into(), grantee.into(), type_url.into())));
+    }
+
+    /// Lets `granter` pay the fees of `grantee`'s transactions (a feegrant allowance).
+    pub fn grant_fee_allowance(&self, granter: &str, grantee: &str) {
+        self.shared.update(|state| {
+            state.fee_allowances.insert((granter.into(), grantee.into()));
+        });
     }
 
     /// Registers a participant with its `inference_url`.

@@ -270,14 +270,23 @@ async fn a_warm_key_signs_inside_msg_exec() {
     let warm_address = node.add_key(&warm.public_key());
     node.grant(&account, &warm_address, VALIDATION);
     node.add_inference("inf-1", 3, EXECUTOR);
+    node.add_inference("inf-0", 3, EXECUTOR);
     let client = ChainNodeClient::new(&config(&node), account.clone(), warm.clone()).unwrap();
     assert_eq!(client.signer_address(), warm_address);
 
+    // The account is the fee granter: without its feegrant allowance the chain refuses.
+    let refused = client.submit_validation(&validation("uuid-0", "inf-0")).await;
+    assert!(
+        matches!(&refused, Err(SubmitError::Rejected(log)) if log.contains("fee-grant not found")),
+        "{refused:?}"
+    );
+    node.grant_fee_allowance(&account, &warm_address);
     client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
     let submitted = &node.submitted()[0];
     assert!(submitted.via_exec);
     assert_eq!(submitted.signer, warm_address);
     assert_eq!(submitted.msg.creator(), account);
+    assert_eq!(submitted.fee_granter.as_deref(), Some(account.as_str()));
     assert_eq!(node.sequence(&warm_address), Some(1));
     assert_eq!(node.sequence(&account), Some(0));
 
@@ -287,6 +296,36 @@ async fn a_warm_key_signs_inside_msg_exec() {
     client.claim_rewards(5, 3).await.unwrap();
 
     assert_eq!(client.seed_for_epoch(3).await.unwrap(), seed_for_epoch(&warm, 3));
+}
+
+/// Gas as upstream budgets it per message type (plus the per-transaction overhead), fees at the
+/// configured price, no fee granter for the account's own key.
+#[tokio::test]
+async fn gas_and_fees_follow_the_message_type() {
+    let node = LoopbackChainNode::start().await;
+    let account = node.add_key(&account_key().public_key());
+    node.add_inference("inf-1", 3, EXECUTOR);
+    node.add_inference("inf-2", 3, EXECUTOR);
+    let client = ChainNodeClient::new(&config(&node), account.clone(), account_key()).unwrap();
+    client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
+    client.claim_rewards(5, 3).await.unwrap();
+    let submitted = node.submitted();
+    assert_eq!(submitted[0].gas_limit, 1_550_000);
+    assert_eq!(submitted[1].gas_limit, 750_000);
+    assert!(submitted.iter().all(|tx| tx.fee_ngonka == 0 && tx.fee_granter.is_none()));
+
+    let mut priced = config(&node);
+    priced.tx.gas.price_ngonka = 2;
+    priced.tx.gas.validation = 1_000_000;
+    let client = ChainNodeClient::new(&priced, account.clone(), account_key()).unwrap();
+    client.submit_validation(&validation("uuid-2", "inf-2")).await.unwrap();
+    let last = node.submitted().pop().unwrap();
+    assert_eq!((last.gas_limit, last.fee_ngonka), (1_050_000, 2_100_000));
+
+    let mut absurd = config(&node);
+    absurd.tx.gas.validation = 2_000_000_000;
+    let refused = ChainNodeClient::new(&absurd, account, account_key());
+    assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
 }
 
 /// A golden seed: a regression value for a fixed key, computed by this implementation (upstream

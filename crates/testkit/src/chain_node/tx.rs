@@ -136,6 +136,23 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
             ),
         ));
     }
+    let fee = auth_info.fee.unwrap_or_default();
+    let fee_granter = Some(fee.granter).filter(|granter| !granter.is_empty());
+    if let Some(granter) = fee_granter.as_ref().filter(|granter| **granter != signer) {
+        if !state.fee_allowances.contains(&(granter.clone(), signer.clone())) {
+            return Err(reject(
+                38,
+                "sdk",
+                format!("{granter} does not allow to pay fees for {signer}: fee-grant not found: not found"),
+            ));
+        }
+    }
+    let fee_ngonka = fee
+        .amount
+        .iter()
+        .filter(|coin| coin.denom == "ngonka")
+        .filter_map(|coin| coin.amount.parse::<u128>().ok())
+        .sum();
     let mut messages = Vec::new();
     for any in &body.messages {
         if any.type_url == "/cosmos.authz.v1beta1.MsgExec" {
@@ -217,6 +234,9 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
             via_exec,
             sequence: signer_info.sequence,
             tx_hash: hash.to_owned(),
+            gas_limit: fee.gas_limit,
+            fee_ngonka,
+            fee_granter: fee_granter.clone(),
             msg,
         });
     }
