@@ -39,7 +39,7 @@ fn main() -> Result<(), BoxError> {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and the benchmark takes
     // minutes even optimised, so it only runs under `cargo bench`.
     if !args.iter().any(|arg| arg == "--bench") {
-        println!("the engine benchmark runs under `cargo bench -p validator-core --bench engine`");
+        println!("the engine benchmark runs under `cargo bench -p bench --bench engine`");
         return Ok(());
     }
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");

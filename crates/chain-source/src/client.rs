@@ -32,7 +32,8 @@ pub struct ChainNodeClient {
 
 impl ChainNodeClient {
     /// A client acting for `account_address` with `signer` (the account's own key, or a warm
-    /// key the account granted `MsgValidation` and `MsgClaimRewards` through authz).
+    /// key the account granted `MsgValidation` and `MsgClaimRewards` through authz and, with
+    /// `tx.fee_granter`, a feegrant allowance).
     ///
     /// Validates the configuration and starts the submitting task, so it must be called within
     /// a Tokio runtime.
@@ -64,7 +65,7 @@ impl ChainNodeClient {
         &self.identity.signer_address
     }
 
-    /// The node's heights and sync state; the engine's handlers act only while synced.
+    /// The node's heights and sync state (`catching_up`).
     pub async fn node_status(&self) -> Result<NodeStatus> {
         self.rpc.status().await
     }

@@ -1,5 +1,6 @@
-//! What payload retrieval needs to know about an executor from the chain. The chain query client
-//! implements it; tests implement it in memory.
+//! What payload retrieval needs to know about an executor from the chain.
+//! [`ChainNodeClient`](crate::ChainNodeClient) implements it; tests use testkit's
+//! `StaticDirectory`.
 
 use async_trait::async_trait;
 

@@ -25,6 +25,7 @@ use std::{
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use tokio::time::{timeout_at, Instant};
 use validator_core::ports::{
     chain::Inference,
     payload_source::{PayloadError, PayloadSource, Payloads},
@@ -109,15 +110,23 @@ impl HttpPayloadSource {
         })
     }
 
-    async fn fetch_once(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+    /// One fetch, every step bounded by `deadline`: running out of time in a chain lookup is the
+    /// validator's side, running out while the executor answers is the executor's.
+    async fn fetch_once(
+        &self,
+        inference: &Inference,
+        deadline: Instant,
+    ) -> Result<Payloads, PayloadError> {
         let id = inference.inference_id.as_str();
         let executor = inference.executed_by.as_str();
-        let base = match self.directory.inference_url(executor).await {
-            Ok(base) => base,
-            Err(crate::Error::NotFound(what)) => {
+        let lookup_late = |what: &str| local(format!("the {what} lookup for {executor} timed out"));
+        let base = match timeout_at(deadline, self.directory.inference_url(executor)).await {
+            Err(_) => return Err(lookup_late("inference URL")),
+            Ok(Ok(base)) => base,
+            Ok(Err(crate::Error::NotFound(what))) => {
                 return Err(unavailable(format!("executor {executor} is unknown: {what}")));
             }
-            Err(err) => return Err(local(format!("no inference URL for {executor}: {err}"))),
+            Ok(Err(err)) => return Err(local(format!("no inference URL for {executor}: {err}"))),
         };
         if base.trim().is_empty() {
             return Err(unavailable(format!("executor {executor} has no inference URL")));
@@ -129,31 +138,33 @@ impl HttpPayloadSource {
         let message =
             wire::request_signed_bytes(id, inference.epoch_id, timestamp, &self.account_address);
         let signature = wire::encode_base64(&self.signer.sign(&message));
-        let response = self
+        let request = self
             .http
             .get(url)
             .header(wire::HEADER_VALIDATOR_ADDRESS, &self.account_address)
             .header(wire::HEADER_TIMESTAMP, timestamp.to_string())
             .header(wire::HEADER_EPOCH_ID, inference.epoch_id.to_string())
-            .header(wire::HEADER_AUTHORIZATION, signature)
-            .send()
+            .header(wire::HEADER_AUTHORIZATION, signature);
+        let answered = async {
+            let response = request.send().await.map_err(from_reqwest)?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND {
+                return Err(PayloadError::Gone);
+            }
+            if status != StatusCode::OK {
+                let excerpt = http::read_excerpt(response).await;
+                return Err(unavailable(format!("executor answered {status}: {excerpt}")));
+            }
+            http::read_capped(response, self.max_response_bytes)
+                .await
+                .map_err(|err| unavailable(err.to_string()))
+        };
+        let body = timeout_at(deadline, answered).await.unwrap_or_else(|_| {
+            Err(unavailable(format!("executor did not answer within {:?}", self.timeout)))
+        })?;
+        let keys = timeout_at(deadline, self.directory.signing_keys(executor))
             .await
-            .map_err(from_reqwest)?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(PayloadError::Gone);
-        }
-        if status != StatusCode::OK {
-            let excerpt = http::read_excerpt(response).await;
-            return Err(unavailable(format!("executor answered {status}: {excerpt}")));
-        }
-        let body = http::read_capped(response, self.max_response_bytes)
-            .await
-            .map_err(|err| unavailable(err.to_string()))?;
-        let keys = self
-            .directory
-            .signing_keys(executor)
-            .await
+            .map_err(|_| lookup_late("signing key"))?
             .map_err(|err| local(format!("no signing keys for {executor}: {err}")))?;
         match verify_response(inference, &keys.keys, &body) {
             Err(PayloadError::BadSignature) if keys.incomplete.is_some() => Err(local(format!(
@@ -168,9 +179,7 @@ impl HttpPayloadSource {
 #[async_trait]
 impl PayloadSource for HttpPayloadSource {
     async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
-        tokio::time::timeout(self.timeout, self.fetch_once(inference)).await.unwrap_or_else(|_| {
-            Err(unavailable(format!("executor did not answer within {:?}", self.timeout)))
-        })
+        self.fetch_once(inference, Instant::now() + self.timeout).await
     }
 }
 

@@ -132,7 +132,7 @@ pub fn claim_due(address: &str, height: i64, schedule: &EpochSchedule) -> bool {
 }
 
 /// DOMAIN.md 3.6 (b): whether the periodic reward recovery runs at `height`, given when the
-/// checker was first called (`launched_at`) and its last attempt. The caller also keeps the
+/// check was first called (`launched_at`) and its last attempt. The caller also keeps the
 /// single-run guard.
 pub fn reward_recovery_due(
     height: i64,

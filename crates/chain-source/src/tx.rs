@@ -6,8 +6,8 @@
 //! while a broadcast is in flight. A `sequence mismatch` answer (or a failure that leaves the
 //! sequence unknown) makes the task re-learn it, from the node's log line or the account query,
 //! and retry. When the signer is not the account (a warm key), every message is wrapped in an
-//! authz `MsgExec` signed by the grantee, with the account as fee granter. Gas is budgeted per
-//! message type ([`GasConfig`]).
+//! authz `MsgExec` signed by the grantee, with the account as fee granter unless
+//! `tx.fee_granter` is off. Gas is budgeted per message type ([`GasConfig`]).
 
 use std::{sync::Arc, time::Duration};
 

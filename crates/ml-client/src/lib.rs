@@ -7,7 +7,8 @@
 //! - [`config`]: one serde [`Config`] for both;
 //! - [`error`]: construction errors; replay failures are the port's `ReplayError`.
 //!
-//! This is the only crate that knows the ML node's wire format.
+//! This is the only crate that knows the ML node's HTTP interface (paths, statuses, caps); the
+//! body it carries is `validator_core::completion`'s.
 
 pub mod client;
 pub mod config;

@@ -127,7 +127,8 @@ pub struct IdentityConfig {
     /// File holding the account key as 64 hex characters.
     pub key_file: PathBuf,
     /// File holding a warm key (64 hex characters) the account granted `MsgValidation` and
-    /// `MsgClaimRewards`; when set it signs instead of the account key.
+    /// `MsgClaimRewards` (and, with `chain.tx.fee_granter`, a feegrant allowance); when set it
+    /// signs instead of the account key.
     pub warm_key_file: Option<PathBuf>,
 }
 

@@ -7,9 +7,9 @@
 //!   at a time, it asks the chain what is still settled for this validator; when coins wait,
 //!   it recovers their epoch, awaits the run, then claims.
 //!
-//! [`follow_chain`] feeds the chain's events to them and to the engine: `inference_finished` to
+//! `follow_chain` feeds the chain's events to them and to the engine: `inference_finished` to
 //! [`Engine::sample`], `needs_revalidation` to [`Engine::revalidate`], every new block to
-//! [`BlockTriggers::on_block`].
+//! `BlockTriggers::on_block`.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -38,9 +38,9 @@ pub(crate) struct BlockTriggers {
     chain: ChainNodeClient,
     schedule: Option<EpochSchedule>,
     refreshed_at: u64,
-    /// The first block the checker saw.
+    /// The first block the reward check saw.
     launched_at: Option<i64>,
-    /// The block of the checker's last attempt.
+    /// The block of the reward check's last attempt.
     last_reward_check: Option<i64>,
     /// Set while a reward check runs.
     reward_check: Arc<AtomicBool>,

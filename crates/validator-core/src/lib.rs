@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - [`ports`]: the traits adapters implement (chain, payload source, model-lock broker, ML
-//!   node), with the domain types they speak in;
-//! - [`Engine`]: the entry points (`sample`, `revalidate`, `recover`, `status`, `shutdown`) over
+//!   node, journal), with the domain types they speak in;
+//! - [`Engine`]: the entry points (`sample`, `revalidate`, `validate`, `recover`, `outcomes`,
+//!   `status`, `shutdown`) over
 //!   one process-wide slot limiter with priority lanes, an in-flight dedup set and a recovery
 //!   guard;
 //! - [`completion`], [`scoring`] and [`sampling`]: pure functions, bit-compatible with the

@@ -724,7 +724,7 @@ impl MlNodeClient for MemoryMlNode {
     }
 }
 
-/// The four fakes, wired together, and the [`Ports`](crate::Ports) over them.
+/// The five fakes, wired together, and the [`Ports`](crate::Ports) over them.
 #[derive(Clone)]
 pub struct MemoryPorts {
     /// The chain.

@@ -76,7 +76,7 @@ pub struct DemoOptions {
     /// Admin token file (default: a file in the system's temporary directory).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
-    /// No progress bars; one JSON line at the end.
+    /// No progress bars; a `listening` JSON line at start and one summary JSON line at the end.
     #[arg(long)]
     pub json: bool,
 }

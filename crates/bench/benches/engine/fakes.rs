@@ -1,6 +1,6 @@
-//! The fakes every strategy runs on. The broker is the crate's own [`MemoryBroker`]; the chain,
-//! payload source and ML node are bench versions of the crate's fakes that keep no per-item
-//! history (the crate's fakes record every call for inspection, which grows with the backlog and
+//! The fakes every strategy runs on. The broker is validator-core's own [`MemoryBroker`]; the chain,
+//! payload source and ML node are bench versions of validator-core's fakes that keep no per-item
+//! history (validator-core's fakes record every call for inspection, which grows with the backlog and
 //! would be measured as the design's memory), generate records from the id, inject the faults
 //! of the `faults` scenario, and time each replay.
 
@@ -273,7 +273,7 @@ impl ChainClient for SynthChain {
 
 // === BenchPayloads ===
 
-/// Serves the crate's [`payloads_for`] for every id; items picked by [`Faults`] fail their first
+/// Serves validator-core's [`payloads_for`] for every id; items picked by [`Faults`] fail their first
 /// fetch with a transient error.
 pub(crate) struct BenchPayloads {
     faults: Faults,
@@ -306,7 +306,7 @@ impl PayloadSource for BenchPayloads {
 
 // === TimedMlNode ===
 
-/// An ML node that answers like the crate's `MemoryMlNode` (the enforced tokens echoed with the
+/// An ML node that answers like validator-core's `MemoryMlNode` (the enforced tokens echoed with the
 /// fakes' logprobs, so every replay scores 1) after a fixed latency, without recording requests.
 /// It measures the service time it actually gives: tokio rounds timers up to the next
 /// millisecond, so the nominal latency understates it. Items picked by [`Faults`] hang on their

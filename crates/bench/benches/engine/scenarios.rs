@@ -510,8 +510,8 @@ pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, Box
     http_drain_with(strategy, sizes, None)
 }
 
-/// `http_drain` of our engine with and without the journal crate's `SqliteJournal` (WAL,
-/// `synchronous = full`, in a temporary directory), in alternating rounds so both see the same
+/// `http_drain` of our engine without a journal and with the journal crate's `SqliteJournal`
+/// (WAL, `synchronous = full` and `normal`, in temporary directories), in alternating rounds so both see the same
 /// machine; the cost is one minus the ratio of the median efficiencies.
 pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
     use journal::Synchronous;

@@ -1,5 +1,6 @@
-//! Reads, on the read connection: what the engine asks at start (open intents, priors, the last
-//! run id, the last height) and what the admin API shows (histories, runs).
+//! Reads, on the read connection: what the engine asks (open intents at start, whether a
+//! revalidation was already sent, the last run id, the last height) and what the admin API shows
+//! (histories, runs).
 
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use validator_core::{

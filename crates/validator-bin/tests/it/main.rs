@@ -6,7 +6,7 @@ mod admin;
 // The bad-input table: malformed input through every entry point, typed answers, still serving.
 mod bad_input;
 // The journal: SIGKILL at any point never sends a validation twice; one process per data
-// directory; the admin history routes.
+// directory; a newer schema is refused.
 mod journal;
 // Configuration loading and its exit codes, through the built binary.
 mod config;

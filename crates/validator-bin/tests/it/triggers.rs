@@ -129,9 +129,9 @@ async fn the_claim_trigger_claims_even_when_recovery_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reward_checker_recovers_the_settled_epoch_then_claims() {
+async fn the_reward_check_recovers_the_settled_epoch_then_claims() {
     // The app starts 1200 blocks into the epoch: past the claim trigger's height and inside
-    // the checker's window (claim money + 1000 onwards), which opens 60 blocks after the first block the app sees.
+    // the reward check's window (claim money + 1000 onwards), which opens 60 blocks after the first block the app sees.
     let running = start(|scenario| {
         let chain = &scenario.chain;
         let tip = i64::try_from(chain.advance(1_200)).unwrap();

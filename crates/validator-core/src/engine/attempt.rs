@@ -354,8 +354,11 @@ impl Attempt<'_> {
         }
     }
 
+    /// Counts a failed chain query against the payload budget, as upstream's one loop around
+    /// them; the failure is the validator's own, so running out gives up rather than invalidates.
     fn retry_payload(&mut self, error: String) -> Step {
         self.attempts.payload += 1;
+        self.attempts.payload_local = true;
         if self.attempts.payload < self.inner.config.payload_retry.attempts {
             debug!(%error, "chain query failed; will retry");
             self.retry(Stage::Payload, &self.inner.config.payload_retry, error)

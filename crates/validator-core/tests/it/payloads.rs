@@ -111,6 +111,25 @@ async fn validator_side_failures_never_invalidate() {
     assert_eq!(h.fakes.ml.calls(), 0);
 }
 
+/// Failed chain queries share the payload budget and are the validator's own: an executor
+/// failing the attempts left after them does not make an invalidation.
+#[tokio::test(start_paused = true)]
+async fn failed_chain_queries_count_as_validator_side() {
+    let mut h = Harness::with_slots(1, Duration::from_millis(5));
+    h.fakes.chain.add_inference("a", 10);
+    h.fakes.chain.fail_inference_queries(3);
+    h.fakes.payloads.script("a", unavailable(7));
+    h.engine.validate("a".into()).unwrap();
+    let event = h.next_outcome().await;
+    assert!(
+        matches!(&event.outcome, Outcome::GaveUp { stage: Stage::Payload, .. }),
+        "{:?}",
+        event.outcome
+    );
+    assert_eq!(h.fakes.payloads.calls("a").len(), 7);
+    assert!(h.fakes.chain.submitted().is_empty());
+}
+
 /// DOMAIN.md 8.15: a pre-upgrade inference falls back to the legacy on-chain payloads.
 #[tokio::test(start_paused = true)]
 async fn legacy_payloads_are_used_after_every_attempt_fails() {
