@@ -104,9 +104,9 @@ async fn queries_read_the_module_routes() {
     assert!(!client.node_status().await.unwrap().catching_up);
 }
 
-#[tokio::test]
-async fn the_directory_lists_the_executor_and_its_grantees() {
-    let (node, client, _) = setup().await;
+/// An executor account with a grantee for `MsgStartInference`: both keys and the executor's
+/// address.
+fn executor_with_grantee(node: &LoopbackChainNode) -> (Signer, Signer, String) {
     let executor = Signer::from_bytes(&[0x41; 32]).unwrap();
     let grantee = Signer::from_bytes(&[0x42; 32]).unwrap();
     let executor_address = node.add_key(&executor.public_key());
@@ -116,6 +116,13 @@ async fn the_directory_lists_the_executor_and_its_grantees() {
         &grantee_address,
         chain_source::directory::START_INFERENCE_MSG_TYPE,
     );
+    (executor, grantee, executor_address)
+}
+
+#[tokio::test]
+async fn the_directory_lists_the_executor_and_its_grantees() {
+    let (node, client, _) = setup().await;
+    let (executor, grantee, executor_address) = executor_with_grantee(&node);
     node.set_participant(&executor_address, "http://executor:8080/");
 
     assert_eq!(client.inference_url(&executor_address).await.unwrap(), "http://executor:8080/");
@@ -130,15 +137,7 @@ async fn the_directory_lists_the_executor_and_its_grantees() {
 #[tokio::test]
 async fn one_failed_key_lookup_leaves_the_other_keys() {
     let (node, client, _) = setup().await;
-    let executor = Signer::from_bytes(&[0x41; 32]).unwrap();
-    let grantee = Signer::from_bytes(&[0x42; 32]).unwrap();
-    let executor_address = node.add_key(&executor.public_key());
-    let grantee_address = node.add_key(&grantee.public_key());
-    node.grant(
-        &executor_address,
-        &grantee_address,
-        chain_source::directory::START_INFERENCE_MSG_TYPE,
-    );
+    let (executor, grantee, executor_address) = executor_with_grantee(&node);
 
     node.fail_route("grantees_by_message_type", 301);
     let keys = client.signing_keys(&executor_address).await.unwrap();

@@ -85,3 +85,11 @@ pub(crate) fn corruptions(payload: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ 
         })
     })
 }
+
+/// Nesting deep enough to overflow a recursive parser's stack.
+pub(crate) const DEEP: usize = 100_000;
+
+/// JSON arrays and objects nested [`DEEP`] levels, unterminated.
+pub(crate) fn deeply_nested() -> [String; 2] {
+    ["[".repeat(DEEP), "{\"a\":".repeat(DEEP)]
+}
