@@ -110,8 +110,9 @@ impl HttpPayloadSource {
         })
     }
 
-    /// One fetch, every step bounded by `deadline`: running out of time in a chain lookup is the
-    /// validator's side, running out while the executor answers is the executor's.
+    /// One fetch bounded by `deadline`. The chain lookups (URL and signing keys, together) come
+    /// first, so running out of time in them is the validator's side, and the executor has the
+    /// rest of the time: running out while it answers is the executor's.
     async fn fetch_once(
         &self,
         inference: &Inference,
@@ -119,20 +120,28 @@ impl HttpPayloadSource {
     ) -> Result<Payloads, PayloadError> {
         let id = inference.inference_id.as_str();
         let executor = inference.executed_by.as_str();
-        let lookup_late = |what: &str| local(format!("the {what} lookup for {executor} timed out"));
-        let base = match timeout_at(deadline, self.directory.inference_url(executor)).await {
-            Err(_) => return Err(lookup_late("inference URL")),
-            Ok(Ok(base)) => base,
-            Ok(Err(crate::Error::NotFound(what))) => {
+        let lookups = async {
+            tokio::join!(
+                self.directory.inference_url(executor),
+                self.directory.signing_keys(executor)
+            )
+        };
+        let (base, keys) = timeout_at(deadline, lookups)
+            .await
+            .map_err(|_| local(format!("the chain lookups for {executor} timed out")))?;
+        let base = match base {
+            Ok(base) => base,
+            Err(crate::Error::NotFound(what)) => {
                 return Err(unavailable(format!("executor {executor} is unknown: {what}")));
             }
-            Ok(Err(err)) => return Err(local(format!("no inference URL for {executor}: {err}"))),
+            Err(err) => return Err(local(format!("no inference URL for {executor}: {err}"))),
         };
         if base.trim().is_empty() {
             return Err(unavailable(format!("executor {executor} has no inference URL")));
         }
         let url = wire::request_url(&base, id).map_err(|err| unavailable(err.to_string()))?;
         self.guard.check_url(&url).map_err(|err| local(err.to_string()))?;
+        let keys = keys.map_err(|err| local(format!("no signing keys for {executor}: {err}")))?;
 
         let timestamp = unix_nanos();
         let message =
@@ -162,10 +171,6 @@ impl HttpPayloadSource {
         let body = timeout_at(deadline, answered).await.unwrap_or_else(|_| {
             Err(unavailable(format!("executor did not answer within {:?}", self.timeout)))
         })?;
-        let keys = timeout_at(deadline, self.directory.signing_keys(executor))
-            .await
-            .map_err(|_| lookup_late("signing key"))?
-            .map_err(|err| local(format!("no signing keys for {executor}: {err}")))?;
         match verify_response(inference, &keys.keys, &body) {
             Err(PayloadError::BadSignature) if keys.incomplete.is_some() => Err(local(format!(
                 "the signature verifies with none of the keys looked up ({})",

@@ -207,6 +207,14 @@ impl Settings {
         self.ml.validate().map_err(|err| ConfigError(format!("ml: {err}")))?;
         self.chain.validate().map_err(|err| ConfigError(format!("chain: {err}")))?;
         self.storage.validate().map_err(|err| ConfigError(err.to_string()))?;
+        // The engine's bound on a fetch is a backstop that counts against the executor: the
+        // payload source's own deadline, which tells its chain lookups from the executor's
+        // answer, must end first.
+        if self.chain.payloads.timeout > self.core.payload_timeout {
+            return Err(ConfigError(
+                "`chain.payloads.timeout`: allowed is at most `core.payload_timeout`".into(),
+            ));
+        }
         if self.shutdown_grace.is_zero() {
             return Err(ConfigError("`shutdown_grace`: allowed is a positive duration".into()));
         }
@@ -294,6 +302,7 @@ mod tests {
             ("[core]\nslots = 0", "slots"),
             ("[core]\nreplay_timeout = \"5m\"", "core.replay_timeout"),
             ("[ml]\nrequest_timeout = 0", "request_timeout"),
+            ("[chain.payloads]\ntimeout = 60000", "chain.payloads.timeout"),
         ] {
             let err = Settings::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

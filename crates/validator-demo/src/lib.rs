@@ -153,6 +153,7 @@ pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: b
     settings.core.submit_retry = RetryPolicy::fixed(5, Duration::from_millis(50));
     settings.core.replay_timeout = replay_timeout;
     settings.core.payload_timeout = Duration::from_secs(5);
+    settings.chain.payloads.timeout = settings.core.payload_timeout;
     settings.core.chain_timeout = Duration::from_secs(5);
     let mut node = NodeConfig::new("demo-ml", ml_url, &[MODEL], options.slots);
     node.max_concurrent = options.slots.max(1);

@@ -150,7 +150,7 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
     let fee_ngonka = fee
         .amount
         .iter()
-        .filter(|coin| coin.denom == "ngonka")
+        .filter(|coin| coin.denom == chain_source::tx::FEE_DENOM)
         .filter_map(|coin| coin.amount.parse::<u128>().ok())
         .sum();
     let mut messages = Vec::new();
