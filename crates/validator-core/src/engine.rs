@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     pub(crate) validated: attempt::ValidatedCache,
     pub(crate) jitter: std::sync::Mutex<rand::rngs::SmallRng>,
+    /// Set once the chain is known to refuse classic validations: why.
+    pub(crate) retired: std::sync::OnceLock<String>,
     intake: mpsc::Sender<Vec<InferenceId>>,
 }
 
@@ -90,6 +92,8 @@ pub struct EngineStatus {
     pub outcomes: OutcomeCounts,
     /// The recovery run going on, if any.
     pub current_run: Option<RunReport>,
+    /// Why classic validation stopped, once the chain refused it as retired.
+    pub retired: Option<String>,
 }
 
 /// One lane's figures.
@@ -136,6 +140,7 @@ impl Engine {
             scheduler: Scheduler::new(&config, Arc::clone(&ports.journal)),
             validated: attempt::ValidatedCache::new(config.validated_set_ttl),
             jitter: std::sync::Mutex::new(jitter),
+            retired: std::sync::OnceLock::new(),
             config,
             ports,
             guard: Arc::new(RecoveryGuard::after(last_run_id)),
@@ -153,9 +158,7 @@ impl Engine {
     /// once: the sampling decision (DOMAIN.md 2.2, with the seed of each inference's own epoch)
     /// runs in the background and admits the chosen ids into the live lane.
     pub fn sample(&self, ids: Vec<InferenceId>) -> Result<()> {
-        if self.inner.cancel.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.inner.admitting()?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -168,11 +171,13 @@ impl Engine {
     /// Admits a revalidation of `id` into the revalidation lane, without sampling. Returns at
     /// once.
     pub fn revalidate(&self, id: InferenceId) -> Result<Admission> {
+        self.inner.admitting()?;
         self.inner.scheduler.admit((id, true), Lane::Revalidation, None)
     }
 
     /// Admits a live validation of `id` that the caller already decided on, skipping sampling.
     pub fn validate(&self, id: InferenceId) -> Result<Admission> {
+        self.inner.admitting()?;
         self.inner.scheduler.admit((id, false), Lane::Live, None)
     }
 
@@ -184,9 +189,7 @@ impl Engine {
 
     /// [`recover`](Engine::recover), naming what started the run for the journal.
     pub fn recover_from(&self, trigger: Trigger, epoch: u64, seed: i64) -> Result<RecoveryStart> {
-        if self.inner.cancel.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.inner.admitting()?;
         let (handle, claim) = match self.inner.guard.try_begin(epoch) {
             Ok(started) => started,
             Err(running) => {
@@ -199,6 +202,19 @@ impl Engine {
         let span = tracing::info_span!("recovery", run_id = handle.id(), epoch);
         self.inner.tasks.spawn(detect::run(inner, claim, trigger, epoch, seed).instrument(span));
         Ok(RecoveryStart::Started(handle))
+    }
+
+    /// Stops classic validation for good: the chain refuses it as retired (`reason` says how
+    /// that was learned). Nothing more is admitted or recovered; queued and running keys end as
+    /// [`SkipReason::ProtocolRetired`](crate::SkipReason::ProtocolRetired) before their next
+    /// lease or broadcast. Returns whether this call was the one that stopped it.
+    pub fn retire_classic(&self, reason: impl Into<String>) -> bool {
+        self.inner.retire(reason.into())
+    }
+
+    /// Why classic validation stopped, once it has.
+    pub fn retired(&self) -> Option<&str> {
+        self.inner.retired.get().map(String::as_str)
     }
 
     /// The recovery run going on, if any.
@@ -245,6 +261,7 @@ impl Engine {
             admitted: snapshot.admitted,
             outcomes: snapshot.counts,
             current_run: self.inner.guard.current().map(|run| run.report()),
+            retired: self.inner.retired.get().cloned(),
         }
     }
 
@@ -269,6 +286,35 @@ impl Engine {
 }
 
 impl Inner {
+    /// `Ok` while the engine admits classic work.
+    fn admitting(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        match self.retired.get() {
+            Some(reason) => Err(Error::ProtocolRetired(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Engine::retire_classic`].
+    pub(crate) fn retire(&self, reason: String) -> bool {
+        let mut first = false;
+        self.retired.get_or_init(|| {
+            first = true;
+            reason
+        });
+        if first {
+            metrics::gauge!("validator_classic_retired").set(1.0);
+            warn!(
+                reason = self.retired.get().map_or("", String::as_str),
+                "the chain refuses classic validations: classic sampling, revalidation and \
+                 recovery stop; claims go on"
+            );
+        }
+        first
+    }
+
     /// Runs one outbound call bounded by `timeout`; `None` on timeout.
     pub(crate) async fn bounded<T>(
         &self,

@@ -23,6 +23,9 @@ pub enum Error {
     /// The sampling intake queue is full; the ids were not admitted.
     #[error("sampling intake is full")]
     IntakeFull,
+    /// The chain no longer accepts classic validations; classic work is not admitted.
+    #[error("classic validation is retired on this chain: {0}")]
+    ProtocolRetired(String),
 }
 
 /// The crate's result alias.

@@ -95,6 +95,8 @@ pub enum SkipReason {
     AlreadyInvalidated,
     /// None of our ML nodes serves its model.
     ModelNotServed,
+    /// The chain no longer accepts classic validations (the protocol is retired).
+    ProtocolRetired,
 }
 
 /// How one admitted validation ended. Every admitted validation ends in exactly one.
@@ -154,6 +156,7 @@ impl Outcome {
                 SkipReason::AlreadyValidated => OutcomeKind::SkippedAlreadyValidated,
                 SkipReason::AlreadyInvalidated => OutcomeKind::SkippedAlreadyInvalidated,
                 SkipReason::ModelNotServed => OutcomeKind::SkippedModelNotServed,
+                SkipReason::ProtocolRetired => OutcomeKind::SkippedProtocolRetired,
             },
             Outcome::GaveUp { .. } => OutcomeKind::GaveUp,
             Outcome::Cancelled => OutcomeKind::Cancelled,
@@ -180,6 +183,8 @@ pub enum OutcomeKind {
     SkippedAlreadyInvalidated,
     /// [`Outcome::Skipped`]: model not served.
     SkippedModelNotServed,
+    /// [`Outcome::Skipped`]: the classic protocol is retired.
+    SkippedProtocolRetired,
     /// [`Outcome::GaveUp`].
     GaveUp,
     /// [`Outcome::Cancelled`].
@@ -188,7 +193,7 @@ pub enum OutcomeKind {
 
 impl OutcomeKind {
     /// Every kind, in a stable order.
-    pub const ALL: [OutcomeKind; 10] = [
+    pub const ALL: [OutcomeKind; 11] = [
         OutcomeKind::Submitted,
         OutcomeKind::InvalidatedUnavailable,
         OutcomeKind::InvalidatedHashMismatch,
@@ -197,6 +202,7 @@ impl OutcomeKind {
         OutcomeKind::SkippedAlreadyValidated,
         OutcomeKind::SkippedAlreadyInvalidated,
         OutcomeKind::SkippedModelNotServed,
+        OutcomeKind::SkippedProtocolRetired,
         OutcomeKind::GaveUp,
         OutcomeKind::Cancelled,
     ];
@@ -212,6 +218,7 @@ impl OutcomeKind {
             OutcomeKind::SkippedAlreadyValidated => "skipped_already_validated",
             OutcomeKind::SkippedAlreadyInvalidated => "skipped_already_invalidated",
             OutcomeKind::SkippedModelNotServed => "skipped_model_not_served",
+            OutcomeKind::SkippedProtocolRetired => "skipped_protocol_retired",
             OutcomeKind::GaveUp => "gave_up",
             OutcomeKind::Cancelled => "cancelled",
         }
@@ -224,7 +231,7 @@ impl OutcomeKind {
 
 /// Counts per [`OutcomeKind`]. Serialises as a map from kind name to count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutcomeCounts([u64; 10]);
+pub struct OutcomeCounts([u64; OutcomeKind::ALL.len()]);
 
 impl OutcomeCounts {
     /// Counts one more of `kind`.

@@ -83,6 +83,9 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     async fn run(mut self, pending_submit: Option<Box<PendingSubmit>>) -> Step {
+        if self.inner.retired.get().is_some() {
+            return skip(SkipReason::ProtocolRetired);
+        }
         if let Some(pending) = pending_submit {
             return self.submit(*pending).await;
         }
@@ -135,6 +138,10 @@ impl Attempt<'_> {
         }
         if inference.status == InferenceStatus::Started {
             return self.retry_replay("inference is not finished".into());
+        }
+        // The payload fetch may have taken long enough for the chain to be found retired.
+        if self.inner.retired.get().is_some() {
+            return skip(SkipReason::ProtocolRetired);
         }
         let built =
             completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
@@ -293,6 +300,9 @@ impl Attempt<'_> {
     /// Commits the intent to the journal, then broadcasts; a journal failure sends nothing and
     /// counts as a failed submission.
     async fn submit(&mut self, pending: PendingSubmit) -> Step {
+        if self.inner.retired.get().is_some() {
+            return skip(SkipReason::ProtocolRetired);
+        }
         self.attempts.submit += 1;
         let started = Instant::now();
         let timeout = self.inner.config.chain_timeout;
@@ -332,6 +342,10 @@ impl Attempt<'_> {
                 Step::Terminal(outcome)
             }
             Err(SubmitError::Duplicate) => skip(SkipReason::AlreadyValidated),
+            Err(SubmitError::Retired(reason)) => {
+                self.inner.retire(reason);
+                skip(SkipReason::ProtocolRetired)
+            }
             Err(SubmitError::Rejected(error)) => {
                 Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
             }
@@ -403,7 +417,9 @@ fn submission_result(
     match submitted {
         Ok(receipt) => SubmissionResult::Landed { tx_hash: receipt.tx_hash.clone() },
         Err(SubmitError::Duplicate) => SubmissionResult::Duplicate,
-        Err(SubmitError::Rejected(error)) => SubmissionResult::Rejected { error: error.clone() },
+        Err(SubmitError::Rejected(error) | SubmitError::Retired(error)) => {
+            SubmissionResult::Rejected { error: error.clone() }
+        }
         Err(SubmitError::Transient(error)) => SubmissionResult::Uncertain { error: error.clone() },
     }
 }

@@ -278,6 +278,10 @@ pub enum SubmitError {
     /// A transient failure (timeout, sequence mismatch, node unreachable); retrying may help.
     #[error("submission failed: {0}")]
     Transient(String),
+    /// The chain no longer accepts classic validations at all (the protocol is retired,
+    /// LIVE-NETWORK.md section 1); no validation of any inference can land.
+    #[error("classic validation is retired: {0}")]
+    Retired(String),
 }
 
 /// The chain queries and submissions of DOMAIN.md 2.2-2.8 and 3.4.

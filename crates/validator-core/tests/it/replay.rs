@@ -11,7 +11,7 @@ use validator_core::{
         payload_source::Payloads,
     },
     scoring::Verdict,
-    Config, Outcome, SkipReason, Stage,
+    Config, Error, Outcome, SkipReason, Stage,
 };
 
 use crate::{config, Harness};
@@ -289,4 +289,31 @@ async fn a_garbage_answer_from_our_node_is_retried_then_given_up() {
     assert!(matches!(event.outcome, Outcome::GaveUp { stage: Stage::Replay, .. }), "{event:?}");
     assert_eq!(h.fakes.ml.calls(), 5);
     assert!(h.fakes.chain.submitted().is_empty());
+}
+
+/// A submission the chain refuses as retired classic validation stops classic work: that key
+/// and every later one end as `ProtocolRetired` without a replay or a broadcast, and nothing
+/// new is admitted.
+#[tokio::test(start_paused = true)]
+async fn a_retired_protocol_stops_classic_work() {
+    let mut h = Harness::with_slots(1, Duration::from_millis(5));
+    for id in ["a", "b"] {
+        h.fakes.chain.add_inference(id, 10);
+    }
+    h.fakes.chain.fail_submissions([SubmitError::Retired("code 1161".into())]);
+    h.engine.validate("a".into()).unwrap();
+    h.engine.validate("b".into()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            h.next_outcome().await.outcome,
+            Outcome::Skipped { reason: SkipReason::ProtocolRetired }
+        );
+    }
+    assert_eq!(h.fakes.ml.calls(), 1, "b must not be replayed once the chain said retired");
+    assert!(h.fakes.chain.submitted().is_empty());
+    assert_eq!(h.engine.retired(), Some("code 1161"));
+    assert_eq!(h.engine.status().retired.as_deref(), Some("code 1161"));
+    assert!(matches!(h.engine.validate("c".into()), Err(Error::ProtocolRetired(_))));
+    assert!(matches!(h.engine.recover(9, 1), Err(Error::ProtocolRetired(_))));
+    assert!(!h.engine.retire_classic("again"), "retirement is learned once");
 }
