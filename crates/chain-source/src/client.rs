@@ -1,8 +1,14 @@
 //! [`ChainNodeClient`]: the chain port of the engine (queries, seed, submission) and the
-//! [`ExecutorDirectory`] of payload retrieval, over one REST query client, one CometBFT RPC
-//! client and one [`Submitter`].
+//! [`ExecutorDirectory`] of payload retrieval, over one CometBFT RPC client (queries as
+//! `abci_query`) and one [`Submitter`].
+//!
+//! Validations return once the mempool accepted them (the engine's slot is not held for a
+//! block); a bounded set of watchers then follows each to its block, counts its result and,
+//! on the first `ErrDeprecated` (1161), marks classic validation retired: see
+//! [`ChainNodeClient::retired`]. Claims are followed to their block before they return, and
+//! their `MsgClaimRewardsResponse` is read: see [`ClaimAnswer`].
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use validator_core::ports::chain::{
@@ -10,15 +16,79 @@ use validator_core::ports::chain::{
     SubmitError, SubmitReceipt, ValidationParameters,
 };
 
+use tokio::sync::{watch, Semaphore};
+
 use crate::{
     directory::{SigningKeys, START_INFERENCE_MSG_TYPE},
     proto,
     query::{EpochInfo, QueryClient},
     rpc::{NodeStatus, RpcClient},
     seed::seed_for_epoch,
-    tx::{self, Submitter, TxIdentity},
+    tx::{self, Broadcast, Inclusion, Submitter, TxIdentity},
     Config, Error, ExecutorDirectory, Result, Signer,
 };
+
+/// How many broadcast validations are followed to their block at once; beyond that a
+/// validation's block result goes unread (counted as `unobserved`).
+const MAX_WATCHED: usize = 256;
+
+/// What a claim transaction did, read from its block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// Included, and the chain paid `amount` ngonka.
+    Paid {
+        /// Coins paid.
+        amount: u64,
+        /// The chain's description.
+        result: String,
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The block that includes it.
+        height: u64,
+    },
+    /// Included with code 0 but nothing paid: the chain refused the claim (rate limit, no
+    /// rewards, missed validations, bad seed) and says why in `result`.
+    Refused {
+        /// The chain's reason.
+        result: String,
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The block that includes it.
+        height: u64,
+    },
+    /// Included with a non-zero code.
+    Failed {
+        /// The ABCI code.
+        code: u32,
+        /// The module that raised it.
+        codespace: String,
+        /// The node's log line.
+        log: String,
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The block that includes it.
+        height: u64,
+    },
+    /// No block included it before `tx.inclusion_timeout`.
+    NotIncluded {
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The last lookup error, when lookups failed rather than found nothing.
+        last_error: Option<String>,
+    },
+}
+
+impl ClaimAnswer {
+    /// The transaction's hash.
+    pub fn tx_hash(&self) -> &str {
+        match self {
+            ClaimAnswer::Paid { tx_hash, .. }
+            | ClaimAnswer::Refused { tx_hash, .. }
+            | ClaimAnswer::Failed { tx_hash, .. }
+            | ClaimAnswer::NotIncluded { tx_hash, .. } => tx_hash,
+        }
+    }
+}
 
 /// The chain adapter: implements [`validator_core::ports::ChainClient`] and
 /// [`ExecutorDirectory`]. Cheap to clone: clones share the connection pools and the submitter.
@@ -28,6 +98,10 @@ pub struct ChainNodeClient {
     rpc: Arc<RpcClient>,
     submitter: Submitter,
     identity: Arc<TxIdentity>,
+    inclusion_timeout: Duration,
+    poll_interval: Duration,
+    watchers: Arc<Semaphore>,
+    retired: watch::Sender<Option<String>>,
 }
 
 impl ChainNodeClient {
@@ -43,21 +117,36 @@ impl ChainNodeClient {
         signer: Signer,
     ) -> Result<Self> {
         config.validate()?;
-        let query = QueryClient::new(&config.query)?;
         let rpc = Arc::new(RpcClient::new(
             &config.events.rpc_url,
             config.events.rpc_timeout,
             config.query.max_response_bytes,
         )?);
+        let query = QueryClient::new(&config.query, Arc::clone(&rpc));
         let identity = TxIdentity::new(account_address, signer, &config.tx.address_prefix)?;
         let submitter =
             Submitter::spawn(identity.clone(), &config.tx, Arc::clone(&rpc), query.clone())?;
-        Ok(Self { query, rpc, submitter, identity: Arc::new(identity) })
+        Ok(Self {
+            query,
+            rpc,
+            submitter,
+            identity: Arc::new(identity),
+            inclusion_timeout: config.tx.inclusion_timeout,
+            poll_interval: config.tx.poll_interval,
+            watchers: Arc::new(Semaphore::new(MAX_WATCHED)),
+            retired: watch::Sender::new(None),
+        })
     }
 
-    /// The REST query client, for the queries the port does not cover.
+    /// The query client, for the queries the port does not cover.
     pub fn query(&self) -> &QueryClient {
         &self.query
+    }
+
+    /// Why classic validation is retired, once a validation was refused or landed with
+    /// `ErrDeprecated` (1161); changes once, from `None`.
+    pub fn retired(&self) -> watch::Receiver<Option<String>> {
+        self.retired.subscribe()
     }
 
     /// The signer's address (the account's, or the warm key's).
@@ -75,19 +164,125 @@ impl ChainNodeClient {
         self.query.epoch_info().await
     }
 
-    /// Signs and broadcasts `MsgClaimRewards{seed, epoch_index}` for the account; returns the
-    /// transaction hash.
-    pub async fn claim_rewards(&self, seed: i64, epoch_index: u64) -> Result<String> {
+    /// Signs and broadcasts `MsgClaimRewards{seed, epoch_index}` for the account, follows the
+    /// transaction to its block and reads what the claim did. `settled` is what the chain held
+    /// for the claim (reward and work coins): a claim said to pay more is refused as a
+    /// malformed answer.
+    pub async fn claim_rewards(
+        &self,
+        seed: i64,
+        epoch_index: u64,
+        settled: u64,
+    ) -> Result<ClaimAnswer> {
         let msg = proto::MsgClaimRewards {
             creator: self.identity.account_address.clone(),
             seed,
             epoch_index,
         };
-        self.submitter.submit(proto::pack(proto::MSG_CLAIM_REWARDS_TYPE_URL, &msg)).await
+        let broadcast =
+            self.submitter.submit(proto::pack(proto::MSG_CLAIM_REWARDS_TYPE_URL, &msg)).await?;
+        let tx_hash = broadcast.hash.clone();
+        let result = match self.observe(&broadcast).await {
+            Inclusion::Included(result) => result,
+            Inclusion::NotIncluded { last_error } => {
+                return Ok(ClaimAnswer::NotIncluded { tx_hash, last_error })
+            }
+        };
+        if result.code != 0 {
+            return Ok(ClaimAnswer::Failed {
+                code: result.code,
+                codespace: result.codespace,
+                log: result.log,
+                tx_hash,
+                height: result.height,
+            });
+        }
+        let response: proto::MsgClaimRewardsResponse =
+            proto::message_response(&result.data, proto::MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL)
+                .map_err(|err| Error::Decode(format!("claim {tx_hash}: {err}")))?
+                .ok_or_else(|| {
+                    Error::Decode(format!("claim {tx_hash}: no MsgClaimRewardsResponse"))
+                })?;
+        if response.amount > settled {
+            return Err(Error::Decode(format!(
+                "claim {tx_hash} says it paid {}, more than the {settled} settled",
+                response.amount
+            )));
+        }
+        Ok(if response.amount == 0 {
+            ClaimAnswer::Refused { result: response.result, tx_hash, height: result.height }
+        } else {
+            ClaimAnswer::Paid {
+                amount: response.amount,
+                result: response.result,
+                tx_hash,
+                height: result.height,
+            }
+        })
     }
 
-    /// Signs and broadcasts one `MsgValidation` as the core built it; returns the hash.
+    async fn observe(&self, broadcast: &Broadcast) -> Inclusion {
+        tx::observe(&self.rpc, broadcast, self.inclusion_timeout, self.poll_interval).await
+    }
+
+    /// Follows a broadcast validation to its block on a watcher, when one is free.
+    fn watch_validation(&self, broadcast: Broadcast) {
+        let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
+            metrics::counter!("validator_validation_tx_total", "result" => "unobserved")
+                .increment(1);
+            return;
+        };
+        let client = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match client.observe(&broadcast).await {
+                Inclusion::Included(result) if result.code == 0 => "included",
+                Inclusion::Included(result)
+                    if result.codespace == tx::CODESPACE_INFERENCE
+                        && result.code == tx::CODE_DEPRECATED =>
+                {
+                    client.mark_retired(format!(
+                        "MsgValidation {} landed with code {} ({}): {}",
+                        broadcast.hash, result.code, result.codespace, result.log
+                    ));
+                    "deprecated"
+                }
+                Inclusion::Included(result)
+                    if result.codespace == tx::CODESPACE_INFERENCE
+                        && result.code == tx::CODE_DUPLICATE_VALIDATION =>
+                {
+                    "duplicate"
+                }
+                Inclusion::Included(result) => {
+                    tracing::warn!(
+                        hash = %broadcast.hash, code = result.code, codespace = %result.codespace,
+                        log = %result.log, "validation failed in its block"
+                    );
+                    "failed"
+                }
+                Inclusion::NotIncluded { .. } => "not_included",
+            };
+            metrics::counter!("validator_validation_tx_total", "result" => result).increment(1);
+        });
+    }
+
+    fn mark_retired(&self, reason: String) {
+        self.retired.send_if_modified(|retired| {
+            if retired.is_some() {
+                return false;
+            }
+            *retired = Some(reason);
+            true
+        });
+    }
+
+    /// Signs and broadcasts one `MsgValidation` as the core built it; returns the hash once the
+    /// mempool accepted it, and follows it to its block in the background. Refused without a
+    /// broadcast once classic validation is known to be retired.
     pub async fn submit_validation_msg(&self, msg: &port::MsgValidation) -> Result<String> {
+        if let Some(reason) = self.retired.borrow().clone() {
+            return Err(Error::Deprecated(reason));
+        }
         let msg = proto::MsgValidation {
             creator: self.identity.account_address.clone(),
             id: msg.id.clone(),
@@ -101,7 +296,19 @@ impl ChainNodeClient {
                 exponent: msg.value_decimal.exponent,
             }),
         };
-        self.submitter.submit(proto::pack(proto::MSG_VALIDATION_TYPE_URL, &msg)).await
+        match self.submitter.submit(proto::pack(proto::MSG_VALIDATION_TYPE_URL, &msg)).await {
+            Ok(broadcast) => {
+                let hash = broadcast.hash.clone();
+                self.watch_validation(broadcast);
+                Ok(hash)
+            }
+            Err(Error::Deprecated(log)) => {
+                let reason = format!("MsgValidation refused with code 1161: {log}");
+                self.mark_retired(reason.clone());
+                Err(Error::Deprecated(reason))
+            }
+            Err(err) => Err(err),
+        }
     }
 }
 
@@ -116,6 +323,7 @@ fn chain_error(err: Error) -> ChainError {
 fn submit_error(err: Error) -> SubmitError {
     match err {
         Error::DuplicateValidation(_) => SubmitError::Duplicate,
+        Error::Deprecated(reason) => SubmitError::Retired(reason),
         Error::TxRejected { code, log } if is_transient_code(code) => {
             SubmitError::Transient(format!("code {code}: {log}"))
         }

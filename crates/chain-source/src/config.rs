@@ -103,12 +103,10 @@ impl EventsConfig {
     }
 }
 
-/// Chain queries.
+/// Chain queries, sent as `abci_query` to the node at `events.rpc_url`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
-    /// Base URL of the chain's query endpoint.
-    pub url: String,
     /// Bound of one query.
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
@@ -118,19 +116,12 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:1317".into(),
-            timeout: Duration::from_secs(10),
-            max_response_bytes: 32 * 1024 * 1024,
-        }
+        Self { timeout: Duration::from_secs(10), max_response_bytes: 32 * 1024 * 1024 }
     }
 }
 
 impl QueryConfig {
     fn validate(&self) -> crate::Result<()> {
-        if self.url.is_empty() {
-            return bad("query.url", "an http URL");
-        }
         if self.max_response_bytes == 0 {
             return bad("query.max_response_bytes", "at least 1");
         }
@@ -155,6 +146,13 @@ pub struct TxConfig {
     /// Bound of one broadcast.
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
+    /// How long a broadcast transaction is followed (RPC `tx` by hash) before it counts as not
+    /// included; it is broadcast once more halfway through.
+    #[serde(with = "duration_ms")]
+    pub inclusion_timeout: Duration,
+    /// Pause between two lookups of a followed transaction (blocks come every ~6 s).
+    #[serde(with = "duration_ms")]
+    pub poll_interval: Duration,
 }
 
 impl Default for TxConfig {
@@ -165,6 +163,8 @@ impl Default for TxConfig {
             gas: GasConfig::default(),
             fee_granter: true,
             timeout: Duration::from_secs(30),
+            inclusion_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(2),
         }
     }
 }
@@ -178,6 +178,10 @@ impl TxConfig {
             return bad("tx.address_prefix", "a non-empty bech32 prefix");
         }
         self.gas.validate()?;
+        positive("tx.poll_interval", self.poll_interval)?;
+        if self.inclusion_timeout < self.poll_interval {
+            return bad("tx.inclusion_timeout", "at least tx.poll_interval");
+        }
         positive("tx.timeout", self.timeout)
     }
 }

@@ -40,6 +40,16 @@ pub enum Error {
     /// The node answered a JSON-RPC call with an error object.
     #[error("rpc error: {0}")]
     Rpc(String),
+    /// The node refused an `abci_query` with a non-zero code.
+    #[error("query refused with code {code} ({codespace}): {log}")]
+    Query {
+        /// The ABCI code.
+        code: u32,
+        /// The module that raised it.
+        codespace: String,
+        /// A short excerpt of the node's log line.
+        log: String,
+    },
     /// Key material is unusable.
     #[error("bad key: {0}")]
     Key(String),
@@ -61,6 +71,10 @@ pub enum Error {
     /// (`ErrDuplicateValidation`, code 1143 of the `inference` codespace).
     #[error("duplicate validation: {0}")]
     DuplicateValidation(String),
+    /// The chain refuses the message type as deprecated (`ErrDeprecated`, code 1161 of the
+    /// `inference` codespace): classic validation is retired.
+    #[error("message type deprecated: {0}")]
+    Deprecated(String),
 }
 
 /// The crate's result alias.

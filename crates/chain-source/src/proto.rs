@@ -3,12 +3,15 @@
 //! the wire (transactions, authz `MsgExec`) comes from `cosmrs`.
 
 use cosmrs::Any;
-use prost::Message as _;
+use prost::Message;
 
 /// Type URL of [`MsgValidation`].
 pub const MSG_VALIDATION_TYPE_URL: &str = "/inference.inference.MsgValidation";
 /// Type URL of [`MsgClaimRewards`].
 pub const MSG_CLAIM_REWARDS_TYPE_URL: &str = "/inference.inference.MsgClaimRewards";
+/// Type URL of [`MsgClaimRewardsResponse`].
+pub const MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL: &str =
+    "/inference.inference.MsgClaimRewardsResponse";
 /// Type URL of authz's `MsgExec`, the wrapper a grantee signs.
 pub const MSG_EXEC_TYPE_URL: &str = "/cosmos.authz.v1beta1.MsgExec";
 
@@ -66,6 +69,44 @@ pub struct MsgClaimRewards {
     pub epoch_index: u64,
 }
 
+/// `inference.inference.MsgClaimRewardsResponse`: what a claim really did. Every claim lands with
+/// code 0; a refused one says so here, with `amount` 0 and the reason in `result`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MsgClaimRewardsResponse {
+    /// Coins paid out, in ngonka.
+    #[prost(uint64, tag = "1")]
+    pub amount: u64,
+    /// The chain's description of the outcome ("Rewards claimed", "Claim rate limited", ...).
+    #[prost(string, tag = "2")]
+    pub result: String,
+}
+
+/// Type URL of authz's `MsgExecResponse`, the response of a grantee's `MsgExec`.
+pub const MSG_EXEC_RESPONSE_TYPE_URL: &str = "/cosmos.authz.v1beta1.MsgExecResponse";
+
+/// The response of the transaction's one message, `type_url`, from its result data (an SDK
+/// `TxMsgData`), looking inside a grantee's `MsgExecResponse`. `None` when the data holds none.
+pub fn message_response<M: prost::Message + Default>(
+    data: &[u8],
+    type_url: &str,
+) -> Result<Option<M>, prost::DecodeError> {
+    let data = cosmrs::proto::cosmos::base::abci::v1beta1::TxMsgData::decode(data)?;
+    for response in data.msg_responses {
+        if response.type_url == type_url {
+            return M::decode(response.value.as_slice()).map(Some);
+        }
+        if response.type_url == MSG_EXEC_RESPONSE_TYPE_URL {
+            let exec = cosmrs::proto::cosmos::authz::v1beta1::MsgExecResponse::decode(
+                response.value.as_slice(),
+            )?;
+            if let Some(inner) = exec.results.first() {
+                return M::decode(inner.as_slice()).map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// `msg` packed as an `Any` under `type_url`.
 pub(crate) fn pack(type_url: &str, msg: &impl prost::Message) -> Any {
     Any { type_url: type_url.to_owned(), value: msg.encode_to_vec() }
@@ -98,6 +139,33 @@ mod tests {
         assert_eq!(&bytes[12..14], &[0x38, 1]);
         assert_eq!(bytes[14], 0x42);
         assert_eq!(MsgValidation::decode(bytes.as_slice()).unwrap(), msg);
+    }
+
+    #[test]
+    fn claim_responses_are_found_directly_or_inside_exec() {
+        let response = MsgClaimRewardsResponse { amount: 0, result: "Claim rate limited".into() };
+        let direct = cosmrs::proto::cosmos::base::abci::v1beta1::TxMsgData {
+            msg_responses: vec![pack(MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL, &response)],
+            ..Default::default()
+        };
+        let found: Option<MsgClaimRewardsResponse> =
+            message_response(&direct.encode_to_vec(), MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL).unwrap();
+        assert_eq!(found, Some(response.clone()));
+        let exec = cosmrs::proto::cosmos::authz::v1beta1::MsgExecResponse {
+            results: vec![response.encode_to_vec()],
+        };
+        let wrapped = cosmrs::proto::cosmos::base::abci::v1beta1::TxMsgData {
+            msg_responses: vec![pack(MSG_EXEC_RESPONSE_TYPE_URL, &exec)],
+            ..Default::default()
+        };
+        let found: Option<MsgClaimRewardsResponse> =
+            message_response(&wrapped.encode_to_vec(), MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL)
+                .unwrap();
+        assert_eq!(found, Some(response));
+        let none: Option<MsgClaimRewardsResponse> =
+            message_response(&[], MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL).unwrap();
+        assert_eq!(none, None);
+        assert!(message_response::<MsgClaimRewardsResponse>(&[0xff], "x").is_err());
     }
 
     #[test]

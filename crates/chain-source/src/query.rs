@@ -1,64 +1,49 @@
-//! [`QueryClient`]: the `inference` module's queries (and the auth module's account query) over
-//! the Cosmos REST gateway, as plain HTTP GETs answered in JSON (DOMAIN.md 2.2-2.4, 3.4, 6.5).
+//! [`QueryClient`]: the `inference` module's queries (and the auth module's account query) as
+//! CometBFT `abci_query` calls, protobuf in and out, as the upstream API node sends them
+//! (DOMAIN.md 2.2-2.4, 3.4, 6.5).
 //!
-//! Routes are the module's `google.api.http` annotations under [`INFERENCE_ROUTE`]. The gateway
-//! writes protobuf JSON with the proto field names: 64-bit integers as strings, enums as names,
-//! bytes as base64. Every call is bounded by the configured timeout and read under the size cap;
-//! a 404 (or a gRPC `NotFound` code in the body) is [`Error::NotFound`].
+//! Ids travel as protobuf fields, never in a URL path, so real inference ids (base64 with `/`,
+//! `+` and `=`) and message type URLs reach the chain as they are. Every call is bounded by the
+//! configured timeout and read under the size cap; the SDK's "key not found" is
+//! [`Error::NotFound`], any other non-zero code [`Error::Query`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use base64::Engine as _;
-use reqwest::Url;
-use serde::de::DeserializeOwned;
+use cosmrs::proto::cosmos::{
+    auth::v1beta1::{QueryAccountRequest, QueryAccountResponse},
+    base::query::v1beta1::PageRequest,
+};
+use prost::Message;
 use validator_core::ports::chain::{
     EpochGroup, Inference, InferenceId, InferencePage, InferenceSummary, ValidationParameters,
 };
 
-use crate::{config::QueryConfig, http, Error, Result};
+use crate::{config::QueryConfig, rpc::RpcClient, Error, Result};
 
+pub mod proto;
 mod wire;
 
 pub use wire::{BaseAccount, EpochInfo, EpochParams, Grantee, SettleAmount};
 
-/// Path prefix of the `inference` module's REST routes.
-pub const INFERENCE_ROUTE: &str = "/productscience/inference/inference";
-
-/// The gRPC status code of "not found", as the gateway writes it into error bodies.
-const GRPC_NOT_FOUND: u64 = 5;
-
-/// Chain queries over the REST gateway. Cloning shares the connection pool.
+/// Chain queries over `abci_query`. Cloning shares the RPC client.
 #[derive(Debug, Clone)]
 pub struct QueryClient {
-    http: reqwest::Client,
-    base: Url,
+    rpc: Arc<RpcClient>,
     timeout: Duration,
-    max_response_bytes: u64,
 }
 
 impl QueryClient {
-    /// A client of the gateway at `config.url`, after validating the section.
-    pub fn new(config: &QueryConfig) -> Result<Self> {
-        let base = Url::parse(&config.url).map_err(|_| Error::InvalidConfig {
-            key: "query.url".into(),
-            allowed: "an http URL",
-        })?;
-        if base.cannot_be_a_base() {
-            return Err(Error::InvalidConfig { key: "query.url".into(), allowed: "an http URL" });
-        }
-        Ok(Self {
-            http: http::client(config.timeout)?,
-            base,
-            timeout: config.timeout,
-            max_response_bytes: config.max_response_bytes,
-        })
+    /// A client sending its queries through `rpc`, each bounded by `config.timeout`.
+    pub fn new(config: &QueryConfig, rpc: Arc<RpcClient>) -> Self {
+        Self { rpc, timeout: config.timeout }
     }
 
     /// `Inference{index=id}`.
     pub async fn inference(&self, id: &InferenceId) -> Result<Inference> {
-        let answer: wire::InferenceAnswer =
-            self.get(&inference_path(&["inference", id.as_str()]), &[]).await?;
-        answer.inference.into_domain()
+        let request = proto::QueryGetInferenceRequest { index: id.as_str().to_owned() };
+        let answer: proto::QueryGetInferenceResponse =
+            self.query(proto::INFERENCE, &request).await?;
+        wire::inference(answer.inference.ok_or_else(|| missing("inference"))?)
     }
 
     /// `InferenceAll`: one page of at most `limit` inferences from `page_key`.
@@ -67,24 +52,28 @@ impl QueryClient {
         page_key: Option<&[u8]>,
         limit: u32,
     ) -> Result<InferencePage> {
-        let mut query = vec![("pagination.limit", limit.to_string())];
-        if let Some(key) = page_key {
-            query.push(("pagination.key", base64::engine::general_purpose::STANDARD.encode(key)));
-        }
-        let answer: wire::InferenceListAnswer =
-            self.get(&inference_path(&["inference"]), &query).await?;
+        let request = proto::QueryAllInferenceRequest {
+            pagination: Some(PageRequest {
+                key: page_key.map(<[u8]>::to_vec).unwrap_or_default(),
+                limit: u64::from(limit),
+                ..PageRequest::default()
+            }),
+        };
+        let answer: proto::QueryAllInferenceResponse =
+            self.query(proto::INFERENCE_ALL, &request).await?;
         let inferences = answer
             .inference
             .into_iter()
             .map(|inference| {
-                inference.into_domain().map(|inference| InferenceSummary {
+                wire::inference(inference).map(|inference| InferenceSummary {
                     inference_id: inference.inference_id,
                     epoch_id: inference.epoch_id,
                     model: inference.model,
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(InferencePage { inferences, next_key: answer.pagination.next_key()? })
+        let next_key = answer.pagination.map(|page| page.next_key).filter(|key| !key.is_empty());
+        Ok(InferencePage { inferences, next_key })
     }
 
     /// `GetInferenceValidationParameters{ids, requester}`.
@@ -93,10 +82,12 @@ impl QueryClient {
         ids: &[InferenceId],
         requester: &str,
     ) -> Result<ValidationParameters> {
-        let joined = ids.iter().map(InferenceId::as_str).collect::<Vec<_>>().join(",");
-        let path = inference_path(&["get_inference_validation_parameters", &joined, requester]);
-        let answer: wire::ValidationParametersAnswer = self.get(&path, &[]).await?;
-        answer.into_domain()
+        let request = proto::QueryGetInferenceValidationParametersRequest {
+            ids: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+            requester: requester.to_owned(),
+        };
+        let answer = self.query(proto::GET_INFERENCE_VALIDATION_PARAMETERS, &request).await?;
+        wire::validation_parameters(answer)
     }
 
     /// `EpochGroupValidations{participant, epoch_index}`: the ids `participant` validated.
@@ -105,12 +96,16 @@ impl QueryClient {
         participant: &str,
         epoch: u64,
     ) -> Result<Vec<InferenceId>> {
-        let epoch = epoch.to_string();
-        let path = inference_path(&["epoch_group_validations", participant, &epoch]);
-        let answer: wire::EpochGroupValidationsAnswer = self.get(&path, &[]).await?;
+        let request = proto::QueryGetEpochGroupValidationsRequest {
+            participant: participant.to_owned(),
+            epoch_index: epoch,
+        };
+        let answer: proto::QueryGetEpochGroupValidationsResponse =
+            self.query(proto::EPOCH_GROUP_VALIDATIONS, &request).await?;
         Ok(answer
             .epoch_group_validations
-            .validated_inferences
+            .map(|validations| validations.validated_inferences)
+            .unwrap_or_default()
             .into_iter()
             .map(Into::into)
             .collect())
@@ -118,35 +113,38 @@ impl QueryClient {
 
     /// `EpochGroupData{epoch_index, model_id}`; an empty model gives the parent group.
     pub async fn epoch_group_data(&self, epoch: u64, model: &str) -> Result<EpochGroup> {
-        let epoch = epoch.to_string();
-        let query = [("model_id", model.to_owned())];
-        let answer: wire::EpochGroupAnswer =
-            self.get(&inference_path(&["epoch_group_data", &epoch]), &query).await?;
-        Ok(answer.epoch_group_data.into_domain())
+        let request =
+            proto::QueryGetEpochGroupDataRequest { epoch_index: epoch, model_id: model.to_owned() };
+        let answer: proto::QueryGetEpochGroupDataResponse =
+            self.query(proto::EPOCH_GROUP_DATA, &request).await?;
+        Ok(wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?))
     }
 
     /// `CurrentEpochGroupData`.
     pub async fn current_epoch_group_data(&self) -> Result<EpochGroup> {
-        let answer: wire::EpochGroupAnswer =
-            self.get(&inference_path(&["current_epoch_group_data"]), &[]).await?;
-        Ok(answer.epoch_group_data.into_domain())
+        let answer: proto::QueryCurrentEpochGroupDataResponse = self
+            .query(proto::CURRENT_EPOCH_GROUP_DATA, &proto::QueryCurrentEpochGroupDataRequest {})
+            .await?;
+        Ok(wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?))
     }
 
     /// `Participant{index=address}`'s `inference_url`; [`Error::NotFound`] when it has none.
     pub async fn inference_url(&self, address: &str) -> Result<String> {
-        let answer: wire::ParticipantAnswer =
-            self.get(&inference_path(&["participant", address]), &[]).await?;
-        let url = answer.participant.inference_url;
-        if url.is_empty() {
-            return Err(Error::NotFound(format!("participant {address} has no inference_url")));
+        let request = proto::QueryGetParticipantRequest { index: address.to_owned() };
+        let answer: proto::QueryGetParticipantResponse =
+            self.query(proto::PARTICIPANT, &request).await?;
+        let url = answer.participant.map(|participant| participant.inference_url);
+        match url {
+            Some(url) if !url.is_empty() => Ok(url),
+            _ => Err(Error::NotFound(format!("participant {address} has no inference_url"))),
         }
-        Ok(url)
     }
 
     /// `AccountByAddress`: the account's public key, compressed SEC1 bytes.
     pub async fn account_pubkey(&self, address: &str) -> Result<Vec<u8>> {
-        let answer: wire::AccountPubkeyAnswer =
-            self.get(&inference_path(&["inference_participant", address]), &[]).await?;
+        let request = proto::QueryAccountByAddressRequest { address: address.to_owned() };
+        let answer: proto::QueryAccountByAddressResponse =
+            self.query(proto::ACCOUNT_BY_ADDRESS, &request).await?;
         if answer.pubkey.is_empty() {
             return Err(Error::NotFound(format!("account {address} has no public key")));
         }
@@ -155,109 +153,46 @@ impl QueryClient {
 
     /// `GranteesByMessageType`: the accounts `granter` authorised for `message_type_url`.
     pub async fn grantees(&self, granter: &str, message_type_url: &str) -> Result<Vec<Grantee>> {
-        let path = inference_path(&["grantees_by_message_type", granter, message_type_url]);
-        let answer: wire::GranteesAnswer = self.get(&path, &[]).await?;
-        answer.grantees.into_iter().map(wire::GranteeWire::into_domain).collect()
+        let request = proto::QueryGranteesByMessageTypeRequest {
+            granter_address: granter.to_owned(),
+            message_type_url: message_type_url.to_owned(),
+        };
+        let answer: proto::QueryGranteesByMessageTypeResponse =
+            self.query(proto::GRANTEES_BY_MESSAGE_TYPE, &request).await?;
+        answer.grantees.into_iter().map(wire::grantee).collect()
     }
 
     /// `EpochInfo`: the latest epoch, its parameters and the height of the answer.
     pub async fn epoch_info(&self) -> Result<EpochInfo> {
-        let answer: wire::EpochInfoAnswer = self.get(&inference_path(&["epoch_info"]), &[]).await?;
-        Ok(answer.into_domain())
+        let answer = self.query(proto::EPOCH_INFO, &proto::QueryEpochInfoRequest {}).await?;
+        Ok(wire::epoch_info(answer))
     }
 
     /// `SettleAmount{participant}`: the rewards waiting for `participant`'s claim;
     /// [`Error::NotFound`] when nothing is settled for it.
     pub async fn settle_amount(&self, participant: &str) -> Result<SettleAmount> {
-        let answer: wire::SettleAmountAnswer =
-            self.get(&inference_path(&["settle_amount", participant]), &[]).await?;
-        Ok(answer.settle_amount)
+        let request = proto::QueryGetSettleAmountRequest { participant: participant.to_owned() };
+        let answer: proto::QueryGetSettleAmountResponse =
+            self.query(proto::SETTLE_AMOUNT, &request).await?;
+        Ok(wire::settle_amount(answer.settle_amount.unwrap_or_default()))
     }
 
     /// The auth module's account record: number and next sequence.
     pub async fn account(&self, address: &str) -> Result<BaseAccount> {
-        let path = ["cosmos", "auth", "v1beta1", "accounts", address].map(str::to_owned);
-        let answer: serde_json::Value = self.get(&path, &[]).await?;
-        wire::base_account(&answer)
+        let request = QueryAccountRequest { address: address.to_owned() };
+        let answer: QueryAccountResponse = self.query(proto::AUTH_ACCOUNT, &request).await?;
+        wire::base_account(answer.account.ok_or_else(|| missing("account"))?)
     }
 
-    async fn get<T: DeserializeOwned>(
-        &self,
-        segments: &[String],
-        query: &[(&str, String)],
-    ) -> Result<T> {
-        let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().map_err(|()| Error::InvalidConfig {
-                key: "query.url".into(),
-                allowed: "an http URL",
-            })?;
-            path.pop_if_empty();
-            for segment in segments {
-                path.push(segment);
-            }
-        }
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(key, value)| (*key, value.as_str())));
-        }
-        let what = url.path().to_owned();
-        let call = async {
-            let response = self.http.get(url).send().await.map_err(http::from_reqwest)?;
-            let status = response.status();
-            let body = http::read_capped(response, self.max_response_bytes).await?;
-            if status.is_success() {
-                return serde_json::from_slice(&body)
-                    .map_err(|err| Error::Decode(format!("{what}: {err}")));
-            }
-            if status == reqwest::StatusCode::NOT_FOUND || grpc_code(&body) == Some(GRPC_NOT_FOUND)
-            {
-                return Err(Error::NotFound(format!("{what}: {}", http::excerpt(&body))));
-            }
-            Err(Error::Status { status: status.as_u16(), body: http::excerpt(&body) })
-        };
-        tokio::time::timeout(self.timeout, call)
+    async fn query<Q: Message, A: Message + Default>(&self, path: &str, request: &Q) -> Result<A> {
+        let data = request.encode_to_vec();
+        let answer = tokio::time::timeout(self.timeout, self.rpc.abci_query(path, &data))
             .await
-            .unwrap_or_else(|_| Err(Error::Timeout(format!("query {}", segments.join("/")))))
+            .unwrap_or_else(|_| Err(Error::Timeout(format!("query {path}"))))?;
+        A::decode(answer.value.as_slice()).map_err(|err| Error::Decode(format!("{path}: {err}")))
     }
 }
 
-fn inference_path(segments: &[&str]) -> Vec<String> {
-    INFERENCE_ROUTE
-        .split('/')
-        .filter(|segment| !segment.is_empty())
-        .chain(segments.iter().copied())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn grpc_code(body: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("code")?.as_u64()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_the_module_routes() {
-        assert_eq!(
-            inference_path(&["inference", "a/b"]),
-            ["productscience", "inference", "inference", "inference", "a/b"]
-        );
-    }
-
-    #[test]
-    fn bad_urls_are_config_errors() {
-        let config = QueryConfig { url: "not a url".into(), ..QueryConfig::default() };
-        assert!(matches!(QueryClient::new(&config), Err(Error::InvalidConfig { .. })));
-        let config = QueryConfig { url: "mailto:x@y".into(), ..QueryConfig::default() };
-        assert!(matches!(QueryClient::new(&config), Err(Error::InvalidConfig { .. })));
-    }
-
-    #[test]
-    fn grpc_not_found_is_read_from_the_body() {
-        assert_eq!(grpc_code(br#"{"code":5,"message":"not found","details":[]}"#), Some(5));
-        assert_eq!(grpc_code(b"junk"), None);
-    }
+fn missing(field: &str) -> Error {
+    Error::Decode(format!("answer without {field}"))
 }

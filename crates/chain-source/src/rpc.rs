@@ -1,5 +1,6 @@
-//! [`RpcClient`]: the three CometBFT JSON-RPC methods the adapter calls over HTTP (`status`,
-//! `block_results`, `broadcast_tx_sync`), each bounded by a timeout and read under a size cap.
+//! [`RpcClient`]: the CometBFT JSON-RPC methods the adapter calls over HTTP (`status`,
+//! `block_results`, `abci_query`, `broadcast_tx_sync`, `tx`), each bounded by a timeout and read
+//! under a size cap.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -37,6 +38,39 @@ pub struct BroadcastResult {
     pub hash: String,
 }
 
+/// A transaction as a block holds it (`tx` by hash): where it landed and what it returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxResult {
+    /// The transaction hash, upper-case hex.
+    pub hash: String,
+    /// The block that includes it.
+    pub height: u64,
+    /// ABCI code of its execution (`DeliverTx`); 0 means every message succeeded.
+    pub code: u32,
+    /// The module that raised a non-zero code.
+    pub codespace: String,
+    /// The node's log line.
+    pub log: String,
+    /// The execution's data: a `TxMsgData` holding one response per message.
+    pub data: Vec<u8>,
+}
+
+/// An `abci_query` answer whose code is 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbciAnswer {
+    /// The protobuf-encoded response.
+    pub value: Vec<u8>,
+    /// The height the state was read at.
+    pub height: u64,
+}
+
+/// The SDK's `ErrKeyNotFound`: what a query's gRPC `NotFound` becomes over ABCI.
+const CODE_KEY_NOT_FOUND: u32 = 38;
+
+/// How far past the latest height the node reported an answer may claim to have been read: a
+/// few blocks of slack for a node that advanced between two calls.
+const HEIGHT_SLACK: u64 = 100;
+
 /// A CometBFT JSON-RPC client over HTTP POST, on one pooled connection client.
 #[derive(Debug)]
 pub struct RpcClient {
@@ -45,6 +79,8 @@ pub struct RpcClient {
     timeout: Duration,
     max_response_bytes: u64,
     next_id: AtomicU64,
+    /// The highest height the node reported (`status`) or answered at; 0 until known.
+    latest_height: AtomicU64,
 }
 
 impl RpcClient {
@@ -60,6 +96,7 @@ impl RpcClient {
             timeout,
             max_response_bytes,
             next_id: AtomicU64::new(1),
+            latest_height: AtomicU64::new(0),
         })
     }
 
@@ -99,7 +136,42 @@ impl RpcClient {
     /// `status`: the node's height range and sync state.
     pub async fn status(&self) -> Result<NodeStatus> {
         let result = self.call("status", json!({})).await?;
-        decode_status(&result)
+        let status = decode_status(&result)?;
+        self.latest_height.fetch_max(status.latest_height, Ordering::Relaxed);
+        Ok(status)
+    }
+
+    /// `abci_query` of the gRPC method `path` with the protobuf request `data`, at the latest
+    /// height. A non-zero code is [`Error::NotFound`] for the SDK's "key not found" and
+    /// [`Error::Query`] otherwise; an answer read at a height past the node's latest is refused.
+    pub async fn abci_query(&self, path: &str, data: &[u8]) -> Result<AbciAnswer> {
+        let params = json!({"path": path, "data": hex(data), "height": "0", "prove": false});
+        let result = self.call("abci_query", params).await?;
+        let answer = decode_abci_answer(path, &result)?;
+        let latest = self.latest_height.load(Ordering::Relaxed);
+        if latest > 0 && answer.height > latest.saturating_add(HEIGHT_SLACK) {
+            return Err(Error::Decode(format!(
+                "{path}: answered at height {}, past the latest known {latest}",
+                answer.height
+            )));
+        }
+        self.latest_height.fetch_max(answer.height, Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    /// `tx` by hash: the transaction's result once a block includes it; [`Error::NotFound`]
+    /// while none does. An answer about another hash is refused.
+    pub async fn tx(&self, hash: &str) -> Result<TxResult> {
+        let bytes = unhex(hash)
+            .ok_or_else(|| Error::Decode(format!("transaction hash {hash:?} is not hex")))?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        match self.call("tx", json!({"hash": encoded, "prove": false})).await {
+            Ok(result) => decode_tx(hash, &result),
+            Err(Error::Rpc(message)) if message.contains("not found") => {
+                Err(Error::NotFound(format!("transaction {hash}")))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// `block_results` of `height`, undecoded; see [`crate::events::decode_block_results`].
@@ -121,6 +193,105 @@ impl RpcClient {
             hash: answer.hash,
         })
     }
+}
+
+#[derive(Deserialize)]
+struct AbciWire {
+    #[serde(default)]
+    code: u32,
+    #[serde(default)]
+    codespace: String,
+    #[serde(default)]
+    log: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    height: Option<Value>,
+}
+
+fn decode_abci_answer(path: &str, result: &Value) -> Result<AbciAnswer> {
+    let response = result
+        .get("response")
+        .ok_or_else(|| Error::Decode(format!("{path}: abci_query answer has no response")))?;
+    let wire: AbciWire = serde_json::from_value(response.clone())
+        .map_err(|err| Error::Decode(format!("{path}: abci_query answer: {err}")))?;
+    if wire.code == CODE_KEY_NOT_FOUND && wire.codespace == crate::tx::CODESPACE_SDK {
+        return Err(Error::NotFound(format!("{path}: {}", wire.log)));
+    }
+    if wire.code != 0 {
+        return Err(Error::Query {
+            code: wire.code,
+            codespace: wire.codespace,
+            log: http::excerpt(wire.log.as_bytes()),
+        });
+    }
+    let value = match wire.value.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|err| Error::Decode(format!("{path}: value is not base64: {err}")))?,
+    };
+    let height = match &wire.height {
+        None => 0,
+        Some(_) => height_field(response, "height")?,
+    };
+    Ok(AbciAnswer { value, height })
+}
+
+#[derive(Deserialize)]
+struct TxWire {
+    #[serde(default)]
+    hash: String,
+    #[serde(default)]
+    tx_result: TxResultWire,
+}
+
+#[derive(Deserialize, Default)]
+struct TxResultWire {
+    #[serde(default)]
+    code: u32,
+    #[serde(default)]
+    codespace: String,
+    #[serde(default)]
+    log: String,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+fn decode_tx(hash: &str, result: &Value) -> Result<TxResult> {
+    let wire: TxWire = serde_json::from_value(result.clone())
+        .map_err(|err| Error::Decode(format!("tx answer: {err}")))?;
+    if !wire.hash.eq_ignore_ascii_case(hash) {
+        return Err(Error::Decode(format!("asked for transaction {hash}, got {:?}", wire.hash)));
+    }
+    let data = match wire.tx_result.data.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|err| Error::Decode(format!("tx data is not base64: {err}")))?,
+    };
+    Ok(TxResult {
+        hash: wire.hash.to_ascii_uppercase(),
+        height: height_field(result, "height")?,
+        code: wire.tx_result.code,
+        codespace: wire.tx_result.codespace,
+        log: wire.tx_result.log,
+        data,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| text.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -189,6 +360,38 @@ mod tests {
         assert_eq!(err, Error::Rpc("Internal error: height 9 is not available".into()));
         assert!(matches!(decode_answer(b"<html>"), Err(Error::Decode(_))));
         assert!(matches!(decode_answer(b"{}"), Err(Error::Decode(_))));
+    }
+
+    #[test]
+    fn abci_answers_decode_and_refuse_errors() {
+        let ok = json!({"response": {"code": 0, "value": "CgNhYmM=", "height": "41"}});
+        assert_eq!(
+            decode_abci_answer("/q", &ok).unwrap(),
+            AbciAnswer { value: b"\n\x03abc".to_vec(), height: 41 }
+        );
+        let empty = json!({"response": {"code": 0, "value": null, "height": "3"}});
+        assert!(decode_abci_answer("/q", &empty).unwrap().value.is_empty());
+        let missing = json!({"response": {"code": 38, "codespace": "sdk", "log": "not found"}});
+        assert!(matches!(decode_abci_answer("/q", &missing), Err(Error::NotFound(_))));
+        let refused = json!({"response": {"code": 6, "codespace": "sdk", "log": "unknown"}});
+        assert!(matches!(decode_abci_answer("/q", &refused), Err(Error::Query { code: 6, .. })));
+        let junk = json!({"response": {"code": 0, "value": "!!", "height": "1"}});
+        assert!(matches!(decode_abci_answer("/q", &junk), Err(Error::Decode(_))));
+        assert!(matches!(decode_abci_answer("/q", &json!({})), Err(Error::Decode(_))));
+    }
+
+    #[test]
+    fn tx_answers_must_name_the_hash_asked() {
+        let answer = json!({"hash": "ABCD", "height": "12",
+            "tx_result": {"code": 1161, "codespace": "inference", "log": "retired", "data": "AQ=="}});
+        let result = decode_tx("abcd", &answer).unwrap();
+        assert_eq!((result.height, result.code, result.data), (12, 1161, vec![1]));
+        assert!(matches!(decode_tx("FFFF", &answer), Err(Error::Decode(_))));
+        assert!(matches!(decode_tx("ABCD", &json!({"hash": "ABCD"})), Err(Error::Decode(_))));
+        assert_eq!(unhex("0aFf"), Some(vec![10, 255]));
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(hex(&[1, 171]), "01ab");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! and retry. When the signer is not the account (a warm key), every message is wrapped in an
 //! authz `MsgExec` signed by the grantee, with the account as fee granter unless
 //! `tx.fee_granter` is off. Gas is budgeted per message type ([`GasConfig`]).
+//!
+//! A transaction the mempool accepted may still fail in its block (the chain's message
+//! handlers run only there): [`observe`] follows it by hash until a block includes it or
+//! `tx.inclusion_timeout` passes, broadcasting it once more halfway, and reads its result.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,7 +28,7 @@ use crate::{
     config::GasConfig,
     proto,
     query::{BaseAccount, QueryClient},
-    rpc::RpcClient,
+    rpc::{RpcClient, TxResult},
     Error, Result, Signer,
 };
 
@@ -32,6 +36,9 @@ use crate::{
 pub const CODE_WRONG_SEQUENCE: u32 = 32;
 /// ABCI code of the `inference` module's `ErrDuplicateValidation`.
 pub const CODE_DUPLICATE_VALIDATION: u32 = 1143;
+/// ABCI code of the `inference` module's `ErrDeprecated`: since v0.2.14 the chain refuses
+/// classic `MsgValidation` with it (LIVE-NETWORK.md section 1).
+pub const CODE_DEPRECATED: u32 = 1161;
 /// The SDK's codespace.
 pub const CODESPACE_SDK: &str = "sdk";
 /// The `inference` module's codespace.
@@ -82,10 +89,31 @@ pub fn address_of(public_key: &[u8], prefix: &str) -> Result<String> {
         .map_err(|err| Error::Key(err.to_string()))
 }
 
+/// A transaction the node's mempool accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    /// Its hash, upper-case hex.
+    pub hash: String,
+    /// The signed bytes, for a second broadcast.
+    pub tx: Vec<u8>,
+}
+
+/// How a followed transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inclusion {
+    /// A block includes it; its result code may still be non-zero.
+    Included(TxResult),
+    /// No block included it within the deadline.
+    NotIncluded {
+        /// The last lookup error, when lookups failed rather than found nothing.
+        last_error: Option<String>,
+    },
+}
+
 /// What [`Submitter::submit`] sends: one message, created by the account.
 struct Request {
     msg: Any,
-    reply: oneshot::Sender<Result<String>>,
+    reply: oneshot::Sender<Result<Broadcast>>,
 }
 
 struct Context {
@@ -143,11 +171,11 @@ impl Submitter {
     }
 
     /// Signs and broadcasts `msg` (created by the account; wrapped in `MsgExec` for a warm key)
-    /// and returns the transaction hash once the node's mempool accepted it.
+    /// and returns the transaction once the node's mempool accepted it.
     ///
     /// Bounded by the configured timeout, waiting for earlier submissions included. Dropping the
     /// future before the task takes the message withdraws it; once taken, it is broadcast.
-    pub async fn submit(&self, msg: Any) -> Result<String> {
+    pub async fn submit(&self, msg: Any) -> Result<Broadcast> {
         let submit = async {
             let (reply, answer) = oneshot::channel();
             self.requests
@@ -178,7 +206,7 @@ async fn submit_one(
     context: &Context,
     account: &mut Option<BaseAccount>,
     msg: Any,
-) -> Result<String> {
+) -> Result<Broadcast> {
     let gas = context.gas.wanted(&msg.type_url);
     let msg = if context.identity.is_warm() {
         proto::exec(&context.identity.signer_address, vec![msg])
@@ -206,7 +234,7 @@ async fn submit_one(
         };
         if answer.code == 0 {
             *account = Some(BaseAccount { sequence: current.sequence + 1, ..current });
-            return Ok(answer.hash);
+            return Ok(Broadcast { hash: answer.hash, tx });
         }
         if answer.codespace == CODESPACE_SDK && answer.code == CODE_WRONG_SEQUENCE {
             tracing::debug!(log = %answer.log, "sequence mismatch, re-learning the sequence");
@@ -219,9 +247,61 @@ async fn submit_one(
         if answer.codespace == CODESPACE_INFERENCE && answer.code == CODE_DUPLICATE_VALIDATION {
             return Err(Error::DuplicateValidation(answer.log));
         }
+        if answer.codespace == CODESPACE_INFERENCE && answer.code == CODE_DEPRECATED {
+            return Err(Error::Deprecated(answer.log));
+        }
         return Err(Error::TxRejected { code: answer.code, log: answer.log });
     }
     Err(last.unwrap_or_else(|| Error::TxRejected { code: CODE_WRONG_SEQUENCE, log: String::new() }))
+}
+
+/// Follows the broadcast transaction by hash until a block includes it or `timeout` passes,
+/// looking every `poll`; halfway through, a transaction not yet found is broadcast once more
+/// (a node may drop it from its mempool). Lookup failures (a malformed answer, an answer about
+/// another hash, a timeout) are counted and the lookups go on.
+pub async fn observe(
+    rpc: &RpcClient,
+    broadcast: &Broadcast,
+    timeout: Duration,
+    poll: Duration,
+) -> Inclusion {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let rebroadcast_at = tokio::time::Instant::now() + timeout / 2;
+    let mut rebroadcast = false;
+    let mut last_error = None;
+    loop {
+        match tokio::time::timeout_at(deadline, rpc.tx(&broadcast.hash)).await {
+            Ok(Ok(result)) => return Inclusion::Included(result),
+            Ok(Err(Error::NotFound(_))) => last_error = None,
+            Ok(Err(err)) => {
+                metrics::counter!("validator_tx_lookup_failures_total").increment(1);
+                tracing::debug!(hash = %broadcast.hash, %err, "transaction lookup failed");
+                last_error = Some(err.to_string());
+            }
+            Err(_) => break,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if !rebroadcast && now >= rebroadcast_at {
+            rebroadcast = true;
+            match rpc.broadcast_tx_sync(&broadcast.tx).await {
+                Ok(answer) if answer.code == 0 => {
+                    tracing::info!(hash = %broadcast.hash, "transaction not seen yet; broadcast it again");
+                }
+                Ok(answer) => tracing::debug!(
+                    hash = %broadcast.hash, code = answer.code, log = %answer.log,
+                    "second broadcast refused"
+                ),
+                Err(err) => {
+                    tracing::debug!(hash = %broadcast.hash, %err, "second broadcast failed")
+                }
+            }
+        }
+        tokio::time::sleep_until((now + poll).min(deadline)).await;
+    }
+    Inclusion::NotIncluded { last_error }
 }
 
 fn sign(context: &Context, msg: &Any, account: BaseAccount, gas: u64) -> Result<Vec<u8>> {

@@ -156,6 +156,19 @@ impl SqliteJournal {
         self.send(Msg::Height(height));
     }
 
+    /// Stores the claim record of `epoch` (replacing the previous one) and returns once it is
+    /// committed: the claimer's state survives a restart.
+    pub async fn store_claim(&self, epoch: u64, record: String) -> Result<()> {
+        let (ack, acked) = oneshot::channel();
+        self.sender.send(Msg::Claim { epoch, record, ack }).await.map_err(|_| Error::Closed)?;
+        acked.await.map_err(|_| Error::Closed)?.map_err(Error::Write)
+    }
+
+    /// The stored claim records, by epoch, oldest first.
+    pub fn claims(&self) -> Result<Vec<(u64, String)>> {
+        self.reader.with(read::claims)
+    }
+
     /// Every validation of the inference (both revalidation flags) with its attempts and
     /// outcome, and its submissions. Unknown inferences give an empty history.
     pub async fn history(&self, inference_id: &str) -> Result<InferenceHistory> {

@@ -2,14 +2,16 @@
 //! tests, the demo and the chaos tests: one HTTP server (`127.0.0.1:0`) answering
 //!
 //! - CometBFT JSON-RPC (`POST /`): `status`, `block_results` (0.38 shapes; 0.34 shapes with
-//!   base64 attributes on request) and `broadcast_tx_sync`, which decodes the signed transaction,
-//!   checks signature, account sequence and authz grants, and records `MsgValidation` and
-//!   `MsgClaimRewards` (also inside `MsgExec`), rejecting a second validation of an inference
-//!   with the module's `ErrDuplicateValidation` (code 1143, codespace `inference`);
+//!   base64 attributes on request), `abci_query` (the `inference` module's gRPC queries and the
+//!   auth module's account, protobuf), `broadcast_tx_sync`, which decodes the signed
+//!   transaction, checks signature, account sequence and authz grants, and records
+//!   `MsgValidation` and `MsgClaimRewards` (also inside `MsgExec`), rejecting a second
+//!   validation of an inference with the module's `ErrDuplicateValidation` (code 1143,
+//!   codespace `inference`), and `tx` by hash with the transaction's result and message
+//!   responses;
 //! - the websocket (`GET /websocket`): `subscribe`, then one NewBlock notification per new
 //!   height, unless the height is set to be skipped or the node is stalled, and any raw frame
 //!   queued with [`LoopbackChainNode::send_frame`];
-//! - the Cosmos REST gateway routes of the `inference` module and the auth module's account.
 //!
 //! The chain is scripted: accounts and keys, grants, participants, inferences, epochs and
 //! epoch groups, and blocks with their transactions' events. It can drop every websocket, skip
@@ -39,7 +41,7 @@ use tokio_tungstenite::{
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::ports::chain::{EpochGroup, Inference, ValidationDetails, ValidatorPower};
 
-mod rest;
+mod abci;
 mod tx;
 
 /// The chain id the fake signs with.
@@ -182,10 +184,19 @@ struct State {
     groups: BTreeMap<(u64, String), EpochGroup>,
     validated: BTreeMap<(String, u64), BTreeSet<String>>,
     settle_amounts: BTreeMap<String, SettleAmount>,
-    /// The `inference` module's REST routes, by first segment, that answer a status instead.
-    failing_routes: BTreeMap<String, u16>,
+    /// Query methods (`GranteesByMessageType`, ...) that answer an ABCI error code instead.
+    failing_queries: BTreeMap<String, u32>,
     submitted: Vec<Submitted>,
     duplicate_rejections: usize,
+    /// Transactions by hash (upper-case hex), with their results.
+    txs: BTreeMap<String, tx::TxRecord>,
+    /// Whether `tx` answers "not found" for every hash, as a node that indexes nothing.
+    hide_txs: bool,
+    /// Whether `MsgValidation` fails with `ErrDeprecated`, as since v0.2.14.
+    classic_retired: bool,
+    deprecated_rejections: usize,
+    /// Every claim's (epoch, amount, result), in order.
+    claim_responses: Vec<(u64, u64, String)>,
 }
 
 /// Rewards waiting for a participant's claim.
@@ -194,6 +205,8 @@ struct SettleAmount {
     epoch_index: u64,
     reward_coins: u64,
     work_coins: u64,
+    /// The height of the last claim attempt that got past the epoch checks.
+    last_claim_attempt: Option<u64>,
 }
 
 type Shared = crate::watched::Watched<State>;
@@ -246,9 +259,14 @@ impl LoopbackChainNode {
                 groups: BTreeMap::new(),
                 validated: BTreeMap::new(),
                 settle_amounts: BTreeMap::new(),
-                failing_routes: BTreeMap::new(),
+                failing_queries: BTreeMap::new(),
                 submitted: Vec::new(),
                 duplicate_rejections: 0,
+                txs: BTreeMap::new(),
+                hide_txs: false,
+                classic_retired: false,
+                deprecated_rejections: 0,
+                claim_responses: Vec::new(),
             }),
             changed: Notify::new(),
         });
@@ -261,7 +279,7 @@ impl LoopbackChainNode {
         Ok(Self { addr, shared, _shutdown })
     }
 
-    /// The base URL of both the RPC and the REST gateway (`http://127.0.0.1:<port>`).
+    /// The base URL of the RPC (`http://127.0.0.1:<port>`; the websocket is under it).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -349,8 +367,8 @@ impl LoopbackChainNode {
     }
 
     /// Settles `reward_coins` and `work_coins` of `epoch` for `participant`, answered by the
-    /// `settle_amount` route until a `MsgClaimRewards` of that epoch by the participant is
-    /// accepted, which removes them as the chain does.
+    /// `SettleAmount` query until a `MsgClaimRewards` of that epoch by the participant pays
+    /// them, which removes them as the chain does.
     pub fn set_settle_amount(
         &self,
         participant: &str,
@@ -358,8 +376,25 @@ impl LoopbackChainNode {
         reward_coins: u64,
         work_coins: u64,
     ) {
-        let amount = SettleAmount { epoch_index: epoch, reward_coins, work_coins };
+        let amount =
+            SettleAmount { epoch_index: epoch, reward_coins, work_coins, last_claim_attempt: None };
         self.shared.update(|state| state.settle_amounts.insert(participant.into(), amount));
+    }
+
+    /// Records a claim attempt of `participant` at `height`, as another claimer's would: the
+    /// chain refuses the next attempt within 30 blocks as "Claim rate limited".
+    pub fn set_last_claim_attempt(&self, participant: &str, height: u64) {
+        self.shared.update(|state| {
+            if let Some(amount) = state.settle_amounts.get_mut(participant) {
+                amount.last_claim_attempt = Some(height);
+            }
+        });
+    }
+
+    /// Retires classic validation, as v0.2.14 did: every `MsgValidation` passes `CheckTx` and
+    /// fails in its block with `ErrDeprecated` (1161).
+    pub fn retire_classic(&self) {
+        self.shared.update(|state| state.classic_retired = true);
     }
 
     // === blocks ===
@@ -403,20 +438,25 @@ impl LoopbackChainNode {
         self.shared.update(|state| state.skipped.extend(heights));
     }
 
-    /// Makes the `inference` module's REST route `route` (its first segment, such as
-    /// `grantees_by_message_type`) answer `status` with an error body, as a gateway that cannot
-    /// route a request does (`301` for a path it cleans, `501` for one it cannot match).
-    pub fn fail_route(&self, route: &str, status: u16) {
+    /// Makes the query `method` (such as `GranteesByMessageType`) answer the ABCI error `code`
+    /// (codespace `sdk`) instead of its result.
+    pub fn fail_query(&self, method: &str, code: u32) {
         self.shared.update(|state| {
-            state.failing_routes.insert(route.to_owned(), status);
+            state.failing_queries.insert(method.to_owned(), code);
         });
     }
 
-    /// Serves `route` normally again after [`LoopbackChainNode::fail_route`].
-    pub fn restore_route(&self, route: &str) {
+    /// Answers `method` normally again after [`LoopbackChainNode::fail_query`].
+    pub fn restore_query(&self, method: &str) {
         self.shared.update(|state| {
-            state.failing_routes.remove(route);
+            state.failing_queries.remove(method);
         });
+    }
+
+    /// Makes `tx` answer "not found" for every hash (or stops doing so), as a node whose
+    /// transaction index lost them.
+    pub fn hide_transactions(&self, hide: bool) {
+        self.shared.update(|state| state.hide_txs = hide);
     }
 
     /// Stops (or resumes) NewBlock notifications, as a stalled node would.
@@ -464,6 +504,21 @@ impl LoopbackChainNode {
         self.shared.lock().duplicate_rejections
     }
 
+    /// How many transactions failed in their block with `ErrDeprecated` (1161).
+    pub fn deprecated_rejections(&self) -> usize {
+        self.shared.lock().deprecated_rejections
+    }
+
+    /// Every claim's (epoch, amount paid, result), in order.
+    pub fn claim_responses(&self) -> Vec<(u64, u64, String)> {
+        self.shared.lock().claim_responses.clone()
+    }
+
+    /// Waits until `n` claims have been answered.
+    pub async fn wait_claims(&self, n: usize) {
+        self.shared.wait_until(|state| state.claim_responses.len() >= n).await;
+    }
+
     /// Waits until the accepted messages satisfy `condition`.
     pub async fn wait_for_submitted(&self, condition: impl Fn(&[Submitted]) -> bool) {
         self.shared.wait_until(|state| condition(&state.submitted)).await;
@@ -495,27 +550,6 @@ async fn handle(
     if request.uri().path() == "/websocket" {
         return Ok(upgrade(shared, shutdown, &mut request));
     }
-    if request.method() == hyper::Method::GET {
-        let segments: Vec<String> = request
-            .uri()
-            .path()
-            .split('/')
-            .filter(|segment| !segment.is_empty())
-            .map(|segment| crate::serve::percent_decode(segment, false))
-            .collect();
-        let query: Vec<(String, String)> = request
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(key, value)| {
-                (crate::serve::percent_decode(key, true), crate::serve::percent_decode(value, true))
-            })
-            .collect();
-        let (status, body) = rest::get(&shared.lock(), &segments, &query);
-        return Ok(respond(status, &body));
-    }
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return Ok(respond(400, &json!({"error": "unreadable body"}))),
@@ -531,6 +565,8 @@ async fn handle(
     let answer = match call.get("method").and_then(Value::as_str).unwrap_or("") {
         "status" => Ok(status_json(&shared.lock())),
         "block_results" => block_results(&shared, &params),
+        "abci_query" => Ok(abci::query(&shared.lock(), &params)),
+        "tx" => tx::lookup(&shared.lock(), &params),
         "broadcast_tx_sync" => {
             let tx = params.get("tx").and_then(Value::as_str).unwrap_or("").to_owned();
             Ok(shared.update(|state| tx::broadcast(state, &tx)))

@@ -54,7 +54,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 use validator_core::{Engine, Error as EngineError, RecoveryStart, Trigger};
 
-use crate::claim::Claimer;
+use crate::claim::{ClaimState, Claimer};
 
 /// What the admin routes work on.
 #[derive(Clone)]
@@ -349,10 +349,16 @@ async fn claim_reward_recover(
     match tokio::time::timeout(state.claim_wait, pending).await {
         Ok(Ok(record)) => {
             let missed = record.run.as_ref().map_or(0, |run| run.detected);
-            let message = match (&record.tx_hash, &record.error) {
-                (Some(hash), _) => format!("recovery done, rewards claimed in {hash}"),
-                (None, Some(err)) => format!("recovery done, claim failed: {err}"),
-                (None, None) => "recovery done, no claim sent".into(),
+            let result = record.last_result.as_deref().unwrap_or("no answer");
+            let message = match (record.state, record.tx_hash()) {
+                (ClaimState::Paid, Some(hash)) => {
+                    format!("recovery done, {} ngonka claimed in {hash}", record.amount)
+                }
+                (ClaimState::NothingToClaim, _) => "recovery done, nothing to claim".into(),
+                (_, Some(hash)) => format!(
+                    "recovery done, claim {hash} not paid ({result}); tried again in 30 blocks"
+                ),
+                (_, None) => format!("recovery done, no claim sent: {result}"),
             };
             Ok(answer(StatusCode::OK, record.claimed(), message, missed, already, record.claimed()))
         }

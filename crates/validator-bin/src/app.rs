@@ -142,8 +142,9 @@ impl App {
             engine.clone(),
             chain.clone(),
             identity.signer.clone(),
+            Arc::clone(&journal),
             cancel.clone(),
-        ));
+        )?);
         let token_file = settings.token_file();
         let token = load_or_create_token(&token_file)?;
         let admin_listener = TcpListener::bind(settings.admin.listen)
@@ -247,6 +248,11 @@ impl App {
             handle.chain.clone(),
         );
         tasks.spawn(follow_chain(events, handle.engine.clone(), triggers, cancel.clone()));
+        tasks.spawn(stop_when_retired(
+            handle.chain.retired(),
+            handle.engine.clone(),
+            cancel.clone(),
+        ));
         ready.store(true, Ordering::Release);
         info!("validator running");
 
@@ -315,6 +321,23 @@ async fn prune_loop(
             Err(err) => warn!(%err, "journal pruning failed"),
         }
     }
+}
+
+/// Stops the engine's classic work once the chain adapter learns that the chain refuses classic
+/// validations (a `MsgValidation` refused or landed with 1161).
+async fn stop_when_retired(
+    mut retired: tokio::sync::watch::Receiver<Option<String>>,
+    engine: Engine,
+    cancel: CancellationToken,
+) {
+    let reason = tokio::select! {
+        reason = retired.wait_for(Option::is_some) => match reason {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => return,
+        },
+        () = cancel.cancelled() => return,
+    };
+    engine.retire_classic(reason);
 }
 
 /// The journal as the event source's [`HeightStore`].

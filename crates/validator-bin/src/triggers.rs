@@ -77,13 +77,14 @@ impl BlockTriggers {
             }
         }
         let Some(schedule) = self.schedule else { return };
+        self.claimer.retry_due(height, schedule.epoch_index);
         self.check_rewards(signed, &schedule);
         if !claim_due(&self.address, signed, &schedule) {
             return;
         }
         let epoch = schedule.epoch_index.saturating_sub(1);
-        if self.claimer.is_claimed(epoch) {
-            info!(epoch, "rewards already claimed");
+        if self.claimer.is_settled(epoch) {
+            info!(epoch, "the epoch's claim is already settled");
             return;
         }
         info!(height, epoch, "claim height reached: recovering the previous epoch, then claiming");

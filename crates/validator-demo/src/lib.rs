@@ -103,6 +103,9 @@ impl Default for DemoOptions {
 pub const BACKLOG_EPOCH: u64 = 9;
 /// The current epoch.
 pub const LIVE_EPOCH: u64 = 10;
+
+/// The rewards settled for the validator in the backlog epoch, paid by its claim.
+pub const BACKLOG_REWARD_NGONKA: u64 = 1_000_000;
 /// Disputed inferences every validator revalidates.
 pub const DISPUTED: usize = 5;
 /// The scenario's epoch parameters: stages one block long, no delays, a long inference phase.
@@ -169,8 +172,10 @@ pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: b
     settings.chain.events.rpc_url = chain_url.into();
     settings.chain.events.reconnect_base = Duration::from_millis(50);
     settings.chain.events.reconnect_max = Duration::from_millis(500);
-    settings.chain.query.url = chain_url.into();
     settings.chain.tx.chain_id = testkit::chain_node::CHAIN_ID.into();
+    // The fake indexes a transaction as soon as it accepts it.
+    settings.chain.tx.poll_interval = Duration::from_millis(50);
+    settings.chain.tx.inclusion_timeout = Duration::from_secs(5);
     settings.chain.tx.address_prefix = testkit::chain_node::ADDRESS_PREFIX.into();
     settings.chain.payloads.allow = vec!["127.0.0.0/8".into()];
     settings.admin.listen = options.admin_addr;
@@ -239,6 +244,7 @@ impl Scenario {
         // Delays are 0 below height 500, so the claim comes exactly at the claim-money height.
         let poc_start = i64::try_from(chain.tip()).unwrap_or(1) + CLAIM_AFTER_BLOCKS - 3;
         chain.set_epoch(LIVE_EPOCH, poc_start, EPOCH_PARAMS);
+        chain.set_settle_amount(&address, BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, 0);
         for epoch in [BACKLOG_EPOCH, LIVE_EPOCH] {
             let parent = EpochGroup {
                 epoch_index: epoch,
@@ -545,7 +551,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "live_sent": live_sent.load(Ordering::Relaxed),
         "live_done": done_by_lane[1],
         "revalidations_done": done_by_lane[0],
-        "claim_tx": claim.as_ref().and_then(|c| c.tx_hash.clone()),
+        "claim_tx": claim.as_ref().and_then(|c| c.tx_hash().map(str::to_owned)),
         "peak_in_flight": peak,
         "peak_measured_at": if ml.is_some() { "fake ML node" } else { "engine slots" },
         "elapsed_s": recovery_elapsed,

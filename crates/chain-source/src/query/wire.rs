@@ -1,372 +1,153 @@
-//! The gateway's JSON answers and their mapping to the port's types. Integers are accepted as
-//! strings or numbers and enums as names or numbers, because protobuf JSON allows both.
+//! The query answers' protobuf messages mapped to the port's types and the crate's own.
 
 use base64::Engine as _;
+use cosmrs::{
+    proto::cosmos::{auth::v1beta1 as auth, vesting::v1beta1 as vesting},
+    Any,
+};
 use rust_decimal::Decimal;
-use serde::{de, Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use validator_core::ports::chain::{
     EpochGroup, Inference, InferenceStatus, ValidationDetails, ValidationParameters,
     ValidationParams, ValidatorPower,
 };
 
+use super::proto;
 use crate::{Error, Result};
-
-fn int<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<T, D::Error> {
-    let value = Value::deserialize(deserializer)?;
-    let wide: i128 = match &value {
-        Value::Null => 0,
-        Value::String(text) if text.is_empty() => 0,
-        Value::String(text) => {
-            text.parse().map_err(|_| de::Error::custom(format!("not an integer: {text:?}")))?
-        }
-        Value::Number(number) => number
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| number.as_u64().map(i128::from))
-            .ok_or_else(|| de::Error::custom(format!("not an integer: {number}")))?,
-        other => return Err(de::Error::custom(format!("not an integer: {other}"))),
-    };
-    T::try_from(wide).map_err(|_| de::Error::custom(format!("integer out of range: {wide}")))
-}
-
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
-}
-
-fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
-}
 
 // === inferences ===
 
-#[derive(Deserialize)]
-pub(super) struct InferenceAnswer {
-    pub(super) inference: InferenceWire,
-}
-
-#[derive(Deserialize)]
-pub(super) struct InferenceListAnswer {
-    #[serde(default, deserialize_with = "list")]
-    pub(super) inference: Vec<InferenceWire>,
-    #[serde(default)]
-    pub(super) pagination: Pagination,
-}
-
-#[derive(Deserialize, Default)]
-pub(super) struct Pagination {
-    #[serde(default, deserialize_with = "text")]
-    next_key: String,
-}
-
-impl Pagination {
-    pub(super) fn next_key(&self) -> Result<Option<Vec<u8>>> {
-        if self.next_key.is_empty() {
-            return Ok(None);
-        }
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.next_key)
-            .map(Some)
-            .map_err(|err| Error::Decode(format!("pagination.next_key: {err}")))
+pub(super) fn inference(wire: proto::Inference) -> Result<Inference> {
+    let id = if wire.inference_id.is_empty() { wire.index } else { wire.inference_id };
+    if id.is_empty() {
+        return Err(Error::Decode("inference without an id".into()));
     }
+    Ok(Inference {
+        inference_id: id.into(),
+        model: wire.model,
+        epoch_id: wire.epoch_id,
+        executed_by: wire.executed_by,
+        status: status(wire.status)?,
+        prompt_hash: wire.prompt_hash,
+        response_hash: wire.response_hash,
+        prompt_payload: wire.prompt_payload,
+        response_payload: wire.response_payload,
+    })
 }
 
-#[derive(Deserialize)]
-pub(super) struct InferenceWire {
-    #[serde(default, deserialize_with = "text")]
-    index: String,
-    #[serde(default, deserialize_with = "text")]
-    inference_id: String,
-    #[serde(default, deserialize_with = "text")]
-    prompt_hash: String,
-    #[serde(default, deserialize_with = "text")]
-    prompt_payload: String,
-    #[serde(default, deserialize_with = "text")]
-    response_hash: String,
-    #[serde(default, deserialize_with = "text")]
-    response_payload: String,
-    #[serde(default, deserialize_with = "text")]
-    executed_by: String,
-    #[serde(default)]
-    status: Value,
-    #[serde(default, deserialize_with = "text")]
-    model: String,
-    #[serde(default, deserialize_with = "int")]
-    epoch_id: u64,
-}
-
-impl InferenceWire {
-    pub(super) fn into_domain(self) -> Result<Inference> {
-        let id = if self.inference_id.is_empty() { self.index } else { self.inference_id };
-        if id.is_empty() {
-            return Err(Error::Decode("inference without an id".into()));
-        }
-        Ok(Inference {
-            inference_id: id.into(),
-            model: self.model,
-            epoch_id: self.epoch_id,
-            executed_by: self.executed_by,
-            status: status(&self.status)?,
-            prompt_hash: self.prompt_hash,
-            response_hash: self.response_hash,
-            prompt_payload: self.prompt_payload,
-            response_payload: self.response_payload,
-        })
-    }
-}
-
-fn status(value: &Value) -> Result<InferenceStatus> {
-    let status = match value {
-        Value::Null => InferenceStatus::Started,
-        Value::String(name) => match name.as_str() {
-            "STARTED" => InferenceStatus::Started,
-            "FINISHED" => InferenceStatus::Finished,
-            "VALIDATED" => InferenceStatus::Validated,
-            "INVALIDATED" => InferenceStatus::Invalidated,
-            "VOTING" => InferenceStatus::Voting,
-            "EXPIRED" => InferenceStatus::Expired,
-            other => return Err(Error::Decode(format!("unknown inference status {other:?}"))),
-        },
-        Value::Number(number) => match number.as_u64() {
-            Some(0) => InferenceStatus::Started,
-            Some(1) => InferenceStatus::Finished,
-            Some(2) => InferenceStatus::Validated,
-            Some(3) => InferenceStatus::Invalidated,
-            Some(4) => InferenceStatus::Voting,
-            Some(5) => InferenceStatus::Expired,
-            _ => return Err(Error::Decode(format!("unknown inference status {number}"))),
-        },
+fn status(value: i32) -> Result<InferenceStatus> {
+    Ok(match value {
+        0 => InferenceStatus::Started,
+        1 => InferenceStatus::Finished,
+        2 => InferenceStatus::Validated,
+        3 => InferenceStatus::Invalidated,
+        4 => InferenceStatus::Voting,
+        5 => InferenceStatus::Expired,
         other => return Err(Error::Decode(format!("unknown inference status {other}"))),
-    };
-    Ok(status)
+    })
 }
 
 // === validation parameters ===
 
-#[derive(Deserialize)]
-pub(super) struct ValidationParametersAnswer {
-    #[serde(default, deserialize_with = "list")]
-    validator_powers: Vec<PowerWire>,
-    #[serde(default, deserialize_with = "int")]
-    current_height: i64,
-    #[serde(default, deserialize_with = "list")]
-    details: Vec<DetailsWire>,
-    #[serde(default)]
-    parameters: Option<ValidationParamsWire>,
-}
-
-#[derive(Deserialize)]
-struct PowerWire {
-    #[serde(default, deserialize_with = "int")]
-    power: u64,
-    #[serde(default, deserialize_with = "int")]
-    epoch_index: u64,
-}
-
-#[derive(Deserialize)]
-struct DetailsWire {
-    #[serde(default, deserialize_with = "int")]
-    epoch_id: u64,
-    #[serde(default, deserialize_with = "text")]
-    inference_id: String,
-    #[serde(default, deserialize_with = "text")]
-    executor_id: String,
-    #[serde(default, deserialize_with = "int")]
-    executor_reputation: i32,
-    #[serde(default, deserialize_with = "int")]
-    traffic_basis: u64,
-    #[serde(default, deserialize_with = "int")]
-    executor_power: u64,
-    #[serde(default, deserialize_with = "text")]
-    model: String,
-    #[serde(default, deserialize_with = "int")]
-    total_power: u64,
-    #[serde(default, deserialize_with = "int")]
-    created_at_block_height: i64,
-}
-
-/// A protobuf `inference.inference.Decimal`: `value × 10^exponent`.
-#[derive(Deserialize, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct DecimalWire {
-    #[serde(default, deserialize_with = "int")]
-    value: i64,
-    #[serde(default, deserialize_with = "int")]
-    exponent: i32,
-}
-
-impl DecimalWire {
-    fn to_decimal(self, field: &str) -> Result<Decimal> {
-        let bad = || {
-            Error::Decode(format!(
-                "{field}: {}e{} does not fit a decimal",
-                self.value, self.exponent
-            ))
-        };
-        if self.exponent <= 0 {
-            let scale = u32::try_from(-i64::from(self.exponent)).map_err(|_| bad())?;
-            return Decimal::try_new(self.value, scale).map_err(|_| bad());
-        }
-        let mut decimal = Decimal::from(self.value);
-        for _ in 0..self.exponent {
-            decimal = decimal.checked_mul(Decimal::TEN).ok_or_else(bad)?;
-        }
-        Ok(decimal)
+fn decimal(wire: Option<crate::proto::Decimal>, field: &str, default: Decimal) -> Result<Decimal> {
+    let Some(wire) = wire else { return Ok(default) };
+    let bad = || {
+        Error::Decode(format!("{field}: {}e{} does not fit a decimal", wire.value, wire.exponent))
+    };
+    if wire.exponent <= 0 {
+        let scale = u32::try_from(-i64::from(wire.exponent)).map_err(|_| bad())?;
+        return Decimal::try_new(wire.value, scale).map_err(|_| bad());
     }
-}
-
-#[derive(Deserialize)]
-struct ValidationParamsWire {
-    #[serde(default)]
-    min_validation_average: Option<DecimalWire>,
-    #[serde(default)]
-    max_validation_average: Option<DecimalWire>,
-    #[serde(default)]
-    min_validation_halfway: Option<DecimalWire>,
-    #[serde(default, deserialize_with = "int")]
-    full_validation_traffic_cutoff: u64,
-    #[serde(default, deserialize_with = "int")]
-    min_validation_traffic_cutoff: u64,
-}
-
-impl ValidationParamsWire {
-    fn into_domain(self) -> Result<ValidationParams> {
-        let defaults = ValidationParams::default();
-        let decimal = |wire: Option<DecimalWire>, field: &str, default: Decimal| {
-            wire.map_or(Ok(default), |wire| wire.to_decimal(field))
-        };
-        Ok(ValidationParams {
-            min_validation_average: decimal(
-                self.min_validation_average,
-                "min_validation_average",
-                defaults.min_validation_average,
-            )?,
-            max_validation_average: decimal(
-                self.max_validation_average,
-                "max_validation_average",
-                defaults.max_validation_average,
-            )?,
-            min_validation_halfway: decimal(
-                self.min_validation_halfway,
-                "min_validation_halfway",
-                defaults.min_validation_halfway,
-            )?,
-            full_validation_traffic_cutoff: self.full_validation_traffic_cutoff,
-            min_validation_traffic_cutoff: self.min_validation_traffic_cutoff,
-        })
+    let mut decimal = Decimal::from(wire.value);
+    for _ in 0..wire.exponent {
+        decimal = decimal.checked_mul(Decimal::TEN).ok_or_else(bad)?;
     }
+    Ok(decimal)
 }
 
-impl ValidationParametersAnswer {
-    pub(super) fn into_domain(self) -> Result<ValidationParameters> {
-        Ok(ValidationParameters {
-            details: self
-                .details
-                .into_iter()
-                .map(|details| ValidationDetails {
-                    epoch_id: details.epoch_id,
-                    inference_id: details.inference_id.into(),
-                    executor_id: details.executor_id,
-                    executor_reputation: details.executor_reputation,
-                    traffic_basis: details.traffic_basis,
-                    executor_power: details.executor_power,
-                    model: details.model,
-                    total_power: details.total_power,
-                    created_at_block_height: details.created_at_block_height,
-                })
-                .collect(),
-            validator_powers: self
-                .validator_powers
-                .into_iter()
-                .map(|power| ValidatorPower { power: power.power, epoch_index: power.epoch_index })
-                .collect(),
-            current_height: self.current_height,
-            params: match self.parameters {
-                Some(params) => params.into_domain()?,
-                None => ValidationParams::default(),
-            },
-        })
-    }
+fn cutoff(value: i64, field: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::Decode(format!("{field} is negative: {value}")))
+}
+
+fn validation_params(wire: proto::ValidationParams) -> Result<ValidationParams> {
+    let defaults = ValidationParams::default();
+    Ok(ValidationParams {
+        min_validation_average: decimal(
+            wire.min_validation_average,
+            "min_validation_average",
+            defaults.min_validation_average,
+        )?,
+        max_validation_average: decimal(
+            wire.max_validation_average,
+            "max_validation_average",
+            defaults.max_validation_average,
+        )?,
+        min_validation_halfway: decimal(
+            wire.min_validation_halfway,
+            "min_validation_halfway",
+            defaults.min_validation_halfway,
+        )?,
+        full_validation_traffic_cutoff: cutoff(
+            wire.full_validation_traffic_cutoff,
+            "full_validation_traffic_cutoff",
+        )?,
+        min_validation_traffic_cutoff: cutoff(
+            wire.min_validation_traffic_cutoff,
+            "min_validation_traffic_cutoff",
+        )?,
+    })
+}
+
+pub(super) fn validation_parameters(
+    wire: proto::QueryGetInferenceValidationParametersResponse,
+) -> Result<ValidationParameters> {
+    Ok(ValidationParameters {
+        details: wire
+            .details
+            .into_iter()
+            .map(|details| ValidationDetails {
+                epoch_id: details.epoch_id,
+                inference_id: details.inference_id.into(),
+                executor_id: details.executor_id,
+                executor_reputation: details.executor_reputation,
+                traffic_basis: details.traffic_basis,
+                executor_power: details.executor_power,
+                model: details.model,
+                total_power: details.total_power,
+                created_at_block_height: details.created_at_block_height,
+            })
+            .collect(),
+        validator_powers: wire
+            .validator_powers
+            .into_iter()
+            .map(|power| ValidatorPower { power: power.power, epoch_index: power.epoch_index })
+            .collect(),
+        current_height: i64::try_from(wire.current_height)
+            .map_err(|_| Error::Decode(format!("current_height {}", wire.current_height)))?,
+        params: match wire.parameters {
+            Some(params) => validation_params(params)?,
+            None => ValidationParams::default(),
+        },
+    })
 }
 
 // === epoch groups ===
 
-#[derive(Deserialize)]
-pub(super) struct EpochGroupValidationsAnswer {
-    pub(super) epoch_group_validations: EpochGroupValidationsWire,
-}
-
-#[derive(Deserialize)]
-pub(super) struct EpochGroupValidationsWire {
-    #[serde(
-        default,
-        alias = "validated_inferences",
-        rename = "validatedInferences",
-        deserialize_with = "list"
-    )]
-    pub(super) validated_inferences: Vec<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct EpochGroupAnswer {
-    pub(super) epoch_group_data: EpochGroupWire,
-}
-
-#[derive(Deserialize)]
-pub(super) struct EpochGroupWire {
-    #[serde(default, deserialize_with = "int")]
-    epoch_index: u64,
-    #[serde(default, deserialize_with = "text")]
-    model_id: String,
-    #[serde(default, deserialize_with = "list")]
-    sub_group_models: Vec<String>,
-    #[serde(default, deserialize_with = "list")]
-    validation_weights: Vec<WeightWire>,
-    #[serde(default)]
-    model_snapshot: Value,
-}
-
-#[derive(Deserialize)]
-struct WeightWire {
-    #[serde(default, deserialize_with = "text")]
-    member_address: String,
-}
-
-impl EpochGroupWire {
-    pub(super) fn into_domain(self) -> EpochGroup {
-        EpochGroup {
-            epoch_index: self.epoch_index,
-            model: self.model_id,
-            sub_group_models: self.sub_group_models,
-            validation_weights: self
-                .validation_weights
-                .into_iter()
-                .map(|weight| weight.member_address)
-                .collect(),
-            has_model_snapshot: self.model_snapshot.is_object(),
-        }
+pub(super) fn epoch_group(wire: proto::EpochGroupData) -> EpochGroup {
+    EpochGroup {
+        epoch_index: wire.epoch_index,
+        model: wire.model_id,
+        sub_group_models: wire.sub_group_models,
+        validation_weights: wire
+            .validation_weights
+            .into_iter()
+            .map(|weight| weight.member_address)
+            .collect(),
+        has_model_snapshot: wire.model_snapshot.is_some(),
     }
 }
 
 // === participants and keys ===
-
-#[derive(Deserialize)]
-pub(super) struct ParticipantAnswer {
-    pub(super) participant: ParticipantWire,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ParticipantWire {
-    #[serde(default, deserialize_with = "text")]
-    pub(super) inference_url: String,
-}
-
-#[derive(Deserialize)]
-pub(super) struct AccountPubkeyAnswer {
-    #[serde(default, deserialize_with = "text")]
-    pub(super) pubkey: String,
-}
 
 /// An account authorised by another for a message type, with its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,26 +158,10 @@ pub struct Grantee {
     pub public_key: Vec<u8>,
 }
 
-#[derive(Deserialize)]
-pub(super) struct GranteesAnswer {
-    #[serde(default, deserialize_with = "list")]
-    pub(super) grantees: Vec<GranteeWire>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct GranteeWire {
-    #[serde(default, deserialize_with = "text")]
-    address: String,
-    #[serde(default, deserialize_with = "text")]
-    pub_key: String,
-}
-
-impl GranteeWire {
-    pub(super) fn into_domain(self) -> Result<Grantee> {
-        let public_key =
-            if self.pub_key.is_empty() { Vec::new() } else { decode_pubkey(&self.pub_key)? };
-        Ok(Grantee { address: self.address, public_key })
-    }
+pub(super) fn grantee(wire: proto::Grantee) -> Result<Grantee> {
+    let public_key =
+        if wire.pub_key.is_empty() { Vec::new() } else { decode_pubkey(&wire.pub_key)? };
+    Ok(Grantee { address: wire.address, public_key })
 }
 
 /// A base64 public key as the module writes it (the key's raw bytes).
@@ -416,26 +181,47 @@ pub(super) fn decode_pubkey(encoded: &str) -> Result<Vec<u8>> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct EpochParams {
     /// Blocks per epoch.
-    #[serde(default, deserialize_with = "int")]
     pub epoch_length: i64,
     /// Offset of the PoC stage start within the block count.
-    #[serde(default, deserialize_with = "int")]
     pub epoch_shift: i64,
     /// Blocks of the PoC stage.
-    #[serde(default, deserialize_with = "int")]
     pub poc_stage_duration: i64,
     /// Blocks between the end of PoC and the start of PoC validation.
-    #[serde(default, deserialize_with = "int")]
     pub poc_validation_delay: i64,
     /// Blocks of PoC validation.
-    #[serde(default, deserialize_with = "int")]
     pub poc_validation_duration: i64,
     /// Blocks between the end of PoC validation and "set new validators".
-    #[serde(default, deserialize_with = "int")]
     pub set_new_validators_delay: i64,
     /// Blocks before the next PoC start after which inferences are no longer validated.
-    #[serde(default, deserialize_with = "int")]
     pub inference_validation_cutoff: i64,
+}
+
+impl From<proto::EpochParams> for EpochParams {
+    fn from(wire: proto::EpochParams) -> Self {
+        Self {
+            epoch_length: wire.epoch_length,
+            epoch_shift: wire.epoch_shift,
+            poc_stage_duration: wire.poc_stage_duration,
+            poc_validation_delay: wire.poc_validation_delay,
+            poc_validation_duration: wire.poc_validation_duration,
+            set_new_validators_delay: wire.set_new_validators_delay,
+            inference_validation_cutoff: wire.inference_validation_cutoff,
+        }
+    }
+}
+
+impl From<EpochParams> for proto::EpochParams {
+    fn from(params: EpochParams) -> Self {
+        Self {
+            epoch_length: params.epoch_length,
+            epoch_shift: params.epoch_shift,
+            poc_stage_duration: params.poc_stage_duration,
+            poc_validation_delay: params.poc_validation_delay,
+            poc_validation_duration: params.poc_validation_duration,
+            set_new_validators_delay: params.set_new_validators_delay,
+            inference_validation_cutoff: params.inference_validation_cutoff,
+        }
+    }
 }
 
 /// The chain's latest epoch and its parameters (`EpochInfo`).
@@ -451,38 +237,17 @@ pub struct EpochInfo {
     pub params: EpochParams,
 }
 
-#[derive(Deserialize)]
-pub(super) struct EpochInfoAnswer {
-    #[serde(default, deserialize_with = "int")]
-    block_height: i64,
-    #[serde(default)]
-    params: ParamsWire,
-    #[serde(default)]
-    latest_epoch: EpochWire,
-}
-
-#[derive(Deserialize, Default)]
-struct ParamsWire {
-    #[serde(default)]
-    epoch_params: Option<EpochParams>,
-}
-
-#[derive(Deserialize, Default)]
-struct EpochWire {
-    #[serde(default, deserialize_with = "int")]
-    index: u64,
-    #[serde(default, deserialize_with = "int")]
-    poc_start_block_height: i64,
-}
-
-impl EpochInfoAnswer {
-    pub(super) fn into_domain(self) -> EpochInfo {
-        EpochInfo {
-            block_height: self.block_height,
-            epoch_index: self.latest_epoch.index,
-            poc_start_block_height: self.latest_epoch.poc_start_block_height,
-            params: self.params.epoch_params.unwrap_or_default(),
-        }
+pub(super) fn epoch_info(wire: proto::QueryEpochInfoResponse) -> EpochInfo {
+    let epoch = wire.latest_epoch.unwrap_or_default();
+    EpochInfo {
+        block_height: wire.block_height,
+        epoch_index: epoch.index,
+        poc_start_block_height: epoch.poc_start_block_height,
+        params: wire
+            .params
+            .and_then(|params| params.epoch_params)
+            .map(Into::into)
+            .unwrap_or_default(),
     }
 }
 
@@ -490,33 +255,37 @@ impl EpochInfoAnswer {
 
 /// What the chain holds for a participant to claim (`SettleAmount`): the rewards of one epoch,
 /// set at the epoch's settlement and removed by a successful claim.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SettleAmount {
     /// The participant's address.
-    #[serde(default, deserialize_with = "text")]
     pub participant: String,
     /// Reward coins waiting to be claimed.
-    #[serde(default, deserialize_with = "int")]
     pub reward_coins: u64,
     /// Work coins waiting to be claimed.
-    #[serde(default, deserialize_with = "int")]
     pub work_coins: u64,
     /// The epoch the amounts were settled for.
-    #[serde(default, deserialize_with = "int")]
     pub epoch_index: u64,
 }
 
 impl SettleAmount {
     /// Whether anything is left to claim (upstream's `reward_coins + work_coins > 0`).
     pub fn has_coins(&self) -> bool {
-        self.reward_coins.saturating_add(self.work_coins) > 0
+        self.total() > 0
+    }
+
+    /// Reward and work coins together.
+    pub fn total(&self) -> u64 {
+        self.reward_coins.saturating_add(self.work_coins)
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct SettleAmountAnswer {
-    #[serde(default)]
-    pub(super) settle_amount: SettleAmount,
+pub(super) fn settle_amount(wire: proto::SettleAmount) -> SettleAmount {
+    SettleAmount {
+        participant: wire.participant,
+        reward_coins: wire.reward_coins,
+        work_coins: wire.work_coins,
+        epoch_index: wire.epoch_index,
+    }
 }
 
 // === accounts ===
@@ -530,82 +299,105 @@ pub struct BaseAccount {
     pub sequence: u64,
 }
 
-/// The base account inside `{"account": ...}`, whatever account type wraps it (vesting accounts
-/// nest it one or two levels down).
-pub(super) fn base_account(answer: &Value) -> Result<BaseAccount> {
-    fn find(value: &Value, depth: usize) -> Option<&Value> {
-        if value.get("account_number").is_some() {
-            return Some(value);
-        }
-        if depth == 0 {
-            return None;
-        }
-        value.as_object()?.values().find_map(|inner| find(inner, depth - 1))
+/// The base account inside the auth query's `Any`, whatever account type wraps it (vesting
+/// accounts nest it in their base vesting account).
+pub(super) fn base_account(account: Any) -> Result<BaseAccount> {
+    fn decode<M: prost::Message + Default>(value: &[u8]) -> Result<M> {
+        M::decode(value).map_err(|err| Error::Decode(format!("account: {err}")))
     }
-    let account = answer
-        .get("account")
-        .and_then(|account| find(account, 3))
-        .ok_or_else(|| Error::Decode("account answer has no account_number".into()))?;
-    #[derive(Deserialize)]
-    struct Numbers {
-        #[serde(default, deserialize_with = "int")]
-        account_number: u64,
-        #[serde(default, deserialize_with = "int")]
-        sequence: u64,
-    }
-    let numbers =
-        Numbers::deserialize(account).map_err(|err| Error::Decode(format!("account: {err}")))?;
-    Ok(BaseAccount { account_number: numbers.account_number, sequence: numbers.sequence })
+    let from_vesting = |base: Option<vesting::BaseVestingAccount>| {
+        base.and_then(|base| base.base_account)
+            .ok_or_else(|| Error::Decode("vesting account without a base account".into()))
+    };
+    let base: auth::BaseAccount = match account.type_url.as_str() {
+        "/cosmos.auth.v1beta1.BaseAccount" => decode(&account.value)?,
+        "/cosmos.vesting.v1beta1.ContinuousVestingAccount" => from_vesting(
+            decode::<vesting::ContinuousVestingAccount>(&account.value)?.base_vesting_account,
+        )?,
+        "/cosmos.vesting.v1beta1.DelayedVestingAccount" => from_vesting(
+            decode::<vesting::DelayedVestingAccount>(&account.value)?.base_vesting_account,
+        )?,
+        "/cosmos.vesting.v1beta1.PeriodicVestingAccount" => from_vesting(
+            decode::<vesting::PeriodicVestingAccount>(&account.value)?.base_vesting_account,
+        )?,
+        "/cosmos.vesting.v1beta1.PermanentLockedAccount" => from_vesting(
+            decode::<vesting::PermanentLockedAccount>(&account.value)?.base_vesting_account,
+        )?,
+        other => return Err(Error::Decode(format!("account of unknown type {other:?}"))),
+    };
+    Ok(BaseAccount { account_number: base.account_number, sequence: base.sequence })
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use prost::Message as _;
 
     use super::*;
 
     #[test]
     fn decimals_convert_exactly() {
-        let wire = |value, exponent| DecimalWire { value, exponent };
-        assert_eq!(wire(1, -2).to_decimal("x").unwrap(), Decimal::new(1, 2));
-        assert_eq!(wire(5, 1).to_decimal("x").unwrap(), Decimal::from(50));
-        assert!(wire(1, -40).to_decimal("x").is_err());
-        assert!(wire(i64::MAX, 30).to_decimal("x").is_err());
+        let wire = |value, exponent| Some(crate::proto::Decimal { value, exponent });
+        assert_eq!(decimal(wire(1, -2), "x", Decimal::ZERO).unwrap(), Decimal::new(1, 2));
+        assert_eq!(decimal(wire(5, 1), "x", Decimal::ZERO).unwrap(), Decimal::from(50));
+        assert_eq!(decimal(None, "x", Decimal::ONE).unwrap(), Decimal::ONE);
+        assert!(decimal(wire(1, -40), "x", Decimal::ZERO).is_err());
+        assert!(decimal(wire(i64::MAX, 30), "x", Decimal::ZERO).is_err());
     }
 
     #[test]
-    fn inferences_accept_names_numbers_and_strings() {
-        let wire: InferenceWire = serde_json::from_value(json!({
-            "index": "i1", "inference_id": "i1", "status": "VOTING", "epoch_id": "12",
-            "model": "m", "executed_by": "gonka1x", "prompt_hash": null
-        }))
-        .unwrap();
-        let inference = wire.into_domain().unwrap();
+    fn inferences_need_an_id_and_a_known_status() {
+        let wire = proto::Inference {
+            index: "a/b+c=".into(),
+            status: 4,
+            epoch_id: 12,
+            ..proto::Inference::default()
+        };
+        let inference = inference(wire).unwrap();
+        assert_eq!(inference.inference_id.as_str(), "a/b+c=");
         assert_eq!(inference.status, InferenceStatus::Voting);
         assert_eq!(inference.epoch_id, 12);
-        let wire: InferenceWire =
-            serde_json::from_value(json!({"index": "i2", "status": 2, "epoch_id": 3})).unwrap();
-        assert_eq!(wire.into_domain().unwrap().status, InferenceStatus::Validated);
-        let wire: InferenceWire = serde_json::from_value(json!({"status": "BOGUS"})).unwrap();
-        assert!(matches!(wire.into_domain(), Err(Error::Decode(_))));
-        assert!(serde_json::from_value::<InferenceWire>(json!({"epoch_id": "x"})).is_err());
-        assert!(serde_json::from_value::<InferenceWire>(json!({"epoch_id": "-1"})).is_err());
+        let bad = proto::Inference { index: "x".into(), status: 9, ..proto::Inference::default() };
+        assert!(matches!(super::inference(bad), Err(Error::Decode(_))));
+        assert!(matches!(super::inference(proto::Inference::default()), Err(Error::Decode(_))));
     }
 
     #[test]
     fn base_accounts_are_found_inside_vesting_accounts() {
-        let plain = json!({"account": {"@type": "/cosmos.auth.v1beta1.BaseAccount",
-            "account_number": "7", "sequence": "3"}});
-        assert_eq!(base_account(&plain).unwrap(), BaseAccount { account_number: 7, sequence: 3 });
-        let vesting = json!({"account": {"@type": "/cosmos.vesting.v1beta1.DelayedVestingAccount",
-            "base_vesting_account": {"base_account": {"account_number": "9", "sequence": "0"}}}});
-        assert_eq!(base_account(&vesting).unwrap().account_number, 9);
-        assert!(matches!(base_account(&json!({"account": {}})), Err(Error::Decode(_))));
+        let base = auth::BaseAccount { account_number: 9, sequence: 3, ..Default::default() };
+        let plain = Any {
+            type_url: "/cosmos.auth.v1beta1.BaseAccount".into(),
+            value: base.encode_to_vec(),
+        };
+        assert_eq!(base_account(plain).unwrap(), BaseAccount { account_number: 9, sequence: 3 });
+        let delayed = vesting::DelayedVestingAccount {
+            base_vesting_account: Some(vesting::BaseVestingAccount {
+                base_account: Some(base),
+                ..Default::default()
+            }),
+        };
+        let wrapped = Any {
+            type_url: "/cosmos.vesting.v1beta1.DelayedVestingAccount".into(),
+            value: delayed.encode_to_vec(),
+        };
+        assert_eq!(base_account(wrapped).unwrap().account_number, 9);
+        let unknown = Any { type_url: "/x.Y".into(), value: Vec::new() };
+        assert!(matches!(base_account(unknown), Err(Error::Decode(_))));
+        let junk = Any { type_url: "/cosmos.auth.v1beta1.BaseAccount".into(), value: vec![0xff] };
+        assert!(matches!(base_account(junk), Err(Error::Decode(_))));
     }
 
     #[test]
     fn public_keys_must_be_secp256k1() {
         assert!(decode_pubkey("!!").is_err());
         assert!(decode_pubkey("AAAA").is_err());
+    }
+
+    #[test]
+    fn negative_cutoffs_are_refused() {
+        let params = proto::ValidationParams {
+            full_validation_traffic_cutoff: -1,
+            ..proto::ValidationParams::default()
+        };
+        assert!(matches!(validation_params(params), Err(Error::Decode(_))));
     }
 }

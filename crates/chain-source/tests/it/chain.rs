@@ -2,9 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
+use base64::Engine as _;
 use chain_source::{
-    config::QueryConfig, query::QueryClient, seed_for_epoch, ChainNodeClient, Config, Error,
-    ExecutorDirectory, Signer, SigningKeys,
+    client::ClaimAnswer, config::QueryConfig, query::QueryClient, rpc::RpcClient, seed_for_epoch,
+    ChainNodeClient, Config, Error, ExecutorDirectory, Signer, SigningKeys,
 };
 use futures_util::future::join_all;
 use testkit::{
@@ -29,7 +30,6 @@ const CLAIM: &str = "/inference.inference.MsgClaimRewards";
 fn config(node: &LoopbackChainNode) -> Config {
     let mut config = Config::default();
     config.events.rpc_url = node.url();
-    config.query.url = node.url();
     config.tx.chain_id = testkit::chain_node::CHAIN_ID.into();
     config.tx.address_prefix = testkit::chain_node::ADDRESS_PREFIX.into();
     config.tx.timeout = BOUND;
@@ -139,18 +139,18 @@ async fn one_failed_key_lookup_leaves_the_other_keys() {
     let (node, client, _) = setup().await;
     let (executor, grantee, executor_address) = executor_with_grantee(&node);
 
-    node.fail_route("grantees_by_message_type", 301);
+    node.fail_query("GranteesByMessageType", 6);
     let keys = client.signing_keys(&executor_address).await.unwrap();
     assert_eq!(keys.keys, vec![executor.public_key()]);
     assert!(keys.incomplete.as_deref().is_some_and(|why| why.contains("grantee keys")), "{keys:?}");
 
-    node.restore_route("grantees_by_message_type");
-    node.fail_route("inference_participant", 501);
+    node.restore_query("GranteesByMessageType");
+    node.fail_query("AccountByAddress", 1);
     let keys = client.signing_keys(&executor_address).await.unwrap();
     assert_eq!(keys.keys, vec![grantee.public_key()]);
     assert!(keys.incomplete.as_deref().is_some_and(|why| why.contains("account key")), "{keys:?}");
 
-    node.fail_route("grantees_by_message_type", 301);
+    node.fail_query("GranteesByMessageType", 6);
     let result = client.signing_keys(&executor_address).await;
     assert!(result.is_err(), "{result:?}");
 }
@@ -182,7 +182,7 @@ async fn a_submitted_validation_decodes_to_the_exact_fields() {
     );
     assert_eq!(node.sequence(&address), Some(1));
 
-    client.claim_rewards(-77, 3).await.unwrap();
+    client.claim_rewards(-77, 3, 0).await.unwrap();
     let claim = &node.submitted()[1];
     assert_eq!(
         claim.msg,
@@ -196,16 +196,118 @@ async fn the_settle_amount_is_read_and_a_claim_of_its_epoch_clears_it() {
     let (node, client, address) = setup().await;
     assert!(matches!(client.query().settle_amount(&address).await, Err(Error::NotFound(_))));
 
-    node.set_settle_amount(&address, 6, 1_500, 0);
+    node.set_epoch(7, 100, Default::default());
+    node.set_settle_amount(&address, 6, 1_500, 20);
     let settled = client.query().settle_amount(&address).await.unwrap();
     assert_eq!((settled.participant.as_str(), settled.epoch_index), (address.as_str(), 6));
-    assert_eq!((settled.reward_coins, settled.work_coins), (1_500, 0));
+    assert_eq!((settled.reward_coins, settled.work_coins, settled.total()), (1_500, 20, 1_520));
     assert!(settled.has_coins());
 
-    client.claim_rewards(11, 5).await.unwrap();
+    let answer = client.claim_rewards(11, 5, settled.total()).await.unwrap();
+    assert!(
+        matches!(&answer, ClaimAnswer::Refused { result, .. } if result.contains("previous epoch")),
+        "{answer:?}"
+    );
     assert!(client.query().settle_amount(&address).await.is_ok(), "another epoch's claim");
-    client.claim_rewards(11, 6).await.unwrap();
+    let answer = client.claim_rewards(11, 6, settled.total()).await.unwrap();
+    assert!(matches!(answer, ClaimAnswer::Paid { amount: 1_520, .. }), "{answer:?}");
     assert!(matches!(client.query().settle_amount(&address).await, Err(Error::NotFound(_))));
+}
+
+/// A claim within 30 blocks of another attempt lands with code 0 and says "Claim rate
+/// limited" only in its response: read as refused, and paid once the 30 blocks have passed.
+/// A response paying more than was settled is refused as malformed.
+#[tokio::test]
+async fn claim_responses_are_read_from_the_block() {
+    let (node, client, address) = setup().await;
+    node.set_epoch(7, 100, Default::default());
+    node.advance(500);
+    node.set_settle_amount(&address, 6, 1_000, 0);
+    node.set_last_claim_attempt(&address, node.tip() - 5);
+    let answer = client.claim_rewards(1, 6, 1_000).await.unwrap();
+    let ClaimAnswer::Refused { result, height, tx_hash } = &answer else { panic!("{answer:?}") };
+    assert_eq!(result, "Claim rate limited");
+    assert_eq!(*height, node.tip());
+    assert_eq!(tx_hash, &node.submitted()[0].tx_hash);
+    node.advance(30);
+    let answer = client.claim_rewards(1, 6, 1_000).await.unwrap();
+    assert!(matches!(answer, ClaimAnswer::Paid { amount: 1_000, .. }), "{answer:?}");
+
+    node.set_settle_amount(&address, 6, 1_000, 0);
+    node.advance(30);
+    let absurd = client.claim_rewards(1, 6, 10).await;
+    assert!(matches!(&absurd, Err(Error::Decode(why)) if why.contains("more than")), "{absurd:?}");
+}
+
+/// A transaction no lookup finds is `NotIncluded` once the inclusion deadline passes, after one
+/// second broadcast (which the node answers as already in its cache).
+#[tokio::test]
+async fn a_transaction_never_found_is_not_included() {
+    let node = LoopbackChainNode::start().await;
+    let address = node.add_key(&account_key().public_key());
+    let mut config = config(&node);
+    config.tx.inclusion_timeout = Duration::from_millis(300);
+    config.tx.poll_interval = Duration::from_millis(50);
+    let client = ChainNodeClient::new(&config, address.clone(), account_key()).unwrap();
+    node.hide_transactions(true);
+    let answer = client.claim_rewards(1, 0, 0).await.unwrap();
+    assert!(matches!(&answer, ClaimAnswer::NotIncluded { last_error: None, .. }), "{answer:?}");
+    assert_eq!(node.submitted().len(), 1, "the second broadcast is the same transaction");
+    node.hide_transactions(false);
+    assert!(matches!(client.claim_rewards(1, 0, 0).await, Ok(ClaimAnswer::Refused { .. })));
+}
+
+/// With classic validation retired, a validation passes `CheckTx` and fails in its block with
+/// 1161: the client marks the protocol retired, and refuses the next validation without a
+/// broadcast.
+#[tokio::test]
+async fn a_validation_landing_with_1161_retires_the_classic_protocol() {
+    let (node, client, _) = setup().await;
+    node.add_inference("inf-1", 3, EXECUTOR);
+    node.add_inference("inf-2", 3, EXECUTOR);
+    node.retire_classic();
+    let mut retired = client.retired();
+    client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
+    timeout(BOUND, retired.wait_for(Option::is_some)).await.unwrap().unwrap();
+    assert!(retired.borrow().as_deref().is_some_and(|why| why.contains("1161")));
+    assert_eq!(node.deprecated_rejections(), 1);
+    let refused = client.submit_validation(&validation("uuid-2", "inf-2")).await;
+    assert!(matches!(refused, Err(SubmitError::Retired(_))), "{refused:?}");
+    assert_eq!(node.deprecated_rejections(), 1, "nothing more was broadcast");
+    assert!(node.submitted().is_empty());
+}
+
+/// Upstream inference ids are base64 signatures with `/`, `+` and `=`: they travel as protobuf
+/// fields, so every query finds them as they are.
+#[tokio::test]
+async fn real_shaped_ids_survive_every_query() {
+    let (node, client, address) = setup().await;
+    let ids = ["ab/cd+ef==", "//x+/y=", "Zm9v/YmFy+Kw=="];
+    for id in ids {
+        node.add_inference(id, 3, EXECUTOR);
+    }
+    node.set_validated(&address, 3, &[ids[1]]);
+    for id in ids {
+        let inference = client.inference(&id.into()).await.unwrap();
+        assert_eq!(inference.inference_id.as_str(), id);
+    }
+    let ids_wanted: Vec<_> = ids.iter().map(|id| (*id).into()).collect();
+    let params = client.validation_parameters(&ids_wanted).await.unwrap();
+    assert_eq!(params.details.len(), 3);
+    let page = client.inferences_page(None, 2).await.unwrap();
+    let next = client.inferences_page(page.next_key.clone(), 2).await.unwrap();
+    let mut listed: Vec<String> = page
+        .inferences
+        .iter()
+        .chain(&next.inferences)
+        .map(|summary| summary.inference_id.to_string())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(next.next_key, None);
+    assert_eq!(client.validated_inferences(3).await.unwrap(), vec![ids[1].into()]);
 }
 
 #[tokio::test]
@@ -289,10 +391,13 @@ async fn a_warm_key_signs_inside_msg_exec() {
     assert_eq!(node.sequence(&warm_address), Some(1));
     assert_eq!(node.sequence(&account), Some(0));
 
-    let refused = client.claim_rewards(5, 3).await;
+    let refused = client.claim_rewards(5, 3, 0).await;
     assert!(matches!(refused, Err(Error::TxRejected { .. })), "no grant for claims: {refused:?}");
     node.grant(&account, &warm_address, CLAIM);
-    client.claim_rewards(5, 3).await.unwrap();
+    node.set_epoch(4, 100, Default::default());
+    node.set_settle_amount(&account, 3, 70, 0);
+    let answer = client.claim_rewards(5, 3, 70).await.unwrap();
+    assert!(matches!(answer, ClaimAnswer::Paid { amount: 70, .. }), "inside MsgExec: {answer:?}");
 
     assert_eq!(client.seed_for_epoch(3).await.unwrap(), seed_for_epoch(&warm, 3));
 }
@@ -307,7 +412,7 @@ async fn gas_and_fees_follow_the_message_type() {
     node.add_inference("inf-2", 3, EXECUTOR);
     let client = ChainNodeClient::new(&config(&node), account.clone(), account_key()).unwrap();
     client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
-    client.claim_rewards(5, 3).await.unwrap();
+    client.claim_rewards(5, 3, 0).await.unwrap();
     let submitted = node.submitted();
     assert_eq!(submitted[0].gas_limit, 1_550_000);
     assert_eq!(submitted[1].gas_limit, 750_000);
@@ -338,7 +443,7 @@ fn the_seed_of_a_fixed_key_is_stable() {
 const GOLDEN_SEED_EPOCH_1: i64 = 4_461_648_686_860_941_798;
 
 /// Serves one HTTP answer with `status` and `body` to every connection.
-async fn serve_raw(status: u16, body: &'static str) -> String {
+async fn serve_raw(status: u16, body: String) -> String {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -359,23 +464,51 @@ async fn serve_raw(status: u16, body: &'static str) -> String {
 async fn oversized_and_malformed_answers_are_typed_errors() {
     let node = LoopbackChainNode::start().await;
     node.add_inference("inf-1", 3, EXECUTOR);
-    let tiny = QueryConfig { url: node.url(), max_response_bytes: 32, ..QueryConfig::default() };
-    let query = QueryClient::new(&tiny).unwrap();
+    let query_at = |url: &str, cap: u64| {
+        let rpc = Arc::new(RpcClient::new(url, BOUND, cap).unwrap());
+        (QueryClient::new(&QueryConfig::default(), Arc::clone(&rpc)), rpc)
+    };
+    let (query, _) = query_at(&node.url(), 32);
     assert_eq!(query.inference(&"inf-1".into()).await, Err(Error::TooLarge { limit: 32 }));
 
-    for (status, body) in [
-        (200, "not json"),
-        (200, r#"{"inference": {"inference_id": "x", "status": "BOGUS"}}"#),
-        (200, r#"{"inference": {"inference_id": "x", "epoch_id": "-3"}}"#),
-        (200, r#"{"unexpected": true}"#),
+    let answer = |response: serde_json::Value| {
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"response": response}}).to_string()
+    };
+    // Field 1 (the inference) holding id "x" and field 11 (status) = 9, which no status has.
+    let bogus_status =
+        base64::engine::general_purpose::STANDARD.encode([0x0a, 5, 0x12, 1, b'x', 0x58, 9]);
+    for body in [
+        "not json".to_owned(),
+        answer(serde_json::json!({"code": 0, "value": "!!", "height": "5"})),
+        answer(serde_json::json!({"code": 0, "value": "/////w==", "height": "5"})),
+        answer(serde_json::json!({"code": 0, "value": bogus_status, "height": "5"})),
+        answer(serde_json::json!({"code": 0, "value": null, "height": "5"})),
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"unexpected": true}}).to_string(),
     ] {
-        let url = serve_raw(status, body).await;
-        let query = QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }).unwrap();
+        let url = serve_raw(200, body.clone()).await;
+        let (query, _) = query_at(&url, 1 << 20);
         let err = query.inference(&"x".into()).await.unwrap_err();
         assert!(matches!(err, Error::Decode(_)), "{body}: {err:?}");
     }
-    let url = serve_raw(503, "overloaded").await;
-    let query = QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }).unwrap();
+    let url =
+        serve_raw(200, answer(serde_json::json!({"code": 18, "codespace": "sdk", "log": "bad"})))
+            .await;
+    let (query, _) = query_at(&url, 1 << 20);
+    let err = query.inference(&"x".into()).await.unwrap_err();
+    assert!(matches!(err, Error::Query { code: 18, .. }), "{err:?}");
+
+    // The node says its tip is 10; an answer read at height 10,000 is from the future.
+    let status = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "sync_info": {"latest_block_height": "10", "earliest_block_height": "1"},
+        "response": {"code": 0, "value": null, "height": "10000"}}});
+    let url = serve_raw(200, status.to_string()).await;
+    let (query, rpc) = query_at(&url, 1 << 20);
+    rpc.status().await.unwrap();
+    let err = query.epoch_info().await.unwrap_err();
+    assert!(matches!(&err, Error::Decode(why) if why.contains("past the latest")), "{err:?}");
+
+    let url = serve_raw(503, "overloaded".to_owned()).await;
+    let (query, _) = query_at(&url, 1 << 20);
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Status { status: 503, .. })));
 }
 
@@ -389,8 +522,8 @@ async fn a_silent_node_times_out() {
             held.push(stream);
         }
     });
-    let config = QueryConfig { url, timeout: Duration::from_millis(200), ..QueryConfig::default() };
-    let query = QueryClient::new(&config).unwrap();
+    let config = QueryConfig { timeout: Duration::from_millis(200), ..QueryConfig::default() };
+    let query = QueryClient::new(&config, Arc::new(RpcClient::new(&url, BOUND, 1 << 20).unwrap()));
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Timeout(_))));
 }
 

@@ -89,6 +89,12 @@ pub(super) fn height(conn: &Connection) -> Result<Option<u64>> {
     Ok(height.map(uint))
 }
 
+pub(super) fn claims(conn: &Connection) -> Result<Vec<(u64, String)>> {
+    let mut statement = conn.prepare_cached("SELECT epoch, record FROM claims ORDER BY epoch")?;
+    let rows = statement.query_map([], |row| Ok((uint(row.get(0)?), row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub(super) fn history(conn: &Connection, inference_id: &str) -> Result<InferenceHistory> {
     let mut ids = Vec::new();
     let mut validations = Vec::new();

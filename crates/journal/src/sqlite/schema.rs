@@ -88,6 +88,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 2: the reward claim of each epoch, as the claimer describes it (JSON).
+    "
+    CREATE TABLE claims (
+        epoch      INTEGER PRIMARY KEY,
+        record     TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this validator writes.

@@ -237,7 +237,7 @@ async fn history_holds_validations_attempts_and_submissions_in_order() {
 }
 
 #[tokio::test]
-async fn runs_and_heights_survive_a_restart() {
+async fn runs_heights_and_claims_survive_a_restart() {
     let dir = TempDir::new("runs");
     let journal = open(&dir);
     assert_eq!(journal.last_run_id(), 0);
@@ -269,11 +269,18 @@ async fn runs_and_heights_survive_a_restart() {
     });
     journal.store_height(120);
     journal.store_height(121);
+    journal.store_claim(9, r#"{"state":"pending"}"#.into()).await.unwrap();
+    journal.store_claim(9, r#"{"state":"paid"}"#.into()).await.unwrap();
+    journal.store_claim(8, r#"{"state":"paid"}"#.into()).await.unwrap();
     journal.close().await;
 
     let journal = open(&dir);
     assert_eq!(journal.last_run_id(), 5);
     assert_eq!(journal.height().unwrap(), Some(121));
+    assert_eq!(
+        journal.claims().unwrap(),
+        [(8, r#"{"state":"paid"}"#.to_owned()), (9, r#"{"state":"paid"}"#.to_owned())]
+    );
     let runs = journal.recent_runs(10).await.unwrap();
     assert_eq!(runs.iter().map(|run| run.run_id).collect::<Vec<_>>(), [5, 4]);
     assert_eq!(runs[0].state, None);

@@ -30,6 +30,8 @@ pub(super) enum Msg {
     Flush { ack: oneshot::Sender<Result<(), String>> },
     /// The chain source's last processed height.
     Height(u64),
+    /// An epoch's claim record, acknowledged once committed.
+    Claim { epoch: u64, record: String, ack: oneshot::Sender<Result<(), String>> },
     /// Retention: delete what is older than the epoch.
     Prune { keep_from_epoch: u64, ack: oneshot::Sender<Result<PruneReport, String>> },
     /// Stop taking messages; write those already queued, then exit.
@@ -127,7 +129,7 @@ impl Writer {
                 // Nothing was written: the intents and prunes of the batch fail with the error.
                 for msg in batch.drain(..) {
                     match msg {
-                        Msg::Intend { ack, .. } | Msg::Flush { ack } => {
+                        Msg::Intend { ack, .. } | Msg::Flush { ack } | Msg::Claim { ack, .. } => {
                             acks.push(Ack::Done(ack, Ok(())));
                         }
                         Msg::Prune { ack, .. } => {
@@ -157,6 +159,23 @@ impl Writer {
                 }
                 Msg::Flush { ack } => acks.push(Ack::Done(ack, Ok(()))),
                 Msg::Height(value) => height = Some(value),
+                Msg::Claim { epoch, record, ack } => {
+                    let result = tx
+                        .prepare_cached(
+                            "INSERT INTO claims (epoch, record, updated_at) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (epoch) DO UPDATE SET record = ?2, updated_at = ?3",
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![
+                                i64::try_from(epoch).unwrap_or(i64::MAX),
+                                record,
+                                millis(SystemTime::now()),
+                            ])
+                        })
+                        .map(drop)
+                        .map_err(|err| err.to_string());
+                    acks.push(Ack::Done(ack, result));
+                }
                 Msg::Prune { keep_from_epoch, ack } => {
                     let result = prune(&tx, keep_from_epoch).map_err(|err| err.to_string());
                     acks.push(Ack::Prune(ack, result));

@@ -1,12 +1,24 @@
-//! The fake's `broadcast_tx_sync`: decodes a signed transaction, checks it as the chain's ante
-//! handler and the `inference` module would, and applies it. Its message types are written here
-//! from the module's `tx.proto`, independently of the adapter's.
+//! The fake's `broadcast_tx_sync` and `tx`: decodes a signed transaction, checks it as the
+//! chain's ante handler and the `inference` module would, applies it and indexes its result by
+//! hash as the block at the current tip. Its message types are written here from the module's
+//! `tx.proto`, independently of the adapter's.
+//!
+//! As the chain since v0.2.14, with classic validation retired a `MsgValidation` passes
+//! `CheckTx` and fails in its block with `ErrDeprecated` (1161). Claims follow the module's
+//! claim handler: every outcome lands with code 0 and says what happened in
+//! `MsgClaimRewardsResponse{amount, result}` (previous epoch only, one attempt per 30 blocks,
+//! nothing paid without a settled amount of that epoch). The one difference: an account that
+//! never attempted a claim is not rate-limited at heights below 30.
 
 use base64::Engine as _;
-use cosmrs::proto::cosmos::{
-    authz::v1beta1::MsgExec,
-    crypto::secp256k1::PubKey,
-    tx::v1beta1::{AuthInfo, SignDoc, TxBody, TxRaw},
+use cosmrs::{
+    proto::cosmos::{
+        authz::v1beta1::{MsgExec, MsgExecResponse},
+        base::abci::v1beta1::TxMsgData,
+        crypto::secp256k1::PubKey,
+        tx::v1beta1::{AuthInfo, SignDoc, TxBody, TxRaw},
+    },
+    Any,
 };
 use prost::Message as _;
 use serde_json::{json, Value};
@@ -43,6 +55,14 @@ struct MsgValidation {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+struct MsgClaimRewardsResponse {
+    #[prost(uint64, tag = "1")]
+    amount: u64,
+    #[prost(string, tag = "2")]
+    result: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 struct MsgClaimRewards {
     #[prost(string, tag = "1")]
     creator: String,
@@ -54,6 +74,52 @@ struct MsgClaimRewards {
 
 /// ABCI code and codespace of `ErrDuplicateValidation`.
 pub(super) const DUPLICATE: (u32, &str) = (1143, "inference");
+/// ABCI code and codespace of `ErrDeprecated`.
+const DEPRECATED: (u32, &str) = (1161, "inference");
+/// Blocks between two claim attempts of one account.
+const CLAIM_INTERVAL: u64 = 30;
+
+/// A transaction's result as its block holds it.
+#[derive(Debug, Clone)]
+pub(super) struct TxRecord {
+    height: u64,
+    code: u32,
+    codespace: &'static str,
+    log: String,
+    /// `TxMsgData`, protobuf.
+    data: Vec<u8>,
+    tx: String,
+}
+
+/// The `tx` result for `params.hash` (base64), or the node's "not found" message.
+pub(super) fn lookup(state: &State, params: &Value) -> Result<Value, String> {
+    let encoded = params.get("hash").and_then(Value::as_str).unwrap_or("");
+    let hash = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map(|bytes| hex_upper(&bytes))
+        .map_err(|_| "invalid hash".to_owned())?;
+    let record = state
+        .txs
+        .get(&hash)
+        .filter(|_| !state.hide_txs)
+        .ok_or_else(|| format!("tx ({hash}) not found"))?;
+    Ok(json!({
+        "hash": hash,
+        "height": record.height.to_string(),
+        "index": 0,
+        "tx_result": {
+            "code": record.code,
+            "data": base64::engine::general_purpose::STANDARD.encode(&record.data),
+            "log": record.log,
+            "info": "",
+            "gas_wanted": "0",
+            "gas_used": "0",
+            "events": [],
+            "codespace": record.codespace,
+        },
+        "tx": record.tx,
+    }))
+}
 
 struct Rejection {
     code: u32,
@@ -70,9 +136,15 @@ pub(super) fn broadcast(state: &mut State, encoded: &str) -> Value {
     let hash = match base64::engine::general_purpose::STANDARD.decode(encoded) {
         Ok(bytes) => {
             let hash = hex_upper(&Sha256::digest(&bytes));
+            if state.txs.contains_key(&hash) {
+                return json!({"code": 19, "data": "", "log": "tx already exists in cache",
+                    "codespace": "sdk", "hash": hash});
+            }
             match check_and_apply(state, &bytes, &hash) {
-                Ok(()) => {
-                    return json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash})
+                Ok(mut record) => {
+                    encoded.clone_into(&mut record.tx);
+                    state.txs.insert(hash.clone(), record);
+                    return json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash});
                 }
                 Err(rejection) => {
                     if (rejection.code, rejection.codespace) == DUPLICATE {
@@ -88,7 +160,7 @@ pub(super) fn broadcast(state: &mut State, encoded: &str) -> Value {
     json!({"code": 2, "data": "", "log": "tx parse error", "codespace": "sdk", "hash": hash})
 }
 
-fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Rejection> {
+fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<TxRecord, Rejection> {
     let parse = |what: &str| reject(2, "sdk", format!("tx parse error: {what}"));
     let raw = TxRaw::decode(bytes).map_err(|_| parse("raw"))?;
     let body = TxBody::decode(raw.body_bytes.as_slice()).map_err(|_| parse("body"))?;
@@ -211,23 +283,59 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
             }
         }
     }
-    for (key, id) in validated {
-        state.validated.entry(key).or_default().insert(id);
-    }
-    for (msg, _) in &messages {
-        if let SubmittedMsg::ClaimRewards { creator, epoch_index, .. } = msg {
-            if state
-                .settle_amounts
-                .get(creator)
-                .is_some_and(|amount| amount.epoch_index == *epoch_index)
-            {
-                state.settle_amounts.remove(creator);
-            }
-        }
-    }
+    // From here on the transaction is in the block: the sequence is spent whatever its messages
+    // do, and a message that fails fails the whole transaction.
     if let Some(account) = state.accounts.get_mut(&signer) {
         account.sequence += 1;
     }
+    let height = state.tip;
+    let failed = |(code, codespace): (u32, &'static str), log: &str| TxRecord {
+        height,
+        code,
+        codespace,
+        log: log.to_owned(),
+        data: Vec::new(),
+        tx: String::new(),
+    };
+    let has_validation =
+        messages.iter().any(|(msg, _)| matches!(msg, SubmittedMsg::Validation { .. }));
+    if state.classic_retired && has_validation {
+        state.deprecated_rejections += 1;
+        return Ok(failed(
+            DEPRECATED,
+            "this message type is deprecated: classic inference is deprecated; use devshard",
+        ));
+    }
+    for (key, id) in validated {
+        state.validated.entry(key).or_default().insert(id);
+    }
+    let mut responses = Vec::new();
+    for (msg, via_exec) in &messages {
+        let (type_url, value) = match msg {
+            SubmittedMsg::ClaimRewards { creator, epoch_index, .. } => {
+                let response = claim(state, creator, *epoch_index, height);
+                state.claim_responses.push((
+                    *epoch_index,
+                    response.amount,
+                    response.result.clone(),
+                ));
+                ("/inference.inference.MsgClaimRewardsResponse", response.encode_to_vec())
+            }
+            SubmittedMsg::Validation { .. } => {
+                ("/inference.inference.MsgValidationResponse", Vec::new())
+            }
+        };
+        responses.push(if *via_exec {
+            let exec = MsgExecResponse { results: vec![value] };
+            Any {
+                type_url: "/cosmos.authz.v1beta1.MsgExecResponse".into(),
+                value: exec.encode_to_vec(),
+            }
+        } else {
+            Any { type_url: type_url.into(), value }
+        });
+    }
+    let data = TxMsgData { msg_responses: responses, ..TxMsgData::default() }.encode_to_vec();
     for (msg, via_exec) in messages {
         state.submitted.push(Submitted {
             signer: signer.clone(),
@@ -240,7 +348,32 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<(), Re
             msg,
         });
     }
-    Ok(())
+    Ok(TxRecord { height, code: 0, codespace: "", log: "[]".into(), data, tx: String::new() })
+}
+
+/// The claim handler: what a `MsgClaimRewards` of `creator` for `epoch` does at `height`.
+fn claim(state: &mut State, creator: &str, epoch: u64, height: u64) -> MsgClaimRewardsResponse {
+    let refuse = |result: &str| MsgClaimRewardsResponse { amount: 0, result: result.into() };
+    let current = state.epoch.index;
+    if current == 0 || current - 1 != epoch {
+        return refuse("Can't validate claim, current epoch group does not match previous epoch");
+    }
+    let Some(amount) = state.settle_amounts.get_mut(creator) else {
+        return refuse("No rewards for this address");
+    };
+    if amount.epoch_index != epoch {
+        return refuse("No rewards for this block height");
+    }
+    if amount.last_claim_attempt.is_some_and(|last| height.saturating_sub(last) < CLAIM_INTERVAL) {
+        return refuse("Claim rate limited");
+    }
+    amount.last_claim_attempt = Some(height);
+    let total = amount.reward_coins.saturating_add(amount.work_coins);
+    if total == 0 {
+        return refuse("No rewards for this address");
+    }
+    state.settle_amounts.remove(creator);
+    MsgClaimRewardsResponse { amount: total, result: "Rewards claimed successfully".into() }
 }
 
 fn decode_msg(type_url: &str, value: &[u8]) -> Result<SubmittedMsg, Rejection> {

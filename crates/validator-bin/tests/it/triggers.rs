@@ -2,9 +2,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::{Submitted, SubmittedMsg};
-use validator_bin::{app::AppHandle, claim::ClaimRecord};
+use validator_bin::{
+    app::AppHandle,
+    claim::{ClaimRecord, ClaimState},
+};
 use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
-use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, EPOCH_PARAMS, LIVE_EPOCH};
+use validator_demo::{
+    DemoOptions, Scenario, BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, EPOCH_PARAMS, LIVE_EPOCH,
+};
 
 use crate::Running;
 
@@ -14,10 +19,14 @@ const BOUND: Duration = Duration::from_secs(20);
 /// The demo's fakes with a small backlog and no live traffic; `script` adjusts the chain before
 /// the app starts following it.
 async fn start(script: impl FnOnce(&Scenario)) -> Running {
+    start_with(BACKLOG, 1, script).await
+}
+
+async fn start_with(backlog: usize, ml_latency_ms: u64, script: impl FnOnce(&Scenario)) -> Running {
     let options = DemoOptions {
-        backlog: BACKLOG,
+        backlog,
+        ml_latency_ms,
         slots: 2,
-        ml_latency_ms: 1,
         live_rate: 0.0,
         admin_token_file: Some(crate::temp_path("admin.token")),
         json: true,
@@ -105,6 +114,7 @@ async fn the_claim_trigger_claims_even_when_recovery_fails() {
         let chain = &scenario.chain;
         let poc_start = i64::try_from(chain.tip()).unwrap() + 2;
         chain.set_epoch(12, poc_start, EPOCH_PARAMS);
+        chain.set_settle_amount(&scenario.address, 11, 500, 0);
         chain.set_epoch_group(EpochGroup {
             epoch_index: 12,
             model: String::new(),
@@ -189,10 +199,74 @@ async fn the_admin_claim_answers_already_claimed_without_running_recovery() {
     assert_eq!(app.engine.runs().len(), 1, "no recovery ran");
     assert_eq!(claims(&running).len(), 1, "no claim was sent");
 
+    // Forced, recovery runs again, but a paid claim is never sent twice.
     let forced = claim_reward_recover(app, Some(json!({"force_claim": true}))).await;
     assert_eq!(forced["already_claimed"], true, "{forced}");
-    assert_eq!(forced["claim_executed"], true);
     assert_eq!(app.engine.runs().len(), 2);
-    assert_eq!(claims(&running).len(), 2);
+    assert_eq!(claims(&running).len(), 1, "{forced}");
+    running.stop().await;
+}
+
+/// A claim the chain rate-limits lands with code 0 and "Claim rate limited" in its response:
+/// the claimer reads that, keeps the claim pending, tries again once 30 blocks have passed,
+/// and is paid; the record says so, and the journal keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_claim_is_tried_again_after_30_blocks_then_paid() {
+    let running = start(|scenario| {
+        let chain = &scenario.chain;
+        chain.set_last_claim_attempt(&scenario.address, chain.tip());
+    })
+    .await;
+    running.scenario.chain.advance(6);
+    let record = next_claim(&running, 0).await;
+    assert_eq!(record.state, ClaimState::Pending, "{record:?}");
+    assert_eq!(record.last_result.as_deref(), Some("Claim rate limited"));
+    assert_eq!(record.attempts, 1);
+    let first_at = record.last_attempt_height.unwrap();
+
+    running.scenario.chain.advance(29);
+    running.scenario.chain.advance(1);
+    let record = next_claim(&running, 1).await;
+    assert!(record.claimed(), "{record:?}");
+    assert_eq!((record.attempts, record.amount), (2, BACKLOG_REWARD_NGONKA));
+    assert!(record.last_attempt_height.unwrap() >= first_at + 30, "{record:?}");
+    assert_eq!(record.tx_hashes.len(), 2);
+    let responses = running.scenario.chain.claim_responses();
+    assert_eq!(responses.len(), 2, "{responses:?}");
+    assert_eq!(
+        responses[1],
+        (BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, "Rewards claimed successfully".into())
+    );
+    let stored = running.app.journal.claims().unwrap();
+    assert!(stored
+        .iter()
+        .any(|(epoch, text)| *epoch == BACKLOG_EPOCH && text.contains("\"paid\"")));
+    running.stop().await;
+}
+
+/// With classic validation retired (every `MsgValidation` lands with 1161), the first such
+/// landing stops classic work: the rest of the backlog ends as `protocol retired` without
+/// replays or broadcasts, admission is refused, and the claim still goes out and is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_classic_protocol_stops_validation_but_not_the_claim() {
+    const BIG: usize = 40;
+    let running = start_with(BIG, 20, |scenario| scenario.chain.retire_classic()).await;
+    running.scenario.chain.advance(6);
+    let record = next_claim(&running, 0).await;
+
+    assert!(record.claimed(), "{record:?}");
+    let run = record.run.as_ref().unwrap();
+    let retired = run.outcomes.get(OutcomeKind::SkippedProtocolRetired);
+    let sent = running.scenario.chain.deprecated_rejections();
+    assert!((1..=6).contains(&sent), "{sent} validations sent after retirement");
+    assert!(retired as usize >= BIG - 6, "{run:?}");
+    assert_eq!(
+        run.outcomes.get(OutcomeKind::Submitted) as usize + retired as usize,
+        BIG,
+        "{run:?}"
+    );
+    let engine = &running.app.engine;
+    assert!(engine.retired().is_some_and(|why| why.contains("1161")));
+    assert!(engine.validate("later".into()).is_err());
     running.stop().await;
 }
