@@ -50,7 +50,7 @@ use validator_bin::{
     settings::Settings,
 };
 use validator_core::{testing::MODEL, Outcome, OutcomeEvent, OutcomeKind};
-use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED, LIVE_EPOCH};
+use validator_demo::{inference_id, DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED, LIVE_EPOCH};
 
 /// Missed validations of the previous epoch, recovered at the claim height.
 const BACKLOG: usize = 2_000;
@@ -320,13 +320,13 @@ impl Driver<'_> {
     fn produce_block(&mut self, live: usize) {
         let mut txs = Vec::new();
         for _ in 0..live.min(LIVE - self.live_sent) {
-            let id = format!("live-{:06}", self.live_sent);
+            let id = inference_id("live", self.live_sent);
             add_inference(self.chain, self.executor, &id, LIVE_EPOCH);
             txs.push(vec![TxEvent::inference_finished(&id)]);
             self.live_sent += 1;
         }
         if self.disputed_sent < DISPUTED {
-            let id = format!("disputed-{}", self.disputed_sent);
+            let id = inference_id("disputed", self.disputed_sent);
             txs.push(vec![TxEvent::inference_validation(&id, "gonka1othervalidator", true)]);
             self.disputed_sent += 1;
         }
@@ -644,9 +644,9 @@ fn check_outcomes(seed: u64, tally: &Tally, app: &AppHandle, ran_to_the_end: boo
     assert_eq!(status.slots_in_use, 0, "seed {seed}: slots still held after the stop");
     if ran_to_the_end {
         let expected: HashSet<(String, bool)> = (0..BACKLOG)
-            .map(|i| (format!("backlog-{i:06}"), false))
-            .chain((0..LIVE).map(|i| (format!("live-{i:06}"), false)))
-            .chain((0..DISPUTED).map(|i| (format!("disputed-{i}"), true)))
+            .map(|i| (inference_id("backlog", i), false))
+            .chain((0..LIVE).map(|i| (inference_id("live", i), false)))
+            .chain((0..DISPUTED).map(|i| (inference_id("disputed", i), true)))
             .collect();
         let ended: HashSet<(String, bool)> = tally.per_key.keys().cloned().collect();
         assert_eq!(ended, expected, "seed {seed}: the keys that ended vs the scenario's");

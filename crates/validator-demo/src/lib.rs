@@ -104,6 +104,16 @@ pub const BACKLOG_EPOCH: u64 = 9;
 /// The current epoch.
 pub const LIVE_EPOCH: u64 = 10;
 
+/// The id of the scenario's `n`th inference of `kind` (`backlog`, `validated`, `disputed`,
+/// `live`), shaped as upstream's: the base64 of a 64-byte signature, so ids carry `/`, `+` and
+/// `=` as on the live network.
+pub fn inference_id(kind: &str, n: usize) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha512::digest(format!("{kind}-{n}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
 /// The rewards settled for the validator in the backlog epoch, paid by its claim.
 pub const BACKLOG_REWARD_NGONKA: u64 = 1_000_000;
 /// Disputed inferences every validator revalidates.
@@ -261,7 +271,7 @@ impl Scenario {
             chain.set_epoch_group(parent);
         }
         for i in 0..options.backlog {
-            let id = format!("backlog-{i:06}");
+            let id = inference_id("backlog", i);
             add_inference(&chain, &executor, &id, BACKLOG_EPOCH)?;
             // One executor in twenty is briefly unreachable: its first fetch fails and is retried.
             if i % 20 == 7 {
@@ -270,14 +280,14 @@ impl Scenario {
         }
         // Validations already on chain: detection leaves them out.
         let validated: Vec<String> =
-            (0..options.backlog / 20).map(|i| format!("validated-{i:06}")).collect();
+            (0..options.backlog / 20).map(|i| inference_id("validated", i)).collect();
         for id in &validated {
             add_inference(&chain, &executor, id, BACKLOG_EPOCH)?;
         }
         let validated: Vec<&str> = validated.iter().map(String::as_str).collect();
         chain.set_validated(&address, BACKLOG_EPOCH, &validated);
         for i in 0..DISPUTED {
-            add_inference(&chain, &executor, &format!("disputed-{i}"), LIVE_EPOCH)?;
+            add_inference(&chain, &executor, &inference_id("disputed", i), LIVE_EPOCH)?;
         }
 
         let (ml, ml_url) = match &options.ml_node {
@@ -342,7 +352,7 @@ async fn produce_blocks(
             owed += rate * BLOCK_INTERVAL.as_secs_f64();
             while owed >= 1.0 {
                 owed -= 1.0;
-                let id = format!("live-{:06}", live_sent.load(Ordering::Relaxed));
+                let id = inference_id("live", live_sent.load(Ordering::Relaxed));
                 if add_inference(&chain, &executor, &id, LIVE_EPOCH).is_err() {
                     continue;
                 }
@@ -352,7 +362,7 @@ async fn produce_blocks(
         }
         let disputed = disputed_sent.load(Ordering::Relaxed);
         if block.is_multiple_of(3) && disputed < DISPUTED {
-            let id = format!("disputed-{disputed}");
+            let id = inference_id("disputed", disputed);
             txs.push(vec![TxEvent::inference_validation(&id, "gonka1othervalidator", true)]);
             disputed_sent.fetch_add(1, Ordering::Relaxed);
         }

@@ -4,7 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use chain_source::{
-    client::ClaimAnswer, config::QueryConfig, query::QueryClient, rpc::RpcClient, seed_for_epoch,
+    client::ClaimAnswer,
+    config::QueryConfig,
+    query::QueryClient,
+    rpc::RpcClient,
+    seed_for_epoch,
+    tx::{self, Broadcast, Inclusion},
     ChainNodeClient, Config, Error, ExecutorDirectory, Signer, SigningKeys,
 };
 use futures_util::future::join_all;
@@ -582,4 +587,36 @@ async fn the_engine_submits_through_the_chain_client() {
         assert_eq!(*value_decimal, Some((decimal.value, decimal.exponent)));
     }
     let _ = engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `tx` answers about another hash, malformed, or never coming: each lookup a typed error, and
+/// the transaction ends `NotIncluded` with the last reason once its deadline passes.
+#[tokio::test]
+async fn bad_tx_answers_end_not_included_with_the_reason() {
+    let other = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "hash": "FFFF", "height": "3", "tx_result": {"code": 0}}});
+    let silent = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let cases = [
+        (serve_raw(200, other.to_string()).await, "FFFF"),
+        (serve_raw(200, "{not json".to_owned()).await, "not JSON"),
+        (silent_url, "timed out"),
+    ];
+    let broadcast = Broadcast { hash: "ABCD".into(), tx: vec![1, 2, 3] };
+    for (url, reason) in cases {
+        let rpc = RpcClient::new(&url, Duration::from_millis(50), 1 << 20).unwrap();
+        let inclusion =
+            tx::observe(&rpc, &broadcast, Duration::from_millis(300), Duration::from_millis(20))
+                .await;
+        assert!(
+            matches!(&inclusion, Inclusion::NotIncluded { last_error: Some(why) } if why.contains(reason)),
+            "{reason}: {inclusion:?}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 use testkit::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 use tokio::time::timeout;
-use validator_demo::{DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED};
+use validator_demo::{inference_id, DemoOptions, Scenario, BACKLOG_EPOCH, DISPUTED};
 
 const BOUND: Duration = Duration::from_secs(30);
 const BACKLOG: usize = 40;
@@ -63,11 +63,14 @@ fn validations(chain: &LoopbackChainNode) -> BTreeMap<(String, bool), usize> {
 }
 
 fn backlog_done(submitted: &[Submitted]) -> bool {
+    let backlog: BTreeSet<String> = (0..BACKLOG).map(|i| inference_id("backlog", i)).collect();
     let validated: BTreeSet<&str> = submitted
         .iter()
         .filter_map(|s| match &s.msg {
-            SubmittedMsg::Validation { inference_id, revalidation: false, .. } => {
-                inference_id.strip_prefix("backlog-")
+            SubmittedMsg::Validation { inference_id, revalidation: false, .. }
+                if backlog.contains(inference_id) =>
+            {
+                Some(inference_id.as_str())
             }
             _ => None,
         })
@@ -78,7 +81,7 @@ fn backlog_done(submitted: &[Submitted]) -> bool {
 /// One block per disputed inference, each with a `needs_revalidation` event.
 fn disputes(chain: &LoopbackChainNode) {
     for i in 0..DISPUTED {
-        let id = format!("disputed-{i}");
+        let id = inference_id("disputed", i);
         chain.produce_block(vec![vec![TxEvent::inference_validation(&id, "gonka1other", true)]]);
     }
 }

@@ -8,7 +8,8 @@ use validator_bin::{
 };
 use validator_core::{ports::chain::EpochGroup, OutcomeKind, RunState};
 use validator_demo::{
-    DemoOptions, Scenario, BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, EPOCH_PARAMS, LIVE_EPOCH,
+    inference_id, DemoOptions, Scenario, BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, EPOCH_PARAMS,
+    LIVE_EPOCH,
 };
 
 use crate::Running;
@@ -87,7 +88,12 @@ async fn the_claim_trigger_recovers_the_previous_epoch_then_claims() {
         let status = response.status().as_u16();
         (status, serde_json::from_str::<Value>(&response.text().await.unwrap()).unwrap())
     };
-    let (status, history) = get("/admin/v1/inferences/backlog-000003".into()).await;
+    // The backlog's ids are upstream-shaped: base64 with `/`, `+` and `=`, all recovered.
+    let ids: String = (0..BACKLOG).map(|i| inference_id("backlog", i)).collect();
+    assert!(ids.contains('/') && ids.contains('+') && ids.contains('='), "{ids}");
+    let escaped =
+        inference_id("backlog", 3).replace('/', "%2F").replace('+', "%2B").replace('=', "%3D");
+    let (status, history) = get(format!("/admin/v1/inferences/{escaped}")).await;
     assert_eq!(status, 200, "{history}");
     let validation = &history["validations"][0];
     assert_eq!((&validation["lane"], &validation["epoch"]), (&json!("recovery"), &json!(9)));
