@@ -17,6 +17,7 @@ use validator_core::ports::chain::{
 };
 
 use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     directory::{SigningKeys, START_INFERENCE_MSG_TYPE},
@@ -101,6 +102,8 @@ pub struct ChainNodeClient {
     inclusion_timeout: Duration,
     poll_interval: Duration,
     watchers: Arc<Semaphore>,
+    /// Ends every watcher at once (shutdown).
+    watching: CancellationToken,
     retired: watch::Sender<Option<String>>,
 }
 
@@ -134,6 +137,7 @@ impl ChainNodeClient {
             inclusion_timeout: config.tx.inclusion_timeout,
             poll_interval: config.tx.poll_interval,
             watchers: Arc::new(Semaphore::new(MAX_WATCHED)),
+            watching: CancellationToken::new(),
             retired: watch::Sender::new(None),
         })
     }
@@ -141,6 +145,12 @@ impl ChainNodeClient {
     /// The query client, for the queries the port does not cover.
     pub fn query(&self) -> &QueryClient {
         &self.query
+    }
+
+    /// Stops following broadcast validations to their blocks (shutdown); results not read yet
+    /// go unread.
+    pub fn stop_watching(&self) {
+        self.watching.cancel();
     }
 
     /// Why classic validation is retired, once a validation was refused or landed with
@@ -235,7 +245,11 @@ impl ChainNodeClient {
         let client = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let result = match client.observe(&broadcast).await {
+            let inclusion = tokio::select! {
+                inclusion = client.observe(&broadcast) => inclusion,
+                () = client.watching.cancelled() => return,
+            };
+            let result = match inclusion {
                 Inclusion::Included(result) if result.code == 0 => "included",
                 Inclusion::Included(result)
                     if result.codespace == tx::CODESPACE_INFERENCE

@@ -268,6 +268,7 @@ impl App {
         // One deadline for the engine and the app's own tasks: the grace bounds the whole drain.
         let deadline = tokio::time::Instant::now() + grace;
         let engine = handle.engine.shutdown(grace).await;
+        handle.chain.stop_watching();
         handle.claimer.tasks().close();
         tasks.close();
         let rest = tokio::time::timeout_at(deadline, async {
