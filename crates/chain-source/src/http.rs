@@ -15,9 +15,9 @@ const MAX_PREALLOCATION: u64 = 1024 * 1024;
 /// enough to flood a log line.
 const EXCERPT_BYTES: usize = 256;
 
-/// A pooled HTTP/1.1 client for chain endpoints.
-pub(crate) fn client(connect_timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// A pooled HTTP/1.1 client for chain endpoints, `http` or `https`.
+pub(crate) fn client(tls: &tls::ClientTls, connect_timeout: Duration) -> Result<reqwest::Client> {
+    tls.http_client_builder()
         .connect_timeout(connect_timeout)
         // Only the binary reads the environment, so no proxy settings are taken from it.
         .no_proxy()

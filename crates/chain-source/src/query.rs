@@ -1,5 +1,5 @@
 //! [`QueryClient`]: the `inference` module's queries (and the auth module's account query) over
-//! the Cosmos REST gateway, as plain HTTP GETs answered in JSON (DOMAIN.md 2.2-2.4, 3.4, 6.5).
+//! the Cosmos REST gateway, as HTTP(S) GETs answered in JSON (DOMAIN.md 2.2-2.4, 3.4, 6.5).
 //!
 //! Routes are the module's `google.api.http` annotations under [`INFERENCE_ROUTE`]. The gateway
 //! writes protobuf JSON with the proto field names: 64-bit integers as strings, enums as names,
@@ -37,17 +37,21 @@ pub struct QueryClient {
 }
 
 impl QueryClient {
-    /// A client of the gateway at `config.url`, after validating the section.
-    pub fn new(config: &QueryConfig) -> Result<Self> {
+    /// A client of the gateway at `config.url`, after validating the section, speaking TLS with
+    /// `tls` to an `https` gateway.
+    pub fn new(config: &QueryConfig, tls: &tls::ClientTls) -> Result<Self> {
         let base = Url::parse(&config.url).map_err(|_| Error::InvalidConfig {
             key: "query.url".into(),
-            allowed: "an http URL",
+            allowed: "an http or https URL",
         })?;
         if base.cannot_be_a_base() {
-            return Err(Error::InvalidConfig { key: "query.url".into(), allowed: "an http URL" });
+            return Err(Error::InvalidConfig {
+                key: "query.url".into(),
+                allowed: "an http or https URL",
+            });
         }
         Ok(Self {
-            http: http::client(config.timeout)?,
+            http: http::client(tls, config.timeout)?,
             base,
             timeout: config.timeout,
             max_response_bytes: config.max_response_bytes,
@@ -190,7 +194,7 @@ impl QueryClient {
         {
             let mut path = url.path_segments_mut().map_err(|()| Error::InvalidConfig {
                 key: "query.url".into(),
-                allowed: "an http URL",
+                allowed: "an http or https URL",
             })?;
             path.pop_if_empty();
             for segment in segments {
@@ -249,10 +253,11 @@ mod tests {
 
     #[test]
     fn bad_urls_are_config_errors() {
+        let tls = tls::ClientTls::public().unwrap();
         let config = QueryConfig { url: "not a url".into(), ..QueryConfig::default() };
-        assert!(matches!(QueryClient::new(&config), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(QueryClient::new(&config, &tls), Err(Error::InvalidConfig { .. })));
         let config = QueryConfig { url: "mailto:x@y".into(), ..QueryConfig::default() };
-        assert!(matches!(QueryClient::new(&config), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(QueryClient::new(&config, &tls), Err(Error::InvalidConfig { .. })));
     }
 
     #[test]

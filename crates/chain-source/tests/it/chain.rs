@@ -9,7 +9,7 @@ use chain_source::{
 use futures_util::future::join_all;
 use testkit::{
     memory::{MemoryPorts, EXECUTOR},
-    LoopbackChainNode, SubmittedMsg,
+    public_tls, LoopbackChainNode, SubmittedMsg,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -44,7 +44,9 @@ fn account_key() -> Signer {
 async fn setup() -> (LoopbackChainNode, ChainNodeClient, String) {
     let node = LoopbackChainNode::start().await;
     let address = node.add_key(&account_key().public_key());
-    let client = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), address.clone(), account_key())
+            .unwrap();
     (node, client, address)
 }
 
@@ -246,7 +248,9 @@ async fn a_second_validation_is_the_typed_duplicate() {
 #[tokio::test]
 async fn a_sequence_moved_by_another_sender_is_relearned() {
     let (node, first, address) = setup().await;
-    let second = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let second =
+        ChainNodeClient::new(&config(&node), &public_tls(), address.clone(), account_key())
+            .unwrap();
     for i in 0..6 {
         node.add_inference(&format!("inf-{i}"), 3, EXECUTOR);
     }
@@ -270,7 +274,8 @@ async fn a_warm_key_signs_inside_msg_exec() {
     node.grant(&account, &warm_address, VALIDATION);
     node.add_inference("inf-1", 3, EXECUTOR);
     node.add_inference("inf-0", 3, EXECUTOR);
-    let client = ChainNodeClient::new(&config(&node), account.clone(), warm.clone()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), account.clone(), warm.clone()).unwrap();
     assert_eq!(client.signer_address(), warm_address);
 
     // The account is the fee granter: without its feegrant allowance the chain refuses.
@@ -305,7 +310,9 @@ async fn gas_and_fees_follow_the_message_type() {
     let account = node.add_key(&account_key().public_key());
     node.add_inference("inf-1", 3, EXECUTOR);
     node.add_inference("inf-2", 3, EXECUTOR);
-    let client = ChainNodeClient::new(&config(&node), account.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), account.clone(), account_key())
+            .unwrap();
     client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
     client.claim_rewards(5, 3).await.unwrap();
     let submitted = node.submitted();
@@ -316,14 +323,15 @@ async fn gas_and_fees_follow_the_message_type() {
     let mut priced = config(&node);
     priced.tx.gas.price_ngonka = 2;
     priced.tx.gas.validation = 1_000_000;
-    let client = ChainNodeClient::new(&priced, account.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&priced, &public_tls(), account.clone(), account_key()).unwrap();
     client.submit_validation(&validation("uuid-2", "inf-2")).await.unwrap();
     let last = node.submitted().pop().unwrap();
     assert_eq!((last.gas_limit, last.fee_ngonka), (1_050_000, 2_100_000));
 
     let mut absurd = config(&node);
     absurd.tx.gas.validation = 2_000_000_000;
-    let refused = ChainNodeClient::new(&absurd, account, account_key());
+    let refused = ChainNodeClient::new(&absurd, &public_tls(), account, account_key());
     assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
 }
 
@@ -360,7 +368,7 @@ async fn oversized_and_malformed_answers_are_typed_errors() {
     let node = LoopbackChainNode::start().await;
     node.add_inference("inf-1", 3, EXECUTOR);
     let tiny = QueryConfig { url: node.url(), max_response_bytes: 32, ..QueryConfig::default() };
-    let query = QueryClient::new(&tiny).unwrap();
+    let query = QueryClient::new(&tiny, &public_tls()).unwrap();
     assert_eq!(query.inference(&"inf-1".into()).await, Err(Error::TooLarge { limit: 32 }));
 
     for (status, body) in [
@@ -370,12 +378,14 @@ async fn oversized_and_malformed_answers_are_typed_errors() {
         (200, r#"{"unexpected": true}"#),
     ] {
         let url = serve_raw(status, body).await;
-        let query = QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }).unwrap();
+        let query = QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }, &public_tls())
+            .unwrap();
         let err = query.inference(&"x".into()).await.unwrap_err();
         assert!(matches!(err, Error::Decode(_)), "{body}: {err:?}");
     }
     let url = serve_raw(503, "overloaded").await;
-    let query = QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }).unwrap();
+    let query =
+        QueryClient::new(&QueryConfig { url, ..QueryConfig::default() }, &public_tls()).unwrap();
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Status { status: 503, .. })));
 }
 
@@ -390,7 +400,7 @@ async fn a_silent_node_times_out() {
         }
     });
     let config = QueryConfig { url, timeout: Duration::from_millis(200), ..QueryConfig::default() };
-    let query = QueryClient::new(&config).unwrap();
+    let query = QueryClient::new(&config, &public_tls()).unwrap();
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Timeout(_))));
 }
 

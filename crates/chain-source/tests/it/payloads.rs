@@ -19,7 +19,7 @@ use chain_source::{
 use testkit::{
     fixture_payloads,
     memory::{payloads_for, MemoryPorts, EXECUTOR, SELF_ADDRESS},
-    ExecutorReply, LoopbackExecutor, StaticDirectory,
+    public_tls, ExecutorReply, LoopbackExecutor, StaticDirectory,
 };
 use tokio::time::timeout;
 use validator_core::{
@@ -61,9 +61,14 @@ async fn setup_with(config: PayloadsConfig) -> Setup {
     executor.register_requester(SELF_ADDRESS, vec![warm_key().public_key()]);
     let directory = StaticDirectory::new();
     directory.add_executor(&executor, vec![grantee_key().public_key()]);
-    let source =
-        HttpPayloadSource::new(&config, warm_key(), SELF_ADDRESS, Arc::new(directory.clone()))
-            .unwrap();
+    let source = HttpPayloadSource::new(
+        &config,
+        &public_tls(),
+        warm_key(),
+        SELF_ADDRESS,
+        Arc::new(directory.clone()),
+    )
+    .unwrap();
     Setup { executor, directory, source }
 }
 
@@ -167,6 +172,7 @@ async fn key_and_url_lookup_failures_are_the_validators_side() {
 
     let failing = HttpPayloadSource::new(
         &loopback_config(BOUND, 1 << 20),
+        &public_tls(),
         warm_key(),
         SELF_ADDRESS,
         Arc::new(FailingDirectory),
@@ -344,7 +350,7 @@ async fn raw_get(
     ];
     change(&mut headers);
     let url = wire::request_url(&executor.url(), id).unwrap();
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = public_tls().http_client_builder().build().unwrap().get(url);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -424,6 +430,7 @@ fn guarded_source(
     let resolver = GuardedResolver::with_lookup(Arc::new(Guard::new(&allow).unwrap()), lookup);
     HttpPayloadSource::with_resolver(
         &config,
+        &public_tls(),
         warm_key(),
         SELF_ADDRESS,
         Arc::new(directory.clone()),
@@ -448,16 +455,19 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
         let result = strict.fetch(&record).await;
         assert!(refused(&result, "not a public address"), "{url}: {result:?}");
     }
-    // A host name whose answer is internal: the resolver refuses it before any connection.
-    s.directory.insert(
-        EXECUTOR,
-        &format!("http://executor.test:{port}"),
-        vec![executor_key().public_key()],
-    );
-    let result = strict.fetch(&record).await;
-    assert!(refused(&result, "resolves to 127.0.0.1"), "{result:?}");
-    s.directory.insert(EXECUTOR, "https://8.8.8.8", vec![]);
-    assert!(refused(&strict.fetch(&record).await, "without TLS"));
+    // A host name whose answer is internal: the resolver refuses it before any connection, for
+    // https as for http.
+    for scheme in ["http", "https"] {
+        s.directory.insert(
+            EXECUTOR,
+            &format!("{scheme}://executor.test:{port}"),
+            vec![executor_key().public_key()],
+        );
+        let result = strict.fetch(&record).await;
+        assert!(refused(&result, "resolves to 127.0.0.1"), "{scheme}: {result:?}");
+    }
+    s.directory.insert(EXECUTOR, "ftp://8.8.8.8", vec![]);
+    assert!(refused(&strict.fetch(&record).await, "scheme ftp"));
     assert!(s.executor.requests().is_empty(), "nothing reached the executor");
 
     // The allow-list admits the host by name, or loopback by network.
@@ -498,6 +508,7 @@ async fn the_engine_validates_over_http_and_invalidates_a_tampered_payload_once(
     directory.add_executor(&executor, Vec::new());
     let source = HttpPayloadSource::new(
         &loopback_config(BOUND, 32 << 20),
+        &public_tls(),
         warm_key(),
         SELF_ADDRESS,
         Arc::new(directory),

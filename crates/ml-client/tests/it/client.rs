@@ -4,7 +4,7 @@ use bytes::Bytes;
 use ml_client::{Config, HttpMlNodeClient};
 use testkit::{
     memory::{echo_completion, payloads_for},
-    LoopbackMlNode, Reply,
+    public_tls, LoopbackMlNode, Reply,
 };
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use validator_core::{
 use crate::{config, ml_node, request};
 
 fn client(timeout: Duration) -> HttpMlNodeClient {
-    HttpMlNodeClient::new(&config(Vec::new(), timeout)).unwrap()
+    HttpMlNodeClient::new(&config(Vec::new(), timeout), &public_tls()).unwrap()
 }
 
 async fn replay_once(fake: &LoopbackMlNode, reply: Reply) -> Result<ReplayResponse, ReplayError> {
@@ -189,10 +189,10 @@ async fn dropping_the_replay_aborts_the_request_within_100_ms() {
 async fn oversize_bodies_are_refused_without_reading_them_whole() {
     let fake = LoopbackMlNode::start().await;
     let cap = 1024 * 1024;
-    let client = HttpMlNodeClient::new(&Config {
-        max_response_bytes: cap,
-        ..config(Vec::new(), Duration::from_secs(5))
-    })
+    let client = HttpMlNodeClient::new(
+        &Config { max_response_bytes: cap, ..config(Vec::new(), Duration::from_secs(5)) },
+        &public_tls(),
+    )
     .unwrap();
     // Far more than loopback socket buffers hold, so finishing would mean reading it all.
     let huge = 1 << 30;
@@ -214,10 +214,10 @@ async fn oversize_bodies_are_refused_without_reading_them_whole() {
 async fn a_body_at_the_cap_is_accepted_and_one_byte_more_is_not() {
     let fake = LoopbackMlNode::start().await;
     let cap = 1024;
-    let client = HttpMlNodeClient::new(&Config {
-        max_response_bytes: cap,
-        ..config(Vec::new(), Duration::from_secs(5))
-    })
+    let client = HttpMlNodeClient::new(
+        &Config { max_response_bytes: cap, ..config(Vec::new(), Duration::from_secs(5)) },
+        &public_tls(),
+    )
     .unwrap();
     let json_of_len = |len: usize| Bytes::from(format!("\"{}\"", " ".repeat(len - 2)));
     fake.script([Reply::Body(json_of_len(1024)), Reply::Body(json_of_len(1025))]);

@@ -773,12 +773,14 @@ impl Env {
             PayloadsConfig { allow: vec!["127.0.0.0/8".into()], ..PayloadsConfig::default() };
         let payloads = HttpPayloadSource::new(
             &config,
+            &testkit::public_tls(),
             validator_key().unwrap(),
             scenario.address.clone(),
             Arc::new(directory),
         )
         .unwrap();
-        let rpc = RpcClient::new(&scenario.chain.url(), BOUND, 64 * 1024 * 1024).unwrap();
+        let rpc =
+            RpcClient::new(&scenario.chain.url(), &testkit::public_tls(), BOUND, 64 << 20).unwrap();
         Self { running, outcomes, payloads, raw, raw_executor, rpc, next: 0 }
     }
 
@@ -978,10 +980,10 @@ impl Env {
             }
             (Input::Query { call, answer }, expect) => {
                 self.raw.set(answer.clone());
-                let query = QueryClient::new(&QueryConfig {
-                    url: self.raw.url(),
-                    ..QueryConfig::default()
-                })
+                let query = QueryClient::new(
+                    &QueryConfig { url: self.raw.url(), ..QueryConfig::default() },
+                    &testkit::public_tls(),
+                )
                 .unwrap();
                 let result = match call {
                     QueryCall::EpochInfo => query.epoch_info().await.map(|info| info.epoch_index),

@@ -31,6 +31,11 @@ pub fn binary() -> PathBuf {
 
 pub use testkit::process::temp_path;
 
+/// A reqwest client: the workspace's reqwest needs its TLS configuration handed in.
+pub fn http_client() -> reqwest::Client {
+    testkit::public_tls().http_client_builder().build().unwrap()
+}
+
 /// Writes a `validator run` configuration for `scenario` with its state in `data_dir` and the
 /// admin API on `admin_port` (0 picks one); returns the file's path.
 pub fn run_config(
