@@ -88,7 +88,7 @@ fn malformed_and_oversized_attributes_are_typed_and_skipped() {
     assert!(matches!(decode_frame("{\"result\": "), Err(Error::Decode(_))));
 }
 
-fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
+pub(crate) fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
     EventsConfig {
         rpc_url: node.url(),
         catch_up_window: window,
@@ -102,7 +102,7 @@ fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
 }
 
 /// Events until (and with) the NewBlock of `height`.
-async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
+pub(crate) async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
     let mut events = Vec::new();
     loop {
         let event =
@@ -115,7 +115,7 @@ async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
     }
 }
 
-fn finished(events: &[ChainEvent]) -> Vec<String> {
+pub(crate) fn finished(events: &[ChainEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|event| match event {

@@ -30,10 +30,10 @@ use validator_core::{
     Config, Engine, Ports,
 };
 
-const EPOCH: u64 = 10;
+pub(crate) const EPOCH: u64 = 10;
 const BOUND: Duration = Duration::from_secs(5);
 
-fn executor_key() -> Signer {
+pub(crate) fn executor_key() -> Signer {
     Signer::from_bytes(&[0x21; 32]).unwrap()
 }
 
@@ -42,7 +42,7 @@ fn grantee_key() -> Signer {
 }
 
 /// The validator's warm key, which signs its requests.
-fn warm_key() -> Signer {
+pub(crate) fn warm_key() -> Signer {
     Signer::from_bytes(&[0x23; 32]).unwrap()
 }
 
@@ -414,7 +414,7 @@ async fn an_empty_on_chain_hash_skips_its_check() {
 
 // === the address guard over HTTP ===
 
-fn lookup_to(ip: &'static str) -> Lookup {
+pub(crate) fn lookup_to(ip: &'static str) -> Lookup {
     Arc::new(move |_host| {
         Box::pin(async move { Ok(vec![SocketAddr::new(ip.parse().unwrap(), 0)]) })
     })
@@ -426,11 +426,23 @@ fn guarded_source(
     directory: &StaticDirectory,
 ) -> HttpPayloadSource {
     let allow: Vec<String> = allow.iter().map(|entry| (*entry).to_owned()).collect();
-    let config = PayloadsConfig { allow: allow.clone(), ..PayloadsConfig::default() };
-    let resolver = GuardedResolver::with_lookup(Arc::new(Guard::new(&allow).unwrap()), lookup);
+    let config = PayloadsConfig { allow, ..PayloadsConfig::default() };
+    guarded_source_with(&config, &public_tls(), lookup, directory)
+}
+
+/// A source with `config` and `tls` whose resolver answers with `lookup`, checked against
+/// `config.allow`.
+pub(crate) fn guarded_source_with(
+    config: &PayloadsConfig,
+    tls: &tls::ClientTls,
+    lookup: Lookup,
+    directory: &StaticDirectory,
+) -> HttpPayloadSource {
+    let guard = Guard::new(&config.allow).unwrap();
+    let resolver = GuardedResolver::with_lookup(Arc::new(guard), lookup);
     HttpPayloadSource::with_resolver(
-        &config,
-        &public_tls(),
+        config,
+        tls,
         warm_key(),
         SELF_ADDRESS,
         Arc::new(directory.clone()),

@@ -8,7 +8,7 @@ mod bad_input;
 // The journal: SIGKILL at any point never sends a validation twice; one process per data
 // directory; a newer schema is refused.
 mod journal;
-// Configuration loading and its exit codes, through the built binary.
+// Configuration loading and its exit codes, through the built binary; the CA file is checked.
 mod config;
 // `validator run` as a process on the loopback fakes: it follows the chain, recovers, claims
 // and stops on SIGTERM.
