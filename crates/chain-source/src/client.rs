@@ -112,16 +112,18 @@ impl ChainNodeClient {
     /// key the account granted `MsgValidation` and `MsgClaimRewards` through authz and, with
     /// `tx.fee_granter`, a feegrant allowance).
     ///
-    /// Validates the configuration and starts the submitting task, so it must be called within
-    /// a Tokio runtime.
+    /// `https` endpoints speak TLS with `tls`. Validates the configuration and starts the
+    /// submitting task, so it must be called within a Tokio runtime.
     pub fn new(
         config: &Config,
+        tls: &tls::ClientTls,
         account_address: impl Into<String>,
         signer: Signer,
     ) -> Result<Self> {
         config.validate()?;
         let rpc = Arc::new(RpcClient::new(
             &config.events.rpc_url,
+            tls,
             config.events.rpc_timeout,
             config.query.max_response_bytes,
         )?);

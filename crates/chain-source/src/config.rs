@@ -44,7 +44,8 @@ fn positive(key: &str, duration: Duration) -> crate::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// CometBFT RPC base URL (`http://host:26657`); the websocket is `ws://host:26657/websocket`.
+    /// CometBFT RPC base URL (`http://host:26657`); the websocket is `ws://host:26657/websocket`
+    /// (`https` gives `wss`).
     pub rpc_url: String,
     /// How far behind the node's height processing may lag before it restarts at
     /// `current - catch_up_window` (upstream: 500 blocks).
@@ -86,7 +87,7 @@ impl Default for EventsConfig {
 impl EventsConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         if self.rpc_url.is_empty() {
-            return bad("events.rpc_url", "an http URL");
+            return bad("events.rpc_url", "an http or https URL");
         }
         if self.catch_up_window == 0 {
             return bad("events.catch_up_window", "at least 1");

@@ -25,7 +25,7 @@ use reqwest::Url;
 use tokio::{net::TcpStream, sync::mpsc, task::JoinHandle};
 use tokio_tungstenite::{
     tungstenite::{self, protocol::WebSocketConfig, Message},
-    MaybeTlsStream, WebSocketStream,
+    Connector, MaybeTlsStream, WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 use validator_core::ports::chain::InferenceId;
@@ -145,15 +145,17 @@ impl Drop for EventStream {
 }
 
 /// Starts the event source on the current Tokio runtime: it runs until `cancel` fires or the
-/// [`EventStream`] is dropped.
+/// [`EventStream`] is dropped. RPC over `https` and the websocket over `wss` speak TLS with
+/// `tls`.
 pub fn spawn(
     config: &EventsConfig,
+    tls: &tls::ClientTls,
     store: Arc<dyn HeightStore>,
     cancel: CancellationToken,
 ) -> Result<EventStream> {
     config.validate()?;
     let max_bytes = u64::try_from(config.max_message_bytes).unwrap_or(u64::MAX);
-    let rpc = RpcClient::new(&config.rpc_url, config.rpc_timeout, max_bytes)?;
+    let rpc = RpcClient::new(&config.rpc_url, tls, config.rpc_timeout, max_bytes)?;
     let websocket_url = websocket_url(rpc.url())?;
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| Error::Transport("no Tokio runtime to run the event source on".into()))?;
@@ -162,6 +164,7 @@ pub fn spawn(
         config: config.clone(),
         rpc,
         websocket_url,
+        connector: Connector::Rustls(tls.rustls_config()),
         store,
         sender,
         cancel,
@@ -173,7 +176,8 @@ pub fn spawn(
     Ok(EventStream { events, task: Some(task) })
 }
 
-/// `ws://host:port/<path>/websocket` for the RPC URL `http://host:port/<path>`.
+/// `ws://host:port/<path>/websocket` for the RPC URL `http://host:port/<path>`, `wss://…` for
+/// `https://…`.
 pub fn websocket_url(rpc_url: &Url) -> Result<String> {
     let mut url = rpc_url.clone();
     let scheme = match url.scheme() {
@@ -182,13 +186,13 @@ pub fn websocket_url(rpc_url: &Url) -> Result<String> {
         _ => {
             return Err(Error::InvalidConfig {
                 key: "events.rpc_url".into(),
-                allowed: "an http URL",
+                allowed: "an http or https URL",
             })
         }
     };
     url.set_scheme(scheme).map_err(|()| Error::InvalidConfig {
         key: "events.rpc_url".into(),
-        allowed: "an http URL",
+        allowed: "an http or https URL",
     })?;
     let path = format!("{}/websocket", url.path().trim_end_matches('/'));
     url.set_path(&path);
@@ -201,6 +205,8 @@ struct Source {
     config: EventsConfig,
     rpc: RpcClient,
     websocket_url: String,
+    /// TLS for a `wss` URL; unused for `ws`.
+    connector: Connector,
     store: Arc<dyn HeightStore>,
     sender: mpsc::Sender<ChainEvent>,
     cancel: CancellationToken,
@@ -245,7 +251,9 @@ impl Source {
     /// One connection: connect, subscribe, catch up to the tip, then follow NewBlocks until the
     /// socket fails (an error: reconnect) or the source is told to stop (`Break`).
     async fn session(&mut self, failures: &mut u32) -> Result<ControlFlow<()>> {
-        let Some(mut socket) = self.cancellable(self.connect()).await? else {
+        // The handshake's future holds a TLS connection's buffers (some 20 KiB), once per
+        // connection: on the heap rather than in the source's task.
+        let Some(mut socket) = self.cancellable(Box::pin(self.connect())).await? else {
             return Ok(ControlFlow::Break(()));
         };
         let Some(status) = self.cancellable(self.rpc.status()).await? else {
@@ -295,10 +303,11 @@ impl Source {
         let limit = self.config.max_message_bytes;
         let config =
             WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
-        let connect = tokio_tungstenite::connect_async_with_config(
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
             self.websocket_url.as_str(),
             Some(config),
             true,
+            Some(self.connector.clone()),
         );
         let (mut socket, _) = tokio::time::timeout(self.config.rpc_timeout, connect)
             .await
@@ -406,10 +415,12 @@ mod tests {
             ..EventsConfig::default()
         };
         let (sender, _events) = mpsc::channel(1);
+        let tls = tls::ClientTls::public().unwrap();
         let mut source = Source {
-            rpc: RpcClient::new(&config.rpc_url, config.rpc_timeout, 1).unwrap(),
+            rpc: RpcClient::new(&config.rpc_url, &tls, config.rpc_timeout, 1).unwrap(),
             config,
             websocket_url: String::new(),
+            connector: Connector::Rustls(tls.rustls_config()),
             store: Arc::new(MemoryHeightStore::default()),
             sender,
             cancel: CancellationToken::new(),

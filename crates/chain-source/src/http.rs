@@ -1,5 +1,5 @@
-//! What the REST and JSON-RPC clients share: one way to build the pooled client, to read an
-//! answer under a size cap, and to turn reqwest's errors into the crate's.
+//! What the JSON-RPC client and the payload client share: one way to build the pooled client, to
+//! read an answer under a size cap, and to turn reqwest's errors into the crate's.
 
 use std::{error::Error as _, time::Duration};
 
@@ -15,9 +15,9 @@ const MAX_PREALLOCATION: u64 = 1024 * 1024;
 /// enough to flood a log line.
 const EXCERPT_BYTES: usize = 256;
 
-/// A pooled HTTP/1.1 client for chain endpoints.
-pub(crate) fn client(connect_timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// A pooled HTTP/1.1 client for chain endpoints, `http` or `https`.
+pub(crate) fn client(tls: &tls::ClientTls, connect_timeout: Duration) -> Result<reqwest::Client> {
+    tls.http_client_builder()
         .connect_timeout(connect_timeout)
         // Only the binary reads the environment, so no proxy settings are taken from it.
         .no_proxy()

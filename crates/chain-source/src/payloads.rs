@@ -7,12 +7,15 @@
 //!
 //! Each failure says whose it is. The executor's ([`PayloadError::Unavailable`],
 //! [`PayloadError::BadSignature`], [`PayloadError::HashMismatch`], [`PayloadError::Gone`]): no
-//! answer, an error status, a malformed or oversized answer, a wrong signature checked against
-//! every key it may sign with, payloads that do not hash to the commitment, or no inference URL
-//! on chain. The validator's own ([`PayloadError::Local`]): a failed chain query for the URL or
-//! keys, a signature that fails while some of the executor's keys could not be looked up, the
-//! address guard's refusal (an internal address, or `https`, which the client cannot speak: the
-//! workspace builds reqwest without TLS), the resolver, a request the client cannot build.
+//! answer (a refused connection, a TLS handshake that fails or stalls, a certificate that is
+//! expired, self-signed, for another host or under no trusted root), an error status, a
+//! malformed or oversized answer, a wrong signature checked against every key it may sign with,
+//! payloads that do not hash to the commitment, or no inference URL on chain. The validator's
+//! own ([`PayloadError::Local`]): a failed chain query for the URL or keys, a signature that
+//! fails while some of the executor's keys could not be looked up, the address guard's refusal
+//! (an internal address, a scheme other than `http` and `https`), the resolver, a request the
+//! client cannot build. The TLS configuration is built before the source, so it cannot fail a
+//! fetch.
 
 pub mod guard;
 pub mod hash;
@@ -37,8 +40,8 @@ use self::{
 };
 use crate::{config::PayloadsConfig, http, signer, ExecutorDirectory, Signer};
 
-/// Fetches payloads from executors over HTTP and verifies them against the executor's keys and
-/// the on-chain commitment.
+/// Fetches payloads from executors over HTTP or HTTPS and verifies them against the executor's
+/// keys and the on-chain commitment.
 ///
 /// Each fetch is bounded by the configured timeout, directory lookups and the last byte included,
 /// and dropping the fetch future closes its connection. Answers are read chunk by chunk under the
@@ -67,16 +70,18 @@ impl std::fmt::Debug for HttpPayloadSource {
 
 impl HttpPayloadSource {
     /// A source signing its requests with `signer` (the warm key) on behalf of
-    /// `account_address`, and learning executors' URLs and keys from `directory`.
+    /// `account_address`, learning executors' URLs and keys from `directory`, and speaking TLS
+    /// with `tls` to `https` executors.
     pub fn new(
         config: &PayloadsConfig,
+        tls: &tls::ClientTls,
         signer: Signer,
         account_address: impl Into<String>,
         directory: Arc<dyn ExecutorDirectory>,
     ) -> crate::Result<Self> {
         let guard = Arc::new(Guard::new(&config.allow)?);
         let resolver = GuardedResolver::system(Arc::clone(&guard));
-        Self::with_resolver(config, signer, account_address, directory, resolver)
+        Self::with_resolver(config, tls, signer, account_address, directory, resolver)
     }
 
     /// As [`HttpPayloadSource::new`], resolving host names with `resolver` (tests inject a lookup
@@ -84,17 +89,21 @@ impl HttpPayloadSource {
     /// is still what literal-IP URLs are checked against.
     pub fn with_resolver(
         config: &PayloadsConfig,
+        tls: &tls::ClientTls,
         signer: Signer,
         account_address: impl Into<String>,
         directory: Arc<dyn ExecutorDirectory>,
         resolver: GuardedResolver,
     ) -> crate::Result<Self> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_client_builder()
             // A redirect would lead to an address the guard never saw (literal IPs are not
             // resolved); upstream's executors do not redirect.
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would connect on our behalf to whatever the URL names, past the resolver.
+            // For `https` too, every address connected to comes from the resolver, which checks
+            // them all.
             .no_proxy()
             .dns_resolver(Arc::new(resolver))
             .build()

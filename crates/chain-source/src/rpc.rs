@@ -84,14 +84,20 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    /// A client of the node at `url` (`http://host:26657`).
-    pub fn new(url: &str, timeout: Duration, max_response_bytes: u64) -> Result<Self> {
+    /// A client of the node at `url` (`http://host:26657` or `https://…`), speaking TLS with
+    /// `tls`.
+    pub fn new(
+        url: &str,
+        tls: &tls::ClientTls,
+        timeout: Duration,
+        max_response_bytes: u64,
+    ) -> Result<Self> {
         let url = Url::parse(url).map_err(|_| Error::InvalidConfig {
             key: "events.rpc_url".into(),
-            allowed: "an http URL",
+            allowed: "an http or https URL",
         })?;
         Ok(Self {
-            http: http::client(timeout)?,
+            http: http::client(tls, timeout)?,
             url,
             timeout,
             max_response_bytes,

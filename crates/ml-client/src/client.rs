@@ -1,4 +1,4 @@
-//! [`HttpMlNodeClient`]: the replay request over HTTP (DOMAIN.md 2.6).
+//! [`HttpMlNodeClient`]: the replay request over HTTP or HTTPS (DOMAIN.md 2.6).
 
 use std::{error::Error as _, time::Duration};
 
@@ -36,10 +36,12 @@ pub struct HttpMlNodeClient {
 }
 
 impl HttpMlNodeClient {
-    /// A client with the timeouts and size cap of `config`, after validating it.
-    pub fn new(config: &Config) -> Result<Self> {
+    /// A client with the timeouts and size cap of `config`, after validating it, speaking TLS
+    /// with `tls` to `https` nodes.
+    pub fn new(config: &Config, tls: &tls::ClientTls) -> Result<Self> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_client_builder()
             .connect_timeout(config.connect_timeout)
             // Only the binary reads the environment, so no proxy settings are taken from it;
             // ML nodes are reached directly.
@@ -177,8 +179,9 @@ mod tests {
 
     #[test]
     fn a_valid_config_builds_a_client() {
-        HttpMlNodeClient::new(&Config::default()).unwrap();
+        let tls = tls::ClientTls::public().unwrap();
+        HttpMlNodeClient::new(&Config::default(), &tls).unwrap();
         let config = Config { max_response_bytes: 0, ..Config::default() };
-        assert!(matches!(HttpMlNodeClient::new(&config), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(HttpMlNodeClient::new(&config, &tls), Err(Error::InvalidConfig { .. })));
     }
 }

@@ -15,7 +15,8 @@ pub struct Config {
     /// Upstream's shared client uses 5 min (DOMAIN.md 2.6).
     #[serde(with = "validator_core::config::duration_ms")]
     pub request_timeout: Duration,
-    /// Bound of establishing a connection to a node, in milliseconds, within `request_timeout`.
+    /// Bound of establishing a connection to a node, the TLS handshake included, in milliseconds,
+    /// within `request_timeout`.
     #[serde(with = "validator_core::config::duration_ms")]
     pub connect_timeout: Duration,
     /// Largest answer body accepted, in bytes; a longer one is refused while it is read.
@@ -44,7 +45,7 @@ impl Default for Config {
 pub struct NodeConfig {
     /// Stable identifier of the node, unique in the pool; used in logs, metrics and status.
     pub id: String,
-    /// Base URL of the node's inference server, `http://host:port`.
+    /// Base URL of the node's inference server, `http://host:port` (or `https://`).
     pub url: String,
     /// Models the node serves, by name (as the chain's inference records name them).
     pub models: Vec<String>,
@@ -186,10 +187,9 @@ impl Config {
 }
 
 fn check_url(url: &str) -> Result<(), &'static str> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| "an absolute http:// URL")?;
-    // Upstream always speaks plain HTTP to its ML nodes, and the client is built without TLS.
-    if parsed.scheme() != "http" {
-        return Err("an http:// URL (TLS is not supported)");
+    let parsed = reqwest::Url::parse(url).map_err(|_| "an absolute http:// or https:// URL")?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("an http:// or https:// URL");
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("a URL with a host");
@@ -236,7 +236,7 @@ mod tests {
         let cases: [(Change, &str); 11] = [
             (|c| c.nodes[0].max_concurrent = 0, "nodes[0].max_concurrent"),
             (|c| c.nodes[0].url = "10.0.0.1:5000".into(), "nodes[0].url"),
-            (|c| c.nodes[0].url = "https://10.0.0.1".into(), "nodes[0].url"),
+            (|c| c.nodes[0].url = "ftp://10.0.0.1".into(), "nodes[0].url"),
             (|c| c.nodes[0].url = "not a url".into(), "nodes[0].url"),
             (|c| c.nodes[0].models.clear(), "nodes[0].models"),
             (|c| c.nodes.push(node()), "nodes[1].id"),

@@ -41,6 +41,8 @@ use tokio_tungstenite::{
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::ports::chain::{EpochGroup, Inference, ValidationDetails, ValidatorPower};
 
+use crate::ca::ServerTls;
+
 mod abci;
 mod tx;
 
@@ -215,6 +217,7 @@ type Shared = crate::watched::Watched<State>;
 /// 1, epoch 1, with no accounts.
 pub struct LoopbackChainNode {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
@@ -232,6 +235,21 @@ impl LoopbackChainNode {
 
     /// Starts a node, or says why no port could be bound.
     pub async fn try_start() -> io::Result<Self> {
+        Self::bind(None).await
+    }
+
+    /// As [`LoopbackChainNode::start`], serving the RPC and the websocket over TLS with
+    /// `tls`: the URL is `https`, the websocket `wss`.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound.
+    #[allow(clippy::expect_used)]
+    pub async fn start_tls(tls: ServerTls) -> Self {
+        Self::bind(Some(tls)).await.expect("bind a loopback port for the fake chain node")
+    }
+
+    async fn bind(tls: Option<ServerTls>) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -275,13 +293,15 @@ impl LoopbackChainNode {
             let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
             move |request| handle(Arc::clone(&shared), shutdown.clone(), request)
         };
-        let _shutdown = crate::serve::spawn(listener, shutdown, handler);
-        Ok(Self { addr, shared, _shutdown })
+        let https = tls.is_some();
+        let _shutdown = crate::serve::spawn(listener, tls, shutdown, handler);
+        Ok(Self { addr, tls: https, shared, _shutdown })
     }
 
-    /// The base URL of the RPC (`http://127.0.0.1:<port>`; the websocket is under it).
+    /// The base URL of the RPC (`http://127.0.0.1:<port>`, `https` over TLS; the websocket is
+    /// under it).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        crate::serve::base_url(self.addr, self.tls)
     }
 
     // === accounts ===

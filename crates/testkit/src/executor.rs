@@ -35,7 +35,7 @@ use hyper::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::{serve::percent_decode, watched::Watched};
+use crate::{ca::ServerTls, serve::percent_decode, watched::Watched};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::{
     ports::{
@@ -162,6 +162,7 @@ struct Shared {
 /// An executor's payload endpoint on `127.0.0.1` with an ephemeral port, serving until dropped.
 pub struct LoopbackExecutor {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
@@ -180,6 +181,22 @@ impl LoopbackExecutor {
 
     /// Starts an executor, or says why no port could be bound.
     pub async fn try_start(address: &str, key: Signer) -> io::Result<Self> {
+        Self::bind(address, key, None).await
+    }
+
+    /// As [`LoopbackExecutor::start`], serving over TLS with `tls`: the URL is `https`.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound.
+    #[allow(clippy::expect_used)]
+    pub async fn start_tls(address: &str, key: Signer, tls: ServerTls) -> Self {
+        Self::bind(address, key, Some(tls))
+            .await
+            .expect("bind a loopback port for the fake executor")
+    }
+
+    async fn bind(address: &str, key: Signer, tls: Option<ServerTls>) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -200,13 +217,15 @@ impl LoopbackExecutor {
             let shared = Arc::clone(&shared);
             move |request| handle(Arc::clone(&shared), request)
         };
-        let _shutdown = crate::serve::spawn(listener, shutdown, handler);
-        Ok(Self { addr, shared, _shutdown })
+        let https = tls.is_some();
+        let _shutdown = crate::serve::spawn(listener, tls, shutdown, handler);
+        Ok(Self { addr, tls: https, shared, _shutdown })
     }
 
-    /// The base URL, `http://127.0.0.1:{port}`: the executor's `inference_url`.
+    /// The base URL, `http://127.0.0.1:{port}` (`https` over TLS): the executor's
+    /// `inference_url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        crate::serve::base_url(self.addr, self.tls)
     }
 
     /// The bound address.

@@ -8,17 +8,22 @@
 //! - [`LoopbackExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
 //!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
 //! - [`LoopbackChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
-//!   the REST gateway, signed transactions), scriptable with accounts, inferences, epochs and
+//!   `abci_query` queries, signed transactions), scriptable with accounts, inferences, epochs and
 //!   blocks, and able to drop its websockets, skip heights, stall and send raw frames;
+//! - [`TestCa`]: a certificate authority made up in the test, whose server certificates (valid,
+//!   expired, self-signed, for any names) put the three loopback servers above on TLS
+//!   (`start_tls`);
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only;
 //! - [`process`]: temporary paths and bounded waits for tests that run a built binary.
 
+pub mod ca;
 pub mod chain_node;
 pub mod executor;
 pub mod ml_node;
 pub mod mocks;
 pub mod process;
 
+pub use ca::{public_tls, Leaf, ServerTls, TestCa};
 pub use chain_node::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 pub use executor::{
     fixture_payloads, ExecutorReply, ExecutorRequest, LoopbackExecutor, OnChainHashes,

@@ -26,6 +26,8 @@ use tokio::{net::TcpListener, sync::Notify, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::testing::echo_completion;
 
+use crate::ca::ServerTls;
+
 /// The health path the fake answers.
 pub const HEALTH_PATH: &str = "/health";
 
@@ -175,6 +177,7 @@ type Shared = crate::watched::Watched<State>;
 /// ended because the client went away, and the mean service time of the others.
 pub struct LoopbackMlNode {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     _shutdown: DropGuard,
 }
@@ -192,6 +195,20 @@ impl LoopbackMlNode {
 
     /// Starts a node answering at once, or says why no port could be bound.
     pub async fn try_start() -> io::Result<Self> {
+        Self::bind(None).await
+    }
+
+    /// As [`LoopbackMlNode::start`], serving over TLS with `tls`: the URL is `https`.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound.
+    #[allow(clippy::expect_used)]
+    pub async fn start_tls(tls: ServerTls) -> Self {
+        Self::bind(Some(tls)).await.expect("bind a loopback port for the fake ML node")
+    }
+
+    async fn bind(tls: Option<ServerTls>) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -216,13 +233,14 @@ impl LoopbackMlNode {
             let shared = Arc::clone(&shared);
             move |request| handle(Arc::clone(&shared), request)
         };
-        let _shutdown = crate::serve::spawn(listener, shutdown, handler);
-        Ok(Self { addr, shared, _shutdown })
+        let https = tls.is_some();
+        let _shutdown = crate::serve::spawn(listener, tls, shutdown, handler);
+        Ok(Self { addr, tls: https, shared, _shutdown })
     }
 
-    /// The base URL, `http://127.0.0.1:{port}`.
+    /// The base URL, `http://127.0.0.1:{port}` (`https` over TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        crate::serve::base_url(self.addr, self.tls)
     }
 
     /// The bound address.

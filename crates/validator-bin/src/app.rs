@@ -80,6 +80,8 @@ pub struct App {
     identity: Identity,
     handle: AppHandle,
     ml_client: HttpMlNodeClient,
+    /// For the event source, which starts with [`App::run`].
+    tls: tls::ClientTls,
     admin_listener: TcpListener,
     metrics_listener: TcpListener,
     /// Held while the app lives: no second process works on the same data directory.
@@ -115,21 +117,25 @@ impl App {
         // Installed before the engine starts, so the gauges it sets at start are recorded.
         crate::telemetry::recorder()?;
         let cancel = CancellationToken::new();
+        let tls = settings.tls.client_tls()?;
         let chain = ChainNodeClient::new(
             &settings.chain,
+            &tls,
             identity.account_address.clone(),
             identity.signer.clone(),
         )
         .context("building the chain client")?;
         let payloads = HttpPayloadSource::new(
             &settings.chain.payloads,
+            &tls,
             identity.signer.clone(),
             identity.account_address.clone(),
             Arc::new(chain.clone()),
         )
         .context("building the payload source")?;
         let pool = NodePool::new(&settings.ml).context("building the ML node pool")?;
-        let ml_client = HttpMlNodeClient::new(&settings.ml).context("building the ML client")?;
+        let ml_client =
+            HttpMlNodeClient::new(&settings.ml, &tls).context("building the ML client")?;
         let ports = Ports {
             chain: Arc::new(chain.clone()),
             payloads: Arc::new(payloads),
@@ -170,6 +176,7 @@ impl App {
             identity,
             handle,
             ml_client,
+            tls,
             admin_listener,
             metrics_listener,
             _lock: lock,
@@ -190,6 +197,7 @@ impl App {
             identity,
             handle,
             ml_client,
+            tls,
             admin_listener,
             metrics_listener,
             _lock,
@@ -234,8 +242,9 @@ impl App {
         });
         let _probe = handle.pool.spawn_probe(&ml_client, cancel.clone());
         let heights = Arc::new(JournalHeights(Arc::clone(&handle.journal)));
-        let events = chain_source::events::spawn(&settings.chain.events, heights, cancel.clone())
-            .context("starting the chain event source")?;
+        let events =
+            chain_source::events::spawn(&settings.chain.events, &tls, heights, cancel.clone())
+                .context("starting the chain event source")?;
         tasks.spawn(prune_loop(
             Arc::clone(&handle.journal),
             handle.chain.clone(),

@@ -6,7 +6,9 @@
 //! `core.slots`). Durations are whole milliseconds, as in every crate's `Config`.
 //!
 //! No secret lives in the settings: keys and the admin token are read from files whose paths
-//! are configured here, and those files' contents are never printed or logged.
+//! are configured here, and those files' contents are never printed or logged. Of the files the
+//! settings name, the CA file (`tls.ca_file`) is read when they are loaded, so that
+//! `check-config` refuses a bad one too.
 
 use std::{
     net::SocketAddr,
@@ -48,6 +50,8 @@ pub struct Settings {
     pub log: LogConfig,
     /// The journal.
     pub storage: journal::Config,
+    /// TLS of every outbound connection.
+    pub tls: TlsConfig,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
             storage: journal::Config::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -158,6 +163,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// TLS of every outbound connection: chain RPC and websocket, executors and ML nodes.
+/// `https` (and `wss`) URLs are verified against the public roots (Mozilla's, built in; the OS
+/// certificate store is not read), plus the CA file's certificates when one is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A PEM file of one or more CA certificates to trust as well, for endpoints under a private
+    /// PKI. Unset trusts the public roots only.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Reads the CA file, if one is set, and builds the client TLS configuration every adapter
+    /// is given; a missing or unusable file is an error naming it.
+    pub fn client_tls(&self) -> Result<tls::ClientTls, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return tls::ClientTls::public().map_err(|err| ConfigError(format!("tls: {err}")));
+        };
+        let bad = |why: String| ConfigError(format!("`tls.ca_file`: {}: {why}", path.display()));
+        let pem = std::fs::read(path).map_err(|err| bad(format!("cannot be read: {err}")))?;
+        tls::ClientTls::with_ca_pem(&pem).map_err(|err| bad(err.to_string()))
+    }
+}
+
 /// A configuration that cannot be used, with the key at fault where known.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -172,7 +201,7 @@ impl std::error::Error for ConfigError {}
 
 impl Settings {
     /// Merges the defaults, `file` (if given; it must exist) and the `VALIDATOR_` environment,
-    /// then validates. Reads nothing else and binds nothing.
+    /// validates, and checks the CA file (`tls.ca_file`). Reads nothing else and binds nothing.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
@@ -182,10 +211,13 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed("VALIDATOR_").split("__"));
-        Self::from_figment(&figment)
+        let settings = Self::from_figment(&figment)?;
+        settings.tls.client_tls()?;
+        Ok(settings)
     }
 
-    /// Parses settings from TOML text alone (defaults for the rest), then validates.
+    /// Parses settings from TOML text alone (defaults for the rest), then validates; reads no
+    /// file.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let figment =
             Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text));

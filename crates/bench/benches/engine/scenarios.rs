@@ -576,7 +576,8 @@ fn http_drain_with(
             ..ml_client::Config::default()
         };
         let mut rig = Rig::new(sizes.http_drain, REPLAY, K, Faults::default(), true);
-        rig.ml_port = Some(Arc::new(ml_client::HttpMlNodeClient::new(&config)?));
+        rig.ml_port =
+            Some(Arc::new(ml_client::HttpMlNodeClient::new(&config, &tls::ClientTls::public()?)?));
         rig.broker_port = Some(Arc::new(ml_client::NodePool::new(&config)?));
         if let Some(journal) = &journal {
             rig.journal = Arc::clone(journal) as Arc<dyn validator_core::ports::Journal>;

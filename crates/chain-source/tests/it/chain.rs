@@ -15,7 +15,7 @@ use chain_source::{
 use futures_util::future::join_all;
 use testkit::{
     memory::{MemoryPorts, EXECUTOR},
-    LoopbackChainNode, SubmittedMsg,
+    public_tls, LoopbackChainNode, SubmittedMsg,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -49,7 +49,9 @@ fn account_key() -> Signer {
 async fn setup() -> (LoopbackChainNode, ChainNodeClient, String) {
     let node = LoopbackChainNode::start().await;
     let address = node.add_key(&account_key().public_key());
-    let client = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), address.clone(), account_key())
+            .unwrap();
     (node, client, address)
 }
 
@@ -253,7 +255,8 @@ async fn a_transaction_never_found_is_not_included() {
     let mut config = config(&node);
     config.tx.inclusion_timeout = Duration::from_millis(300);
     config.tx.poll_interval = Duration::from_millis(50);
-    let client = ChainNodeClient::new(&config, address.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&config, &public_tls(), address.clone(), account_key()).unwrap();
     node.hide_transactions(true);
     let answer = client.claim_rewards(1, 0, 0).await.unwrap();
     assert!(matches!(&answer, ClaimAnswer::NotIncluded { last_error: None, .. }), "{answer:?}");
@@ -353,7 +356,9 @@ async fn a_second_validation_is_the_typed_duplicate() {
 #[tokio::test]
 async fn a_sequence_moved_by_another_sender_is_relearned() {
     let (node, first, address) = setup().await;
-    let second = ChainNodeClient::new(&config(&node), address.clone(), account_key()).unwrap();
+    let second =
+        ChainNodeClient::new(&config(&node), &public_tls(), address.clone(), account_key())
+            .unwrap();
     for i in 0..6 {
         node.add_inference(&format!("inf-{i}"), 3, EXECUTOR);
     }
@@ -377,7 +382,8 @@ async fn a_warm_key_signs_inside_msg_exec() {
     node.grant(&account, &warm_address, VALIDATION);
     node.add_inference("inf-1", 3, EXECUTOR);
     node.add_inference("inf-0", 3, EXECUTOR);
-    let client = ChainNodeClient::new(&config(&node), account.clone(), warm.clone()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), account.clone(), warm.clone()).unwrap();
     assert_eq!(client.signer_address(), warm_address);
 
     // The account is the fee granter: without its feegrant allowance the chain refuses.
@@ -415,7 +421,9 @@ async fn gas_and_fees_follow_the_message_type() {
     let account = node.add_key(&account_key().public_key());
     node.add_inference("inf-1", 3, EXECUTOR);
     node.add_inference("inf-2", 3, EXECUTOR);
-    let client = ChainNodeClient::new(&config(&node), account.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&config(&node), &public_tls(), account.clone(), account_key())
+            .unwrap();
     client.submit_validation(&validation("uuid-1", "inf-1")).await.unwrap();
     client.claim_rewards(5, 3, 0).await.unwrap();
     let submitted = node.submitted();
@@ -426,14 +434,15 @@ async fn gas_and_fees_follow_the_message_type() {
     let mut priced = config(&node);
     priced.tx.gas.price_ngonka = 2;
     priced.tx.gas.validation = 1_000_000;
-    let client = ChainNodeClient::new(&priced, account.clone(), account_key()).unwrap();
+    let client =
+        ChainNodeClient::new(&priced, &public_tls(), account.clone(), account_key()).unwrap();
     client.submit_validation(&validation("uuid-2", "inf-2")).await.unwrap();
     let last = node.submitted().pop().unwrap();
     assert_eq!((last.gas_limit, last.fee_ngonka), (1_050_000, 2_100_000));
 
     let mut absurd = config(&node);
     absurd.tx.gas.validation = 2_000_000_000;
-    let refused = ChainNodeClient::new(&absurd, account, account_key());
+    let refused = ChainNodeClient::new(&absurd, &public_tls(), account, account_key());
     assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
 }
 
@@ -470,7 +479,7 @@ async fn oversized_and_malformed_answers_are_typed_errors() {
     let node = LoopbackChainNode::start().await;
     node.add_inference("inf-1", 3, EXECUTOR);
     let query_at = |url: &str, cap: u64| {
-        let rpc = Arc::new(RpcClient::new(url, BOUND, cap).unwrap());
+        let rpc = Arc::new(RpcClient::new(url, &public_tls(), BOUND, cap).unwrap());
         (QueryClient::new(&QueryConfig::default(), Arc::clone(&rpc)), rpc)
     };
     let (query, _) = query_at(&node.url(), 32);
@@ -528,7 +537,10 @@ async fn a_silent_node_times_out() {
         }
     });
     let config = QueryConfig { timeout: Duration::from_millis(200), ..QueryConfig::default() };
-    let query = QueryClient::new(&config, Arc::new(RpcClient::new(&url, BOUND, 1 << 20).unwrap()));
+    let query = QueryClient::new(
+        &config,
+        Arc::new(RpcClient::new(&url, &public_tls(), BOUND, 1 << 20).unwrap()),
+    );
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Timeout(_))));
 }
 
@@ -610,7 +622,7 @@ async fn bad_tx_answers_end_not_included_with_the_reason() {
     ];
     let broadcast = Broadcast { hash: "ABCD".into(), tx: vec![1, 2, 3] };
     for (url, reason) in cases {
-        let rpc = RpcClient::new(&url, Duration::from_millis(50), 1 << 20).unwrap();
+        let rpc = RpcClient::new(&url, &public_tls(), Duration::from_millis(50), 1 << 20).unwrap();
         let inclusion =
             tx::observe(&rpc, &broadcast, Duration::from_millis(300), Duration::from_millis(20))
                 .await;

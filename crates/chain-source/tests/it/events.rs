@@ -12,7 +12,7 @@ use chain_source::{
     Error,
 };
 use serde_json::{json, Value};
-use testkit::{LoopbackChainNode, TxEvent};
+use testkit::{public_tls, LoopbackChainNode, TxEvent};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,7 @@ fn malformed_and_oversized_attributes_are_typed_and_skipped() {
     assert!(matches!(decode_frame("{\"result\": "), Err(Error::Decode(_))));
 }
 
-fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
+pub(crate) fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
     EventsConfig {
         rpc_url: node.url(),
         catch_up_window: window,
@@ -102,7 +102,7 @@ fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
 }
 
 /// Events until (and with) the NewBlock of `height`.
-async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
+pub(crate) async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
     let mut events = Vec::new();
     loop {
         let event =
@@ -115,7 +115,7 @@ async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
     }
 }
 
-fn finished(events: &[ChainEvent]) -> Vec<String> {
+pub(crate) fn finished(events: &[ChainEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|event| match event {
@@ -141,7 +141,8 @@ async fn events_arrive_in_order_across_a_dropped_socket_and_a_gap() {
     let node = LoopbackChainNode::start().await;
     let store = Arc::new(MemoryHeightStore::default());
     let cancel = CancellationToken::new();
-    let mut stream = events::spawn(&config(&node, 500), store.clone(), cancel.clone()).unwrap();
+    let mut stream =
+        events::spawn(&config(&node, 500), &public_tls(), store.clone(), cancel.clone()).unwrap();
     node.wait_subscriptions(1).await;
 
     node.produce_block(vec![vec![TxEvent::inference_finished("a")]]);
@@ -181,7 +182,8 @@ async fn a_lag_over_the_window_restarts_at_tip_minus_window() {
     node.advance(199);
     let store = Arc::new(MemoryHeightStore::new(Some(100)));
     let mut stream =
-        events::spawn(&config(&node, 50), store.clone(), CancellationToken::new()).unwrap();
+        events::spawn(&config(&node, 50), &public_tls(), store.clone(), CancellationToken::new())
+            .unwrap();
     let events = until(&mut stream, 200).await;
     assert_eq!(block_heights(&events), (150..=200).collect::<Vec<_>>());
     assert_eq!(node.block_results_requests().first(), Some(&150));
@@ -193,7 +195,8 @@ async fn a_lag_within_the_window_resumes_after_the_stored_height() {
     let node = LoopbackChainNode::start().await;
     node.advance(199);
     let store = Arc::new(MemoryHeightStore::new(Some(180)));
-    let mut stream = events::spawn(&config(&node, 50), store, CancellationToken::new()).unwrap();
+    let mut stream =
+        events::spawn(&config(&node, 50), &public_tls(), store, CancellationToken::new()).unwrap();
     let events = until(&mut stream, 200).await;
     assert_eq!(block_heights(&events), (181..=200).collect::<Vec<_>>());
 }
@@ -204,7 +207,8 @@ async fn without_a_stored_height_it_starts_at_the_earliest_available_in_the_wind
     node.advance(199);
     node.set_earliest(170);
     let store = Arc::new(MemoryHeightStore::default());
-    let mut stream = events::spawn(&config(&node, 50), store, CancellationToken::new()).unwrap();
+    let mut stream =
+        events::spawn(&config(&node, 50), &public_tls(), store, CancellationToken::new()).unwrap();
     let events = until(&mut stream, 200).await;
     assert_eq!(block_heights(&events).first(), Some(&170));
 }
@@ -214,9 +218,13 @@ async fn a_stalled_node_is_left_and_its_blocks_backfilled() {
     let node = LoopbackChainNode::start().await;
     let mut config = config(&node, 500);
     config.idle_timeout = Duration::from_millis(300);
-    let mut stream =
-        events::spawn(&config, Arc::new(MemoryHeightStore::default()), CancellationToken::new())
-            .unwrap();
+    let mut stream = events::spawn(
+        &config,
+        &public_tls(),
+        Arc::new(MemoryHeightStore::default()),
+        CancellationToken::new(),
+    )
+    .unwrap();
     node.wait_subscriptions(1).await;
     until(&mut stream, 1).await;
     node.set_stalled(true);
@@ -232,6 +240,7 @@ async fn base64_attributes_of_older_nodes_are_read() {
     node.set_base64_attributes(true);
     let mut stream = events::spawn(
         &config(&node, 500),
+        &public_tls(),
         Arc::new(MemoryHeightStore::default()),
         CancellationToken::new(),
     )
@@ -254,9 +263,13 @@ async fn oversized_frames_are_refused_and_their_blocks_backfilled() {
     let mut config = config(&node, 500);
     // Large enough for `status` and empty `block_results`, too small for a NewBlock frame.
     config.max_message_bytes = 400;
-    let mut stream =
-        events::spawn(&config, Arc::new(MemoryHeightStore::default()), CancellationToken::new())
-            .unwrap();
+    let mut stream = events::spawn(
+        &config,
+        &public_tls(),
+        Arc::new(MemoryHeightStore::default()),
+        CancellationToken::new(),
+    )
+    .unwrap();
     node.wait_subscriptions(1).await;
     until(&mut stream, 1).await;
     node.advance(1);

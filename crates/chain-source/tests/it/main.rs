@@ -9,6 +9,10 @@ mod payloads;
 // `testkit::LoopbackChainNode`, and the engine end to end through the chain client.
 mod chain;
 
+// TLS: executors over https (path prefix, the guard's resolver, certificates refused as the
+// executor's failure, a stalled handshake), chain RPC over https and the websocket over wss.
+mod tls;
+
 // Event decoding against CometBFT fixtures, and the event source against `LoopbackChainNode`: order,
 // gaps, reconnects, the catch-up window, stalls and size caps.
 mod events;

@@ -19,7 +19,7 @@ use chain_source::{
 use testkit::{
     fixture_payloads,
     memory::{payloads_for, MemoryPorts, EXECUTOR, SELF_ADDRESS},
-    ExecutorReply, LoopbackExecutor, StaticDirectory,
+    public_tls, ExecutorReply, LoopbackExecutor, StaticDirectory,
 };
 use tokio::time::timeout;
 use validator_core::{
@@ -30,10 +30,10 @@ use validator_core::{
     Config, Engine, Ports,
 };
 
-const EPOCH: u64 = 10;
+pub(crate) const EPOCH: u64 = 10;
 const BOUND: Duration = Duration::from_secs(5);
 
-fn executor_key() -> Signer {
+pub(crate) fn executor_key() -> Signer {
     Signer::from_bytes(&[0x21; 32]).unwrap()
 }
 
@@ -42,7 +42,7 @@ fn grantee_key() -> Signer {
 }
 
 /// The validator's warm key, which signs its requests.
-fn warm_key() -> Signer {
+pub(crate) fn warm_key() -> Signer {
     Signer::from_bytes(&[0x23; 32]).unwrap()
 }
 
@@ -61,9 +61,14 @@ async fn setup_with(config: PayloadsConfig) -> Setup {
     executor.register_requester(SELF_ADDRESS, vec![warm_key().public_key()]);
     let directory = StaticDirectory::new();
     directory.add_executor(&executor, vec![grantee_key().public_key()]);
-    let source =
-        HttpPayloadSource::new(&config, warm_key(), SELF_ADDRESS, Arc::new(directory.clone()))
-            .unwrap();
+    let source = HttpPayloadSource::new(
+        &config,
+        &public_tls(),
+        warm_key(),
+        SELF_ADDRESS,
+        Arc::new(directory.clone()),
+    )
+    .unwrap();
     Setup { executor, directory, source }
 }
 
@@ -167,6 +172,7 @@ async fn key_and_url_lookup_failures_are_the_validators_side() {
 
     let failing = HttpPayloadSource::new(
         &loopback_config(BOUND, 1 << 20),
+        &public_tls(),
         warm_key(),
         SELF_ADDRESS,
         Arc::new(FailingDirectory),
@@ -344,7 +350,7 @@ async fn raw_get(
     ];
     change(&mut headers);
     let url = wire::request_url(&executor.url(), id).unwrap();
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = public_tls().http_client_builder().build().unwrap().get(url);
     for (name, value) in headers {
         request = request.header(name, value);
     }
@@ -408,7 +414,7 @@ async fn an_empty_on_chain_hash_skips_its_check() {
 
 // === the address guard over HTTP ===
 
-fn lookup_to(ip: &'static str) -> Lookup {
+pub(crate) fn lookup_to(ip: &'static str) -> Lookup {
     Arc::new(move |_host| {
         Box::pin(async move { Ok(vec![SocketAddr::new(ip.parse().unwrap(), 0)]) })
     })
@@ -420,10 +426,23 @@ fn guarded_source(
     directory: &StaticDirectory,
 ) -> HttpPayloadSource {
     let allow: Vec<String> = allow.iter().map(|entry| (*entry).to_owned()).collect();
-    let config = PayloadsConfig { allow: allow.clone(), ..PayloadsConfig::default() };
-    let resolver = GuardedResolver::with_lookup(Arc::new(Guard::new(&allow).unwrap()), lookup);
+    let config = PayloadsConfig { allow, ..PayloadsConfig::default() };
+    guarded_source_with(&config, &public_tls(), lookup, directory)
+}
+
+/// A source with `config` and `tls` whose resolver answers with `lookup`, checked against
+/// `config.allow`.
+pub(crate) fn guarded_source_with(
+    config: &PayloadsConfig,
+    tls: &tls::ClientTls,
+    lookup: Lookup,
+    directory: &StaticDirectory,
+) -> HttpPayloadSource {
+    let guard = Guard::new(&config.allow).unwrap();
+    let resolver = GuardedResolver::with_lookup(Arc::new(guard), lookup);
     HttpPayloadSource::with_resolver(
-        &config,
+        config,
+        tls,
         warm_key(),
         SELF_ADDRESS,
         Arc::new(directory.clone()),
@@ -448,16 +467,19 @@ async fn the_guard_refuses_internal_executors_unless_allowed() {
         let result = strict.fetch(&record).await;
         assert!(refused(&result, "not a public address"), "{url}: {result:?}");
     }
-    // A host name whose answer is internal: the resolver refuses it before any connection.
-    s.directory.insert(
-        EXECUTOR,
-        &format!("http://executor.test:{port}"),
-        vec![executor_key().public_key()],
-    );
-    let result = strict.fetch(&record).await;
-    assert!(refused(&result, "resolves to 127.0.0.1"), "{result:?}");
-    s.directory.insert(EXECUTOR, "https://8.8.8.8", vec![]);
-    assert!(refused(&strict.fetch(&record).await, "without TLS"));
+    // A host name whose answer is internal: the resolver refuses it before any connection, for
+    // https as for http.
+    for scheme in ["http", "https"] {
+        s.directory.insert(
+            EXECUTOR,
+            &format!("{scheme}://executor.test:{port}"),
+            vec![executor_key().public_key()],
+        );
+        let result = strict.fetch(&record).await;
+        assert!(refused(&result, "resolves to 127.0.0.1"), "{scheme}: {result:?}");
+    }
+    s.directory.insert(EXECUTOR, "ftp://8.8.8.8", vec![]);
+    assert!(refused(&strict.fetch(&record).await, "scheme ftp"));
     assert!(s.executor.requests().is_empty(), "nothing reached the executor");
 
     // The allow-list admits the host by name, or loopback by network.
@@ -498,6 +520,7 @@ async fn the_engine_validates_over_http_and_invalidates_a_tampered_payload_once(
     directory.add_executor(&executor, Vec::new());
     let source = HttpPayloadSource::new(
         &loopback_config(BOUND, 32 << 20),
+        &public_tls(),
         warm_key(),
         SELF_ADDRESS,
         Arc::new(directory),

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use ml_client::{Config, HttpMlNodeClient};
 use testkit::{
     memory::{echo_completion, payloads_for},
-    LoopbackMlNode, Reply,
+    public_tls, Leaf, LoopbackMlNode, Reply, TestCa,
 };
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use validator_core::{
 use crate::{config, ml_node, request};
 
 fn client(timeout: Duration) -> HttpMlNodeClient {
-    HttpMlNodeClient::new(&config(Vec::new(), timeout)).unwrap()
+    HttpMlNodeClient::new(&config(Vec::new(), timeout), &public_tls()).unwrap()
 }
 
 async fn replay_once(fake: &LoopbackMlNode, reply: Reply) -> Result<ReplayResponse, ReplayError> {
@@ -62,6 +62,27 @@ async fn replay_posts_the_enforced_body_and_keeps_the_exact_answer() {
     assert_eq!(bytes, echo_completion(&recorded.body), "the exact bytes the node sent");
     let score = scoring::compare(&payloads_for("x").response, &bytes).unwrap();
     assert_eq!(score.value, 1.0);
+}
+
+#[tokio::test]
+async fn an_https_node_is_replayed_on_with_the_ca_and_refused_without_it() {
+    let ca = TestCa::new();
+    let fake = LoopbackMlNode::start_tls(ca.server(&["127.0.0.1"], Leaf::Valid)).await;
+    assert!(fake.url().starts_with("https://"), "{}", fake.url());
+    let config = config(Vec::new(), Duration::from_secs(5));
+
+    let trusting = HttpMlNodeClient::new(&config, &ca.client_tls()).unwrap();
+    let answer = trusting.replay(&ml_node(&fake), &request()).await.unwrap();
+    let ReplayResponse::Completed(bytes) = answer else { panic!("not completed: {answer:?}") };
+    assert_eq!(scoring::compare(&payloads_for("x").response, &bytes).unwrap().value, 1.0);
+
+    let untrusting = HttpMlNodeClient::new(&config, &public_tls()).unwrap();
+    let refused = untrusting.replay(&ml_node(&fake), &request()).await;
+    assert!(
+        matches!(&refused, Err(ReplayError::Transport(why)) if why.contains("UnknownIssuer")),
+        "{refused:?}"
+    );
+    assert_eq!(fake.requests().len(), 1, "the refused handshake carried no request");
 }
 
 #[tokio::test]
@@ -189,10 +210,10 @@ async fn dropping_the_replay_aborts_the_request_within_100_ms() {
 async fn oversize_bodies_are_refused_without_reading_them_whole() {
     let fake = LoopbackMlNode::start().await;
     let cap = 1024 * 1024;
-    let client = HttpMlNodeClient::new(&Config {
-        max_response_bytes: cap,
-        ..config(Vec::new(), Duration::from_secs(5))
-    })
+    let client = HttpMlNodeClient::new(
+        &Config { max_response_bytes: cap, ..config(Vec::new(), Duration::from_secs(5)) },
+        &public_tls(),
+    )
     .unwrap();
     // Far more than loopback socket buffers hold, so finishing would mean reading it all.
     let huge = 1 << 30;
@@ -214,10 +235,10 @@ async fn oversize_bodies_are_refused_without_reading_them_whole() {
 async fn a_body_at_the_cap_is_accepted_and_one_byte_more_is_not() {
     let fake = LoopbackMlNode::start().await;
     let cap = 1024;
-    let client = HttpMlNodeClient::new(&Config {
-        max_response_bytes: cap,
-        ..config(Vec::new(), Duration::from_secs(5))
-    })
+    let client = HttpMlNodeClient::new(
+        &Config { max_response_bytes: cap, ..config(Vec::new(), Duration::from_secs(5)) },
+        &public_tls(),
+    )
     .unwrap();
     let json_of_len = |len: usize| Bytes::from(format!("\"{}\"", " ".repeat(len - 2)));
     fake.script([Reply::Body(json_of_len(1024)), Reply::Body(json_of_len(1025))]);

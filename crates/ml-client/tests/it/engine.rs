@@ -1,7 +1,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ml_client::{HttpMlNodeClient, NodePool};
-use testkit::{memory::MemoryPorts, Latency, LoopbackMlNode};
+use testkit::{memory::MemoryPorts, public_tls, Latency, LoopbackMlNode};
 use tokio::time::timeout;
 use validator_core::{scoring::ValueDecimal, Admission, Config, Engine, Ports};
 
@@ -16,7 +16,7 @@ async fn the_engine_validates_over_http_with_its_slots_as_the_only_bound() {
     let pool = NodePool::new(&ml_config).unwrap();
     let fakes = MemoryPorts::new(Duration::ZERO, 1);
     let ports = Ports {
-        ml: Arc::new(HttpMlNodeClient::new(&ml_config).unwrap()),
+        ml: Arc::new(HttpMlNodeClient::new(&ml_config, &public_tls()).unwrap()),
         broker: Arc::new(pool.clone()),
         ..fakes.ports()
     };

@@ -4,7 +4,7 @@
 //! sockets do not mix with paused time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Status mapping, the request body, timeouts, cancellation and the size cap.
+// Status mapping, the request body, timeouts, cancellation, the size cap, and https nodes.
 mod client;
 // The engine end to end over HTTP: every item submitted, the slot limit the only bound.
 mod engine;

@@ -4,7 +4,7 @@ use std::{
 };
 
 use ml_client::{Availability, Config, HealthConfig, HttpMlNodeClient, NodePool};
-use testkit::{Latency, LoopbackMlNode, Reply};
+use testkit::{public_tls, Latency, LoopbackMlNode, Reply};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use validator_core::ports::{
@@ -15,7 +15,7 @@ use validator_core::ports::{
 use crate::{config, health_of, node, request, MODEL};
 
 fn adapters(config: &Config) -> (NodePool, HttpMlNodeClient) {
-    (NodePool::new(config).unwrap(), HttpMlNodeClient::new(config).unwrap())
+    (NodePool::new(config).unwrap(), HttpMlNodeClient::new(config, &public_tls()).unwrap())
 }
 
 /// Leases a node, replays on it and releases the lease as the engine does; returns the node.

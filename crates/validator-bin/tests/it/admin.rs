@@ -26,7 +26,7 @@ async fn start() -> Running {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    testkit::public_tls().http_client_builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {

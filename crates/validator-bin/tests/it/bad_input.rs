@@ -770,12 +770,14 @@ impl Env {
             PayloadsConfig { allow: vec!["127.0.0.0/8".into()], ..PayloadsConfig::default() };
         let payloads = HttpPayloadSource::new(
             &config,
+            &testkit::public_tls(),
             validator_key().unwrap(),
             scenario.address.clone(),
             Arc::new(directory),
         )
         .unwrap();
-        let rpc = RpcClient::new(&scenario.chain.url(), BOUND, 64 * 1024 * 1024).unwrap();
+        let rpc =
+            RpcClient::new(&scenario.chain.url(), &testkit::public_tls(), BOUND, 64 << 20).unwrap();
         Self { running, outcomes, payloads, raw, raw_executor, rpc, next: 0 }
     }
 
@@ -977,6 +979,7 @@ impl Env {
                 self.raw.set(answer.clone());
                 let rpc = RpcClient::new(
                     &self.raw.url(),
+                    &testkit::public_tls(),
                     BOUND,
                     QueryConfig::default().max_response_bytes,
                 )

@@ -23,6 +23,25 @@ fn typos_exit_64_naming_the_key() {
 }
 
 #[test]
+fn check_config_reads_the_ca_file_and_names_a_bad_one() {
+    let missing = crate::temp_path("missing.pem");
+    let garbage = crate::temp_path("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    for (path, why) in [(&missing, "cannot be read"), (&garbage, "no PEM certificate")] {
+        let output = check_config(&format!("[tls]\nca_file = \"{}\"\n", path.display()));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains("tls.ca_file"), "{stderr}");
+        assert!(stderr.contains(&path.display().to_string()) && stderr.contains(why), "{stderr}");
+    }
+    let good = crate::temp_path("ca.pem");
+    std::fs::write(&good, testkit::TestCa::new().pem()).unwrap();
+    let output = check_config(&format!("[tls]\nca_file = \"{}\"\n", good.display()));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&good.display().to_string()));
+}
+
+#[test]
 fn run_checks_the_config_before_binding() {
     let path = crate::temp_path("validator.toml");
     std::fs::write(&path, "[ml]\nrequest_timeout = -1\n").unwrap();

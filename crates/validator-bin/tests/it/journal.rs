@@ -123,7 +123,7 @@ async fn kill_and_restart(seed: u64) {
     // no per-validator record of revalidations).
     disputes(chain);
     let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    let response = reqwest::Client::new()
+    let response = crate::http_client()
         .post(format!("http://127.0.0.1:{admin_port}/admin/v1/recovery"))
         .bearer_auth(token.trim())
         .body(json!({"epoch_index": BACKLOG_EPOCH}).to_string())

@@ -8,7 +8,7 @@ mod bad_input;
 // The journal: SIGKILL at any point never sends a validation twice; one process per data
 // directory; a newer schema is refused.
 mod journal;
-// Configuration loading and its exit codes, through the built binary.
+// Configuration loading and its exit codes, through the built binary; the CA file is checked.
 mod config;
 // `validator run` as a process on the loopback fakes: it follows the chain, recovers, claims
 // and stops on SIGTERM.
@@ -30,6 +30,11 @@ pub fn binary() -> PathBuf {
 }
 
 pub use testkit::process::temp_path;
+
+/// A reqwest client: the workspace's reqwest needs its TLS configuration handed in.
+pub fn http_client() -> reqwest::Client {
+    testkit::public_tls().http_client_builder().build().unwrap()
+}
 
 /// Writes a `validator run` configuration for `scenario` with its state in `data_dir` and the
 /// admin API on `admin_port` (0 picks one); returns the file's path.

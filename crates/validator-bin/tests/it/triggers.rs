@@ -78,7 +78,7 @@ async fn the_claim_trigger_recovers_the_previous_epoch_then_claims() {
     let app = &running.app;
     app.journal.flush().await.unwrap();
     let get = |path: String| async move {
-        let response = reqwest::Client::new()
+        let response = crate::http_client()
             .get(format!("http://{}{path}", app.admin_addr))
             .bearer_auth(&*app.token)
             .timeout(BOUND)
@@ -171,7 +171,7 @@ async fn the_reward_check_recovers_the_settled_epoch_then_claims() {
 }
 
 async fn claim_reward_recover(app: &AppHandle, body: Option<Value>) -> Value {
-    let mut request = reqwest::Client::new()
+    let mut request = crate::http_client()
         .post(format!("http://{}/admin/v1/claim-reward/recover", app.admin_addr))
         .bearer_auth(&*app.token)
         .timeout(BOUND);
