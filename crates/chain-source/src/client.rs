@@ -23,7 +23,7 @@ use crate::{
     directory::{SigningKeys, START_INFERENCE_MSG_TYPE},
     proto,
     query::{EpochInfo, QueryClient},
-    rpc::{NodeStatus, RpcClient},
+    rpc::{NodeStatus, RpcClient, TxResult},
     seed::seed_for_epoch,
     tx::{self, Broadcast, Inclusion, Submitter, TxIdentity},
     Config, Error, ExecutorDirectory, Result, Signer,
@@ -70,6 +70,16 @@ pub enum ClaimAnswer {
         /// The block that includes it.
         height: u64,
     },
+    /// Included with code 0, but its response is not believable: none, undecodable, or paying
+    /// more than was settled.
+    Malformed {
+        /// What is wrong with it.
+        reason: String,
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The block that includes it.
+        height: u64,
+    },
     /// No block included it before `tx.inclusion_timeout`.
     NotIncluded {
         /// The transaction's hash.
@@ -86,6 +96,7 @@ impl ClaimAnswer {
             ClaimAnswer::Paid { tx_hash, .. }
             | ClaimAnswer::Refused { tx_hash, .. }
             | ClaimAnswer::Failed { tx_hash, .. }
+            | ClaimAnswer::Malformed { tx_hash, .. }
             | ClaimAnswer::NotIncluded { tx_hash, .. } => tx_hash,
         }
     }
@@ -178,8 +189,8 @@ impl ChainNodeClient {
 
     /// Signs and broadcasts `MsgClaimRewards{seed, epoch_index}` for the account, follows the
     /// transaction to its block and reads what the claim did. `settled` is what the chain held
-    /// for the claim (reward and work coins): a claim said to pay more is refused as a
-    /// malformed answer.
+    /// for the claim (reward and work coins): a claim said to pay more is
+    /// [`ClaimAnswer::Malformed`].
     pub async fn claim_rewards(
         &self,
         seed: i64,
@@ -194,43 +205,22 @@ impl ChainNodeClient {
         let broadcast =
             self.submitter.submit(proto::pack(proto::MSG_CLAIM_REWARDS_TYPE_URL, &msg)).await?;
         let tx_hash = broadcast.hash.clone();
-        let result = match self.observe(&broadcast).await {
-            Inclusion::Included(result) => result,
+        Ok(match self.observe(&broadcast).await {
+            Inclusion::Included(result) => read_claim(result, tx_hash, settled),
             Inclusion::NotIncluded { last_error } => {
-                return Ok(ClaimAnswer::NotIncluded { tx_hash, last_error })
-            }
-        };
-        if result.code != 0 {
-            return Ok(ClaimAnswer::Failed {
-                code: result.code,
-                codespace: result.codespace,
-                log: result.log,
-                tx_hash,
-                height: result.height,
-            });
-        }
-        let response: proto::MsgClaimRewardsResponse =
-            proto::message_response(&result.data, proto::MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL)
-                .map_err(|err| Error::Decode(format!("claim {tx_hash}: {err}")))?
-                .ok_or_else(|| {
-                    Error::Decode(format!("claim {tx_hash}: no MsgClaimRewardsResponse"))
-                })?;
-        if response.amount > settled {
-            return Err(Error::Decode(format!(
-                "claim {tx_hash} says it paid {}, more than the {settled} settled",
-                response.amount
-            )));
-        }
-        Ok(if response.amount == 0 {
-            ClaimAnswer::Refused { result: response.result, tx_hash, height: result.height }
-        } else {
-            ClaimAnswer::Paid {
-                amount: response.amount,
-                result: response.result,
-                tx_hash,
-                height: result.height,
+                ClaimAnswer::NotIncluded { tx_hash, last_error }
             }
         })
+    }
+
+    /// What the claim transaction `tx_hash` did, when a block holds it (one lookup, no
+    /// waiting); `None` while none does. `settled` bounds a believable payment.
+    pub async fn claim_answer(&self, tx_hash: &str, settled: u64) -> Result<Option<ClaimAnswer>> {
+        match self.rpc.tx(tx_hash).await {
+            Ok(result) => Ok(Some(read_claim(result, tx_hash.to_owned(), settled))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     async fn observe(&self, broadcast: &Broadcast) -> Inclusion {
@@ -326,6 +316,40 @@ impl ChainNodeClient {
             Err(err) => Err(err),
         }
     }
+}
+
+/// What an included claim transaction did: its code, then its `MsgClaimRewardsResponse`.
+fn read_claim(result: TxResult, tx_hash: String, settled: u64) -> ClaimAnswer {
+    let height = result.height;
+    if result.code != 0 {
+        return ClaimAnswer::Failed {
+            code: result.code,
+            codespace: result.codespace,
+            log: result.log,
+            tx_hash,
+            height,
+        };
+    }
+    let response: proto::MsgClaimRewardsResponse =
+        match proto::message_response(&result.data, proto::MSG_CLAIM_REWARDS_RESPONSE_TYPE_URL) {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                let reason = "no MsgClaimRewardsResponse in the result".to_owned();
+                return ClaimAnswer::Malformed { reason, tx_hash, height };
+            }
+            Err(err) => {
+                let reason = format!("undecodable result: {err}");
+                return ClaimAnswer::Malformed { reason, tx_hash, height };
+            }
+        };
+    if response.amount > settled {
+        let reason = format!("says it paid {}, more than the {settled} settled", response.amount);
+        return ClaimAnswer::Malformed { reason, tx_hash, height };
+    }
+    if response.amount == 0 {
+        return ClaimAnswer::Refused { result: response.result, tx_hash, height };
+    }
+    ClaimAnswer::Paid { amount: response.amount, result: response.result, tx_hash, height }
 }
 
 fn chain_error(err: Error) -> ChainError {

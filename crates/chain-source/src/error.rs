@@ -71,6 +71,10 @@ pub enum Error {
     /// (`ErrDuplicateValidation`, code 1143 of the `inference` codespace).
     #[error("duplicate validation: {0}")]
     DuplicateValidation(String),
+    /// The node keeps no transaction index (`tx_index = "null"`): no transaction can be looked
+    /// up by hash.
+    #[error("the node's transaction index is disabled (tx_index)")]
+    TxIndexDisabled,
     /// The chain refuses the message type as deprecated (`ErrDeprecated`, code 1161 of the
     /// `inference` codespace): classic validation is retired.
     #[error("message type deprecated: {0}")]

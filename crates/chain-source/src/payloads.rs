@@ -8,13 +8,14 @@
 //! Each failure says whose it is. The executor's ([`PayloadError::Unavailable`],
 //! [`PayloadError::BadSignature`], [`PayloadError::HashMismatch`], [`PayloadError::Gone`]): no
 //! answer (a refused connection, a TLS handshake that fails or stalls, a certificate that is
-//! expired, self-signed, for another host or under no trusted root), an error status, a
-//! malformed or oversized answer, a wrong signature checked against every key it may sign with,
-//! payloads that do not hash to the commitment, or no inference URL on chain. The validator's
-//! own ([`PayloadError::Local`]): a failed chain query for the URL or keys, a signature that
-//! fails while some of the executor's keys could not be looked up, the address guard's refusal
-//! (an internal address, a scheme other than `http` and `https`), the resolver, a request the
-//! client cannot build. The TLS configuration is built before the source, so it cannot fail a
+//! expired or for another host), an error status, a malformed or oversized answer, a wrong
+//! signature checked against every key it may sign with, payloads that do not hash to the
+//! commitment, or no inference URL on chain. The validator's own ([`PayloadError::Local`]): a
+//! failed chain query for the URL or keys, a signature that fails while some of the executor's
+//! keys could not be looked up, a certificate under no root this node trusts (self-signed
+//! included: the node may lack the CA, `tls.ca_file`), the address guard's refusal (an internal
+//! address, a scheme other than `http` and `https`), the resolver, a request the client cannot
+//! build. The TLS configuration is built before the source, so it cannot fail a
 //! fetch.
 
 pub mod guard;
@@ -279,10 +280,11 @@ fn unix_nanos() -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// A failed request: the validator's own when the request could not be built or the resolver
-/// (the system's, or the guard's check of its answer) failed, else the executor's.
+/// A failed request: the validator's own when the request could not be built, the resolver
+/// (the system's, or the guard's check of its answer) failed, or the executor's certificate
+/// chains to no root this node trusts; else the executor's.
 fn from_reqwest(err: reqwest::Error) -> PayloadError {
-    let ours = err.is_builder() || resolver_failed(&err);
+    let ours = err.is_builder() || resolver_failed(&err) || tls::is_untrusted_issuer(&err);
     let message = http::from_reqwest(err).to_string();
     if ours {
         local(message)

@@ -15,7 +15,7 @@ use cosmrs::proto::cosmos::{
 };
 use prost::Message;
 use validator_core::ports::chain::{
-    EpochGroup, Inference, InferenceId, InferencePage, InferenceSummary, ValidationParameters,
+    EpochGroup, Inference, InferenceId, InferencePage, ValidationParameters,
 };
 
 use crate::{config::QueryConfig, rpc::RpcClient, Error, Result};
@@ -61,17 +61,9 @@ impl QueryClient {
         };
         let answer: proto::QueryAllInferenceResponse =
             self.query(proto::INFERENCE_ALL, &request).await?;
-        let inferences = answer
-            .inference
-            .into_iter()
-            .map(|inference| {
-                wire::inference(inference).map(|inference| InferenceSummary {
-                    inference_id: inference.inference_id,
-                    epoch_id: inference.epoch_id,
-                    model: inference.model,
-                })
-            })
-            .collect::<Result<_>>()?;
+        // The listing needs ids, epochs and models only: a record this node cannot read
+        // otherwise (an unknown status) still counts.
+        let inferences = answer.inference.into_iter().map(wire::summary).collect::<Result<_>>()?;
         let next_key = answer.pagination.map(|page| page.next_key).filter(|key| !key.is_empty());
         Ok(InferencePage { inferences, next_key })
     }

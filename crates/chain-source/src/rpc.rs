@@ -79,7 +79,7 @@ pub struct RpcClient {
     timeout: Duration,
     max_response_bytes: u64,
     next_id: AtomicU64,
-    /// The highest height the node reported (`status`) or answered at; 0 until known.
+    /// The latest height the node reported (`status`); 0 until known.
     latest_height: AtomicU64,
 }
 
@@ -149,24 +149,32 @@ impl RpcClient {
 
     /// `abci_query` of the gRPC method `path` with the protobuf request `data`, at the latest
     /// height. A non-zero code is [`Error::NotFound`] for the SDK's "key not found" and
-    /// [`Error::Query`] otherwise; an answer read at a height past the node's latest is refused.
+    /// [`Error::Query`] otherwise. An answer read at a height past the node's latest (from
+    /// `status`, asked again when an answer is ahead of the one known) is refused; when the node
+    /// cannot say its height, the answer stands.
     pub async fn abci_query(&self, path: &str, data: &[u8]) -> Result<AbciAnswer> {
         let params = json!({"path": path, "data": hex(data), "height": "0", "prove": false});
         let result = self.call("abci_query", params).await?;
         let answer = decode_abci_answer(path, &result)?;
-        let latest = self.latest_height.load(Ordering::Relaxed);
-        if latest > 0 && answer.height > latest.saturating_add(HEIGHT_SLACK) {
+        let ahead = |latest: u64| answer.height > latest.saturating_add(HEIGHT_SLACK);
+        let mut latest = self.latest_height.load(Ordering::Relaxed);
+        if latest == 0 || ahead(latest) {
+            if let Ok(status) = self.status().await {
+                latest = status.latest_height;
+            }
+        }
+        if latest > 0 && ahead(latest) {
             return Err(Error::Decode(format!(
-                "{path}: answered at height {}, past the latest known {latest}",
+                "{path}: answered at height {}, past the node's latest {latest}",
                 answer.height
             )));
         }
-        self.latest_height.fetch_max(answer.height, Ordering::Relaxed);
         Ok(answer)
     }
 
     /// `tx` by hash: the transaction's result once a block includes it; [`Error::NotFound`]
-    /// while none does. An answer about another hash is refused.
+    /// while none does, [`Error::TxIndexDisabled`] when the node keeps no transaction index.
+    /// An answer about another hash is refused.
     pub async fn tx(&self, hash: &str) -> Result<TxResult> {
         let bytes = unhex(hash)
             .ok_or_else(|| Error::Decode(format!("transaction hash {hash:?} is not hex")))?;
@@ -175,6 +183,9 @@ impl RpcClient {
             Ok(result) => decode_tx(hash, &result),
             Err(Error::Rpc(message)) if message.contains("not found") => {
                 Err(Error::NotFound(format!("transaction {hash}")))
+            }
+            Err(Error::Rpc(message)) if message.contains("indexing is disabled") => {
+                Err(Error::TxIndexDisabled)
             }
             Err(err) => Err(err),
         }

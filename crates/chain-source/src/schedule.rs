@@ -68,6 +68,18 @@ impl EpochSchedule {
             .saturating_add(p.set_new_validators_delay)
     }
 
+    /// The epoch in effect at `height`: the chain's latest epoch starts with its PoC stage, but
+    /// the previous one stays in effect until "set new validators" (upstream's effective epoch,
+    /// which the claim handler checks claims against). A height before the latest epoch's PoC
+    /// start (an answer that does not fit its own height) counts as the latest epoch's.
+    pub fn effective_epoch(&self, height: i64) -> u64 {
+        let in_poc = height >= self.poc_start_block_height && height < self.set_new_validators();
+        if self.epoch_index > 0 && in_poc {
+            return self.epoch_index - 1;
+        }
+        self.epoch_index
+    }
+
     /// The claim-money stage, one block after "set new validators"; 0 in epoch 0.
     pub fn claim_money(&self) -> i64 {
         if self.epoch_index == 0 {
@@ -181,6 +193,17 @@ mod tests {
         assert_eq!(schedule.phase(190_080), Phase::PoC);
         let genesis = EpochSchedule { epoch_index: 0, ..mainnet() };
         assert_eq!((genesis.claim_money(), genesis.next_poc_start()), (0, 300));
+    }
+
+    #[test]
+    fn the_previous_epoch_is_in_effect_until_new_validators_are_set() {
+        let schedule = mainnet();
+        assert_eq!(schedule.effective_epoch(172_800), 9);
+        assert_eq!(schedule.effective_epoch(172_979), 9);
+        assert_eq!(schedule.effective_epoch(172_980), 10);
+        assert_eq!(schedule.effective_epoch(172_000), 10, "before its PoC start: taken as is");
+        let genesis = EpochSchedule { epoch_index: 0, ..mainnet() };
+        assert_eq!(genesis.effective_epoch(5), 0);
     }
 
     #[test]

@@ -273,6 +273,9 @@ pub async fn observe(
         match tokio::time::timeout_at(deadline, rpc.tx(&broadcast.hash)).await {
             Ok(Ok(result)) => return Inclusion::Included(result),
             Ok(Err(Error::NotFound(_))) => last_error = None,
+            Ok(Err(err @ Error::TxIndexDisabled)) => {
+                return Inclusion::NotIncluded { last_error: Some(err.to_string()) }
+            }
             Ok(Err(err)) => {
                 metrics::counter!("validator_tx_lookup_failures_total").increment(1);
                 tracing::debug!(hash = %broadcast.hash, %err, "transaction lookup failed");
@@ -286,7 +289,10 @@ pub async fn observe(
         }
         if !rebroadcast && now >= rebroadcast_at {
             rebroadcast = true;
-            match rpc.broadcast_tx_sync(&broadcast.tx).await {
+            let again = tokio::time::timeout_at(deadline, rpc.broadcast_tx_sync(&broadcast.tx))
+                .await
+                .unwrap_or_else(|_| Err(Error::Timeout("second broadcast".into())));
+            match again {
                 Ok(answer) if answer.code == 0 => {
                     tracing::info!(hash = %broadcast.hash, "transaction not seen yet; broadcast it again");
                 }

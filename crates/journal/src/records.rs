@@ -137,4 +137,6 @@ pub struct PruneReport {
     pub submissions: u64,
     /// Recovery runs.
     pub runs: u64,
+    /// Claim records.
+    pub claims: u64,
 }

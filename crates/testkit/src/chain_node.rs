@@ -589,7 +589,7 @@ async fn handle(
         "tx" => tx::lookup(&shared.lock(), &params),
         "broadcast_tx_sync" => {
             let tx = params.get("tx").and_then(Value::as_str).unwrap_or("").to_owned();
-            Ok(shared.update(|state| tx::broadcast(state, &tx)))
+            shared.update(|state| tx::broadcast(state, &tx))
         }
         other => Err(format!("method {other} not found")),
     };

@@ -100,9 +100,48 @@ fn public_roots() -> RootCertStore {
     RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
 }
 
+/// Whether `err`, or an error it wraps, is a server certificate refused because it chains to
+/// no root this node trusts (rustls's `UnknownIssuer`, self-signed leaves included). The
+/// certificate may be sound under a CA this node was not given, so the failure is the node's
+/// to fix (`tls.ca_file`) rather than the peer's; an expired certificate or one for another
+/// host is the peer's.
+pub fn is_untrusted_issuer(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(cause) = current {
+        if matches!(
+            cause.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        ) {
+            return true;
+        }
+        // An I/O error names the source of the error it wraps, not that error: step into it.
+        current = match cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => cause.source(),
+        };
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_issuer_is_found_inside_io_errors() {
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, unknown.clone());
+        assert!(is_untrusted_issuer(&unknown));
+        assert!(is_untrusted_issuer(&wrapped));
+        let twice = std::io::Error::other(wrapped);
+        assert!(is_untrusted_issuer(&twice));
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        assert!(!is_untrusted_issuer(&std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            expired
+        )));
+        assert!(!is_untrusted_issuer(&std::io::Error::other("refused")));
+    }
 
     /// A CA certificate and its key, as PEM.
     fn ca() -> (String, String) {

@@ -112,6 +112,8 @@ pub enum ApiError {
     NotFound(String),
     /// The node is shutting down.
     Unavailable(String),
+    /// The request conflicts with the node's state (classic validation is retired).
+    Conflict(String),
     /// Something went wrong on our side.
     Internal(anyhow::Error),
 }
@@ -124,6 +126,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, message),
+            ApiError::Conflict(message) => (StatusCode::CONFLICT, message),
             ApiError::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
             ApiError::Internal(err) => {
                 tracing::error!(err = %format!("{err:#}"), "admin request failed");
@@ -143,6 +146,7 @@ impl IntoResponse for ApiError {
 fn engine_error(err: EngineError) -> ApiError {
     match err {
         EngineError::ShuttingDown => ApiError::Unavailable(err.to_string()),
+        EngineError::ProtocolRetired(_) => ApiError::Conflict(err.to_string()),
         other => ApiError::Internal(other.into()),
     }
 }

@@ -24,7 +24,7 @@ use journal::SqliteJournal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use validator_core::{Engine, RecoveryStart, RunReport, Trigger};
 
 /// The reward check's bound on its settle-amount query (upstream's 30 s).
@@ -32,6 +32,9 @@ const SETTLE_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Blocks the chain wants between two claim attempts of one account.
 pub const CLAIM_INTERVAL_BLOCKS: u64 = 30;
+
+/// How many epochs' claim records the claimer keeps in memory (and shows in the status).
+const KEPT_EPOCHS: u64 = 32;
 
 /// Where an epoch's claim stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,10 +159,12 @@ impl Claimer {
         chain_source::seed_for_epoch(&self.signer, epoch)
     }
 
-    /// The epoch before the chain's latest one.
+    /// The epoch the chain takes claims for: the one before the epoch in effect (the latest
+    /// epoch's PoC stage still belongs to the previous one).
     pub async fn previous_epoch(&self) -> anyhow::Result<u64> {
         let info = self.chain.epoch_info().await.context("querying the latest epoch")?;
-        Ok(info.epoch_index.saturating_sub(1))
+        let schedule = chain_source::schedule::EpochSchedule::from(&info);
+        Ok(schedule.effective_epoch(info.block_height).saturating_sub(1))
     }
 
     /// Whether the claim of `epoch` was paid.
@@ -263,6 +268,10 @@ impl Claimer {
             }
             let start = match self.engine.recover_from(trigger, epoch, seed) {
                 Ok(start) => start,
+                Err(validator_core::Error::ProtocolRetired(_)) => {
+                    debug!(epoch, "classic validation is retired: claiming without recovery");
+                    break;
+                }
                 Err(err) => {
                     warn!(epoch, %err, "recovery not started before the claim");
                     break;
@@ -281,20 +290,20 @@ impl Claimer {
                 break;
             }
         }
-        self.attempt(epoch, seed, run).await
+        self.attempt(epoch, seed, run, None).await
     }
 
-    /// Spawns one more attempt for each pending claim whose epoch's window is still open (the
-    /// chain's latest epoch is `current_epoch`) and whose last attempt is 30 blocks behind
-    /// `height`; marks the pending claims of closed windows as expired.
-    pub(crate) fn retry_due(self: &Arc<Self>, height: u64, current_epoch: u64) {
-        let mut due = Vec::new();
+    /// Marks the pending claims whose window closed as expired, and spawns one more attempt for
+    /// the pending claim of the epoch before `effective_epoch` (the one the chain accepts at
+    /// `height`) once its last attempt is 30 blocks behind.
+    pub(crate) fn retry_due(self: &Arc<Self>, height: u64, effective_epoch: u64) {
+        let mut due = None;
         let mut expired = Vec::new();
         for record in self.lock().values_mut() {
-            if record.state != ClaimState::Pending || record.attempts == 0 {
+            if record.state != ClaimState::Pending {
                 continue;
             }
-            if record.epoch_index.saturating_add(1) < current_epoch {
+            if record.epoch_index.saturating_add(1) < effective_epoch {
                 record.state = ClaimState::Expired;
                 expired.push(record.clone());
                 continue;
@@ -302,8 +311,8 @@ impl Claimer {
             let ready = record
                 .last_attempt_height
                 .is_none_or(|last| height >= last.saturating_add(CLAIM_INTERVAL_BLOCKS));
-            if record.epoch_index.saturating_add(1) == current_epoch && ready {
-                due.push((record.epoch_index, record.seed));
+            if record.epoch_index.saturating_add(1) == effective_epoch && ready {
+                due = Some((record.epoch_index, record.seed));
             }
         }
         for record in expired {
@@ -317,14 +326,14 @@ impl Claimer {
             let claimer = Arc::clone(self);
             self.tasks.spawn(async move { claimer.store(record).await });
         }
-        for (epoch, seed) in due {
+        if let Some((epoch, seed)) = due {
             if self.attempting.load(Ordering::Acquire) {
-                break;
+                return;
             }
             info!(height, epoch, "claim not paid yet: trying again");
             let claimer = Arc::clone(self);
             self.tasks.spawn(async move {
-                claimer.attempt(epoch, seed, None).await;
+                claimer.attempt(epoch, seed, None, Some(height)).await;
             });
         }
     }
@@ -333,22 +342,42 @@ impl Claimer {
         self.lock().get(&epoch).cloned().unwrap_or_else(|| ClaimRecord::new(epoch, seed))
     }
 
-    /// One claim attempt of `epoch`, unless one is running or the claim is already paid: reads
-    /// what is settled, claims it, reads the answer from the block, stores the record.
-    async fn attempt(&self, epoch: u64, seed: i64, run: Option<RunReport>) -> ClaimRecord {
+    /// One claim attempt of `epoch` at `height` (the tip when not given), unless one is running,
+    /// the claim is paid or expired, or its last attempt is less than 30 blocks behind: reads
+    /// what is settled, claims it, reads the answer from the block, stores the record. When
+    /// nothing is settled any more, an earlier claim transaction that was not seen landing is
+    /// looked up before the claim counts as having had nothing to claim.
+    async fn attempt(
+        &self,
+        epoch: u64,
+        seed: i64,
+        run: Option<RunReport>,
+        height: Option<u64>,
+    ) -> ClaimRecord {
+        if self.attempting.swap(true, Ordering::AcqRel) {
+            info!(epoch, "a claim attempt is already running");
+            return self.current(epoch, seed);
+        }
+        let _attempting = ClearOnDrop(&self.attempting);
         let mut record = self.current(epoch, seed);
         if run.is_some() {
             record.run = run;
         }
-        if record.claimed() {
-            info!(epoch, "rewards already paid for this epoch; nothing sent");
+        if matches!(record.state, ClaimState::Paid | ClaimState::Expired) {
+            info!(epoch, state = ?record.state, "the epoch's claim is settled; nothing sent");
             return record;
         }
-        if self.attempting.swap(true, Ordering::AcqRel) {
-            info!(epoch, "a claim attempt is already running");
-            return record;
+        let height = match height {
+            Some(height) => Some(height),
+            None => self.tip().await,
+        };
+        if let (Some(height), Some(last)) = (height, record.last_attempt_height) {
+            let next = last.saturating_add(CLAIM_INTERVAL_BLOCKS);
+            if height < next {
+                info!(epoch, height, next, "the chain takes one claim per 30 blocks; not yet");
+                return record;
+            }
         }
-        let _attempting = ClearOnDrop(&self.attempting);
         let address = self.engine_address();
         let settled = tokio::select! {
             settled = tokio::time::timeout(
@@ -362,7 +391,7 @@ impl Claimer {
             Ok(_) | Err(chain_source::Error::NotFound(_)) => {
                 record.unclaimed = Some(0);
                 metrics::gauge!("validator_unclaimed_ngonka").set(0.0);
-                if record.state == ClaimState::Pending && record.amount == 0 {
+                if !self.find_paid(&mut record).await && record.state == ClaimState::Pending {
                     info!(epoch, "nothing settled to claim for this epoch");
                     record.state = ClaimState::NothingToClaim;
                     record.last_result = Some("nothing settled to claim".into());
@@ -370,7 +399,8 @@ impl Claimer {
                 return self.store(record).await;
             }
             Err(err) => {
-                warn!(epoch, %err, "settle amount query failed; the claim is tried again later");
+                warn!(epoch, %err, "settle amount query failed; the claim is tried again in 30 blocks");
+                record.last_attempt_height = height;
                 record.last_result = Some(format!("settle amount query failed: {err}"));
                 metrics::counter!("validator_claims_total", "result" => "error").increment(1);
                 return self.store(record).await;
@@ -386,46 +416,89 @@ impl Claimer {
         let result = match answer {
             Ok(answer) => {
                 record.tx_hashes.push(answer.tx_hash().to_owned());
-                match answer {
-                    ClaimAnswer::Paid { amount, result, tx_hash, height } => {
-                        info!(epoch, amount, %tx_hash, height, "rewards claimed and paid");
-                        record.state = ClaimState::Paid;
-                        record.amount = amount;
-                        record.unclaimed = Some(total.saturating_sub(amount));
-                        record.last_attempt_height = Some(height);
-                        record.last_result = Some(result);
-                        metrics::gauge!("validator_unclaimed_ngonka").set(0.0);
-                        "paid"
-                    }
-                    ClaimAnswer::Refused { result, tx_hash, height } => {
-                        warn!(epoch, %tx_hash, height, %result, "the chain refused the claim; trying again in 30 blocks");
-                        record.last_attempt_height = Some(height);
-                        record.last_result = Some(result);
-                        "refused"
-                    }
-                    ClaimAnswer::Failed { code, codespace, log, tx_hash, height } => {
-                        warn!(epoch, %tx_hash, height, code, %codespace, %log, "the claim failed in its block; trying again in 30 blocks");
-                        record.last_attempt_height = Some(height);
-                        record.last_result = Some(format!("code {code} ({codespace}): {log}"));
-                        "failed"
-                    }
-                    ClaimAnswer::NotIncluded { tx_hash, last_error } => {
-                        warn!(epoch, %tx_hash, ?last_error, "the claim did not land; trying again in 30 blocks");
-                        record.last_attempt_height = self.tip().await;
-                        record.last_result = Some("not included".into());
-                        "not_included"
-                    }
-                }
+                self.apply(&mut record, answer, total, height)
             }
             Err(err) => {
                 warn!(epoch, %err, "reward claim failed; trying again in 30 blocks");
-                record.last_attempt_height = self.tip().await;
+                record.last_attempt_height = height;
                 record.last_result = Some(err.to_string());
                 "error"
             }
         };
         metrics::counter!("validator_claims_total", "result" => result).increment(1);
         self.store(record).await
+    }
+
+    /// Updates `record` with what the chain did with its claim; returns the metric label.
+    fn apply(
+        &self,
+        record: &mut ClaimRecord,
+        answer: ClaimAnswer,
+        total: u64,
+        height: Option<u64>,
+    ) -> &'static str {
+        let epoch = record.epoch_index;
+        match answer {
+            ClaimAnswer::Paid { amount, result, tx_hash, height } => {
+                info!(epoch, amount, %tx_hash, height, "rewards claimed and paid");
+                record.state = ClaimState::Paid;
+                record.amount = amount;
+                record.unclaimed = Some(total.saturating_sub(amount));
+                record.last_attempt_height = Some(height);
+                record.last_result = Some(result);
+                metrics::gauge!("validator_unclaimed_ngonka").set(0.0);
+                "paid"
+            }
+            ClaimAnswer::Refused { result, tx_hash, height } => {
+                warn!(epoch, %tx_hash, height, %result, "the chain refused the claim; trying again in 30 blocks");
+                record.last_attempt_height = Some(height);
+                record.last_result = Some(result);
+                "refused"
+            }
+            ClaimAnswer::Failed { code, codespace, log, tx_hash, height } => {
+                warn!(epoch, %tx_hash, height, code, %codespace, %log, "the claim failed in its block; trying again in 30 blocks");
+                record.last_attempt_height = Some(height);
+                record.last_result = Some(format!("code {code} ({codespace}): {log}"));
+                "failed"
+            }
+            ClaimAnswer::Malformed { reason, tx_hash, height } => {
+                warn!(epoch, %tx_hash, height, %reason, "the claim's answer is not believable; trying again in 30 blocks");
+                record.last_attempt_height = Some(height);
+                record.last_result = Some(format!("malformed answer: {reason}"));
+                "malformed"
+            }
+            ClaimAnswer::NotIncluded { tx_hash, last_error } => {
+                warn!(epoch, %tx_hash, ?last_error, "the claim was not seen landing; trying again in 30 blocks");
+                record.last_attempt_height = height;
+                record.last_result = Some(match last_error {
+                    Some(error) => format!("not seen in a block: {error}"),
+                    None => "not seen in a block".into(),
+                });
+                "not_included"
+            }
+        }
+    }
+
+    /// Looks up the record's earlier claim transactions, newest first: one that a block holds
+    /// and that was paid makes the claim paid (a claim not seen landing may still have landed).
+    async fn find_paid(&self, record: &mut ClaimRecord) -> bool {
+        let hashes: Vec<String> = record.tx_hashes.iter().rev().cloned().collect();
+        for hash in hashes {
+            let found = tokio::select! {
+                found = self.chain.claim_answer(&hash, u64::MAX) => found,
+                () = self.cancel.cancelled() => return false,
+            };
+            if let Ok(Some(ClaimAnswer::Paid { amount, result, height, .. })) = found {
+                info!(epoch = record.epoch_index, amount, tx_hash = %hash, "an earlier claim was paid");
+                record.state = ClaimState::Paid;
+                record.amount = amount;
+                record.last_attempt_height = Some(height);
+                record.last_result = Some(result);
+                metrics::counter!("validator_claims_total", "result" => "paid").increment(1);
+                return true;
+            }
+        }
+        false
     }
 
     fn engine_address(&self) -> String {
@@ -436,8 +509,25 @@ impl Claimer {
         self.chain.node_status().await.ok().map(|status| status.latest_height)
     }
 
-    /// Keeps the record in memory and in the journal, and says so to subscribers.
-    async fn store(&self, record: ClaimRecord) -> ClaimRecord {
+    /// Keeps the record in memory and in the journal, and says so to subscribers. A settled
+    /// state is never undone: a record that is paid or expired by now keeps that state whatever
+    /// an attempt that started earlier found. Only the last [`KEPT_EPOCHS`] epochs stay in
+    /// memory; the journal keeps them for as long as its retention.
+    async fn store(&self, mut record: ClaimRecord) -> ClaimRecord {
+        {
+            let mut records = self.lock();
+            if let Some(existing) = records.get(&record.epoch_index) {
+                let settled = matches!(existing.state, ClaimState::Paid | ClaimState::Expired);
+                if settled && existing.state != record.state && record.state != ClaimState::Paid {
+                    record.state = existing.state;
+                    record.amount = record.amount.max(existing.amount);
+                }
+            }
+            records.insert(record.epoch_index, record.clone());
+            if let Some(&newest) = records.keys().next_back() {
+                records.retain(|epoch, _| epoch.saturating_add(KEPT_EPOCHS) > newest);
+            }
+        }
         match serde_json::to_string(&record) {
             Ok(text) => {
                 if let Err(err) = self.journal.store_claim(record.epoch_index, text).await {
@@ -446,7 +536,6 @@ impl Claimer {
             }
             Err(err) => warn!(epoch = record.epoch_index, %err, "claim record not serialisable"),
         }
-        self.lock().insert(record.epoch_index, record.clone());
         self.changed.send_modify(|n| *n += 1);
         record
     }

@@ -22,8 +22,8 @@ use chain_source::{
     ChainNodeClient,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-use validator_core::{Engine, Trigger};
+use tracing::{debug, info, warn};
+use validator_core::{Engine, Error as EngineError, Trigger};
 
 use crate::claim::Claimer;
 
@@ -77,7 +77,7 @@ impl BlockTriggers {
             }
         }
         let Some(schedule) = self.schedule else { return };
-        self.claimer.retry_due(height, schedule.epoch_index);
+        self.claimer.retry_due(height, schedule.effective_epoch(signed));
         self.check_rewards(signed, &schedule);
         if !claim_due(&self.address, signed, &schedule) {
             return;
@@ -122,14 +122,21 @@ pub(crate) async fn follow_chain(
         };
         let Some(event) = event else { break };
         match event {
-            ChainEvent::InferenceFinished { ids, height } => {
-                if let Err(err) = engine.sample(ids) {
-                    warn!(height, %err, "finished inferences not sampled");
+            ChainEvent::InferenceFinished { ids, height } => match engine.sample(ids) {
+                Ok(()) => {}
+                // Said once, at WARN, when it happened.
+                Err(EngineError::ProtocolRetired(_)) => {
+                    debug!(height, "classic sampling is retired")
                 }
-            }
+                Err(err) => warn!(height, %err, "finished inferences not sampled"),
+            },
             ChainEvent::RevalidationNeeded { inference_id, height } => {
-                if let Err(err) = engine.revalidate(inference_id.clone()) {
-                    warn!(height, %inference_id, %err, "revalidation not admitted");
+                match engine.revalidate(inference_id.clone()) {
+                    Ok(_) => {}
+                    Err(EngineError::ProtocolRetired(_)) => {
+                        debug!(height, %inference_id, "classic revalidation is retired");
+                    }
+                    Err(err) => warn!(height, %inference_id, %err, "revalidation not admitted"),
                 }
             }
             ChainEvent::NewBlock { height } => tokio::select! {

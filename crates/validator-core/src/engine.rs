@@ -374,6 +374,10 @@ async fn intake_loop(inner: Arc<Inner>, mut batches: mpsc::Receiver<Vec<Inferenc
             },
         };
         for chunk in batch.chunks(PARAMS_BATCH) {
+            // Batches queued before the chain was found retired are dropped unqueried.
+            if inner.retired.get().is_some() {
+                break;
+            }
             tokio::select! {
                 biased;
                 _ = inner.cancel.cancelled() => return,

@@ -8,8 +8,8 @@ use cosmrs::{
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use validator_core::ports::chain::{
-    EpochGroup, Inference, InferenceStatus, ValidationDetails, ValidationParameters,
-    ValidationParams, ValidatorPower,
+    EpochGroup, Inference, InferenceStatus, InferenceSummary, ValidationDetails,
+    ValidationParameters, ValidationParams, ValidatorPower,
 };
 
 use super::proto;
@@ -33,6 +33,15 @@ pub(super) fn inference(wire: proto::Inference) -> Result<Inference> {
         prompt_payload: wire.prompt_payload,
         response_payload: wire.response_payload,
     })
+}
+
+/// The listing's view of an inference: its id, epoch and model.
+pub(super) fn summary(wire: proto::Inference) -> Result<InferenceSummary> {
+    let id = if wire.inference_id.is_empty() { wire.index } else { wire.inference_id };
+    if id.is_empty() {
+        return Err(Error::Decode("inference without an id".into()));
+    }
+    Ok(InferenceSummary { inference_id: id.into(), epoch_id: wire.epoch_id, model: wire.model })
 }
 
 fn status(value: i32) -> Result<InferenceStatus> {

@@ -363,8 +363,15 @@ async fn prune_deletes_old_history_but_keeps_open_intents() {
         });
     }
 
+    journal.store_claim(1, "{}".into()).await.unwrap();
+    journal.store_claim(5, "{}".into()).await.unwrap();
+
     let report = journal.prune(3).await.unwrap();
-    assert_eq!(report, PruneReport { validations: 2, attempts: 1, submissions: 1, runs: 1 });
+    assert_eq!(
+        report,
+        PruneReport { validations: 2, attempts: 1, submissions: 1, runs: 1, claims: 1 }
+    );
+    assert_eq!(journal.claims().unwrap(), [(5, "{}".to_owned())]);
     assert_eq!(ids(&journal.open_intents().await.unwrap()), ["open-old"]);
     assert!(journal.history("old").await.unwrap().is_empty());
     assert!(journal.history("old-null").await.unwrap().is_empty());

@@ -439,11 +439,13 @@ fn prune(conn: &Connection, keep_from_epoch: u64) -> rusqlite::Result<PruneRepor
     let submissions =
         conn.execute("DELETE FROM submissions WHERE open = 0 AND epoch < ?1", [keep])?;
     let runs = conn.execute("DELETE FROM runs WHERE epoch < ?1", [keep])?;
+    let claims = conn.execute("DELETE FROM claims WHERE epoch < ?1", [keep])?;
     Ok(PruneReport {
         validations: count(validations),
         attempts: count(attempts),
         submissions: count(submissions),
         runs: count(runs),
+        claims: count(claims),
     })
 }
 

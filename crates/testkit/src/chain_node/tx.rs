@@ -131,33 +131,35 @@ fn reject(code: u32, codespace: &'static str, log: impl Into<String>) -> Rejecti
     Rejection { code, codespace, log: log.into() }
 }
 
-/// The `broadcast_tx_sync` result for `tx` (base64), applying it to `state` when accepted.
-pub(super) fn broadcast(state: &mut State, encoded: &str) -> Value {
+/// The `broadcast_tx_sync` result for `tx` (base64), applying it to `state` when accepted; a
+/// transaction already seen is the JSON-RPC error CometBFT answers for its mempool cache.
+pub(super) fn broadcast(state: &mut State, encoded: &str) -> Result<Value, String> {
     let hash = match base64::engine::general_purpose::STANDARD.decode(encoded) {
         Ok(bytes) => {
             let hash = hex_upper(&Sha256::digest(&bytes));
             if state.txs.contains_key(&hash) {
-                return json!({"code": 19, "data": "", "log": "tx already exists in cache",
-                    "codespace": "sdk", "hash": hash});
+                return Err("error on broadcastTxSync: tx already exists in cache".into());
             }
             match check_and_apply(state, &bytes, &hash) {
                 Ok(mut record) => {
                     encoded.clone_into(&mut record.tx);
                     state.txs.insert(hash.clone(), record);
-                    return json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash});
+                    return Ok(
+                        json!({"code": 0, "data": "", "log": "[]", "codespace": "", "hash": hash}),
+                    );
                 }
                 Err(rejection) => {
                     if (rejection.code, rejection.codespace) == DUPLICATE {
                         state.duplicate_rejections += 1;
                     }
-                    return json!({"code": rejection.code, "data": "", "log": rejection.log,
-                        "codespace": rejection.codespace, "hash": hash});
+                    return Ok(json!({"code": rejection.code, "data": "", "log": rejection.log,
+                        "codespace": rejection.codespace, "hash": hash}));
                 }
             }
         }
         Err(_) => String::new(),
     };
-    json!({"code": 2, "data": "", "log": "tx parse error", "codespace": "sdk", "hash": hash})
+    Ok(json!({"code": 2, "data": "", "log": "tx parse error", "codespace": "sdk", "hash": hash}))
 }
 
 fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<TxRecord, Rejection> {
@@ -354,7 +356,14 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<TxReco
 /// The claim handler: what a `MsgClaimRewards` of `creator` for `epoch` does at `height`.
 fn claim(state: &mut State, creator: &str, epoch: u64, height: u64) -> MsgClaimRewardsResponse {
     let refuse = |result: &str| MsgClaimRewardsResponse { amount: 0, result: result.into() };
-    let current = state.epoch.index;
+    // The epoch in effect, as the handler checks: the latest one's PoC stage still belongs to
+    // the previous epoch.
+    let schedule = chain_source::schedule::EpochSchedule {
+        epoch_index: state.epoch.index,
+        poc_start_block_height: state.epoch.poc_start_block_height,
+        params: state.epoch.params,
+    };
+    let current = schedule.effective_epoch(i64::try_from(height).unwrap_or(i64::MAX));
     if current == 0 || current - 1 != epoch {
         return refuse("Can't validate claim, current epoch group does not match previous epoch");
     }

@@ -118,6 +118,9 @@ async fn detect(
     let mut page_key = None;
     let mut power = None;
     loop {
+        if let Some(reason) = inner.retired.get() {
+            return Err(format!("classic validation is retired: {reason}"));
+        }
         let key = page_key.take();
         let page = query(inner, || chain.inferences_page(key.clone(), PAGE_SIZE))
             .await
