@@ -63,6 +63,13 @@ pub enum ChainEvent {
         /// The block height.
         height: u64,
     },
+    /// A transaction of this block failed with the `inference` module's `ErrDeprecated` (1161):
+    /// the chain refuses classic messages, whoever sent them (LIVE-NETWORK.md section 1). Seen
+    /// here without a transaction index.
+    ClassicRefused {
+        /// The block height.
+        height: u64,
+    },
     /// Every event of this height has been delivered.
     NewBlock {
         /// The block height.
@@ -76,6 +83,7 @@ impl ChainEvent {
         match self {
             Self::InferenceFinished { height, .. }
             | Self::RevalidationNeeded { height, .. }
+            | Self::ClassicRefused { height }
             | Self::NewBlock { height } => *height,
         }
     }

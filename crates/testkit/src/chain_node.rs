@@ -196,6 +196,8 @@ struct State {
     hide_txs: bool,
     /// Whether `MsgValidation` fails with `ErrDeprecated`, as since v0.2.14.
     classic_retired: bool,
+    /// Failed transactions' (code, codespace) by height, for `block_results`.
+    failed_txs: BTreeMap<u64, Vec<(u32, &'static str)>>,
     deprecated_rejections: usize,
     /// Every claim's (epoch, amount, result), in order.
     claim_responses: Vec<(u64, u64, String)>,
@@ -283,6 +285,7 @@ impl LoopbackChainNode {
                 txs: BTreeMap::new(),
                 hide_txs: false,
                 classic_retired: false,
+                failed_txs: BTreeMap::new(),
                 deprecated_rejections: 0,
                 claim_responses: Vec::new(),
             }),
@@ -529,6 +532,11 @@ impl LoopbackChainNode {
         self.shared.lock().deprecated_rejections
     }
 
+    /// Waits until `n` transactions have failed with `ErrDeprecated` (1161).
+    pub async fn wait_deprecated_rejections(&self, n: usize) {
+        self.shared.wait_until(|state| state.deprecated_rejections >= n).await;
+    }
+
     /// Every claim's (epoch, amount paid, result), in order.
     pub fn claim_responses(&self) -> Vec<(u64, u64, String)> {
         self.shared.lock().claim_responses.clone()
@@ -658,6 +666,10 @@ fn block_results(shared: &Shared, params: &Value) -> Result<Value, String> {
                 json!({"code": 0, "data": null, "log": "", "info": "", "gas_wanted": "0",
                     "gas_used": "0", "events": events, "codespace": ""})
             })
+            .chain(state.failed_txs.get(&height).into_iter().flatten().map(|(code, codespace)| {
+                json!({"code": code, "data": null, "log": "failed", "info": "", "gas_wanted": "0",
+                    "gas_used": "0", "events": [], "codespace": codespace})
+            }))
             .collect();
         let mut result = json!({
             "height": height.to_string(),

@@ -139,6 +139,12 @@ pub(crate) async fn follow_chain(
                     Err(err) => warn!(height, %inference_id, %err, "revalidation not admitted"),
                 }
             }
+            ChainEvent::ClassicRefused { height } => {
+                engine.retire_classic(format!(
+                    "a transaction in block {height} failed with code 1161 (ErrDeprecated): the \
+                     chain refuses classic messages"
+                ));
+            }
             ChainEvent::NewBlock { height } => tokio::select! {
                 () = triggers.on_block(height) => {}
                 () = cancel.cancelled() => break,

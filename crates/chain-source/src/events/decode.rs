@@ -80,14 +80,22 @@ pub fn decode_block_results(height: u64, result: &Value) -> Result<BlockEvents> 
         }
     }
     let mut decoded = BlockEvents::default();
+    let mut refused = false;
     for tx in list(result, "txs_results")? {
-        if tx.get("code").and_then(Value::as_u64).unwrap_or(0) != 0 {
+        let code = tx.get("code").and_then(Value::as_u64).unwrap_or(0);
+        if code != 0 {
+            let codespace = tx.get("codespace").and_then(Value::as_str).unwrap_or("");
+            refused |= code == u64::from(crate::tx::CODE_DEPRECATED)
+                && codespace == crate::tx::CODESPACE_INFERENCE;
             continue;
         }
         match list(tx, "events") {
             Ok(events) => decode_group(height, events, &mut decoded),
             Err(err) => decoded.rejected.push(err),
         }
+    }
+    if refused {
+        decoded.events.push(ChainEvent::ClassicRefused { height });
     }
     for field in ["finalize_block_events", "begin_block_events", "end_block_events"] {
         match list(result, field) {
@@ -228,6 +236,18 @@ mod tests {
         assert!(decode_block_results(2, &json!({"height": "3"})).is_err());
         let empty = decode_block_results(1, &json!({"height": "1", "txs_results": null})).unwrap();
         assert_eq!(empty, BlockEvents::default());
+    }
+
+    #[test]
+    fn a_transaction_refused_with_1161_is_reported_once_per_block() {
+        let deprecated = json!({"code": 1161, "codespace": "inference", "events": []});
+        let other = json!({"code": 1161, "codespace": "bank", "events": []});
+        let result = json!({"height": "9", "txs_results": [deprecated.clone(), other, deprecated]});
+        let decoded = decode_block_results(9, &result).unwrap();
+        assert_eq!(decoded.events, [ChainEvent::ClassicRefused { height: 9 }]);
+        let result =
+            json!({"height": "9", "txs_results": [{"code": 1143, "codespace": "inference"}]});
+        assert!(decode_block_results(9, &result).unwrap().events.is_empty());
     }
 
     #[test]

@@ -303,6 +303,8 @@ fn check_and_apply(state: &mut State, bytes: &[u8], hash: &str) -> Result<TxReco
         messages.iter().any(|(msg, _)| matches!(msg, SubmittedMsg::Validation { .. }));
     if state.classic_retired && has_validation {
         state.deprecated_rejections += 1;
+        // Also in the results of the block after the tip, as the event source reads them.
+        state.failed_txs.entry(height + 1).or_default().push((DEPRECATED.0, DEPRECATED.1));
         return Ok(failed(
             DEPRECATED,
             "this message type is deprecated: classic inference is deprecated; use devshard",

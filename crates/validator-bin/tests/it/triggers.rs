@@ -276,3 +276,33 @@ async fn a_retired_classic_protocol_stops_validation_but_not_the_claim() {
     assert!(engine.validate("later".into()).is_err());
     running.stop().await;
 }
+
+/// Without a transaction index (no validation can be looked up by hash), a 1161 is still
+/// learned: from the failed transaction in the next block's results, which the event source
+/// reads anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1161_is_learned_from_block_results_without_a_transaction_index() {
+    let running = start_with(40, 20, |scenario| {
+        scenario.chain.retire_classic();
+        scenario.chain.hide_transactions(true);
+    })
+    .await;
+    let mut outcomes = running.app.engine.outcomes();
+    let chain = &running.scenario.chain;
+    chain.advance(6);
+    tokio::time::timeout(BOUND, chain.wait_deprecated_rejections(1)).await.unwrap();
+    chain.advance(1);
+    let retired = tokio::time::timeout(BOUND, async {
+        loop {
+            let event = outcomes.recv().await.unwrap();
+            if event.outcome.kind() == OutcomeKind::SkippedProtocolRetired {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(retired.is_ok(), "no key ended as protocol retired");
+    let why = running.app.engine.retired().unwrap_or_default().to_owned();
+    assert!(why.contains("failed with code 1161"), "{why}");
+    running.stop().await;
+}
