@@ -562,6 +562,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "live_done": done_by_lane[1],
         "revalidations_done": done_by_lane[0],
         "claim_tx": claim.as_ref().and_then(|c| c.tx_hash().map(str::to_owned)),
+        "claim_state": claim.as_ref().map(|c| json!(c.state)),
+        "claim_amount_ngonka": claim.as_ref().map(|c| c.amount),
+        "claim_result": claim.as_ref().and_then(|c| c.last_result.clone()),
         "peak_in_flight": peak,
         "peak_measured_at": if ml.is_some() { "fake ML node" } else { "engine slots" },
         "elapsed_s": recovery_elapsed,
@@ -649,7 +652,13 @@ fn print_table(
             summary["recovery_state"]
         );
     }
-    println!("  claim              {}", summary["claim_tx"]);
+    println!(
+        "  claim              {} {} ngonka ({}) in {}",
+        summary["claim_state"],
+        summary["claim_amount_ngonka"],
+        summary["claim_result"],
+        summary["claim_tx"]
+    );
     println!("  outcomes (all lanes)");
     let counts: BTreeMap<&str, u64> = OutcomeKind::ALL
         .iter()
