@@ -145,27 +145,118 @@ fn encode(value: &Value, escape_html: bool, out: &mut String) -> Result<(), Unha
     Ok(())
 }
 
-/// Go's `float64` encoding: the shortest representation that round-trips, in plain decimal
-/// unless the magnitude is below 1e-6 or at least 1e21, then in exponent form with a sign and
-/// at least one exponent digit (`1e+21`, `1e-7`).
+/// Go's `float64` encoding: the shortest digits that round-trip, in plain decimal unless the
+/// magnitude is below 1e-6 or at least 1e21, then in exponent form with a sign and at least one
+/// exponent digit (`1e+21`, `1e-7`).
 fn encode_float(float: f64, out: &mut String) -> Result<(), Unhashable> {
     use std::fmt::Write as _;
     if !float.is_finite() {
         return Err(Unhashable(format!("unsupported value {float}")));
     }
+    if float.is_sign_negative() {
+        out.push('-');
+    }
     let abs = float.abs();
-    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
-        let formatted = format!("{float:e}");
-        match formatted.split_once('e') {
-            Some((mantissa, exponent)) if !exponent.starts_with('-') => {
-                let _ = write!(out, "{mantissa}e+{exponent}");
-            }
-            _ => out.push_str(&formatted),
+    if abs == 0.0 {
+        out.push('0');
+        return Ok(());
+    }
+    let (digits, exponent) = shortest_digits(abs);
+    if !(1e-6..1e21).contains(&abs) {
+        let (first, rest) = digits.split_at(1);
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
         }
+        let sign = if exponent < 0 { '-' } else { '+' };
+        let _ = write!(out, "e{sign}{}", exponent.unsigned_abs());
+        return Ok(());
+    }
+    let count = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    if exponent >= count - 1 {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', usize::try_from(exponent - (count - 1)).unwrap_or(0)));
+    } else if exponent >= 0 {
+        let (whole, fraction) = digits.split_at(usize::try_from(exponent + 1).unwrap_or(0));
+        let _ = write!(out, "{whole}.{fraction}");
     } else {
-        let _ = write!(out, "{float}");
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', usize::try_from(-exponent - 1).unwrap_or(0)));
+        out.push_str(&digits);
     }
     Ok(())
+}
+
+/// The shortest decimal digits that read back as `abs` (positive, finite) and their decimal
+/// exponent (`abs = d.ddd × 10^exponent`). When two candidates of that length are equally close
+/// to the exact value, Go's formatter writes the one whose last digit is even; Rust's may write
+/// the other (`1125899906842624.25` is `…624.2` in Go), so a tie is settled here as Go does.
+fn shortest_digits(abs: f64) -> (String, i32) {
+    let formatted = format!("{abs:e}");
+    let (mantissa, exponent) = formatted.split_once('e').unwrap_or((&formatted, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let n = digits.len();
+    if !may_tie(abs, n) {
+        return (digits, exponent);
+    }
+    // The exact value, digit for digit (a float64 has at most 767 significant decimal digits).
+    let exact = format!("{abs:.800e}");
+    let exact_digits: String = exact
+        .split_once('e')
+        .map_or("", |(mantissa, _)| mantissa)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let exact_digits = exact_digits.trim_end_matches('0');
+    let is_tie = exact_digits.len() == n + 1 && exact_digits.ends_with('5');
+    let Some(lower) = is_tie.then(|| exact_digits.get(..n)).flatten() else {
+        return (digits, exponent);
+    };
+    let (Ok(lower), Ok(written)) = (lower.parse::<u64>(), digits.parse::<u64>()) else {
+        return (digits, exponent);
+    };
+    let even = if lower % 2 == 0 { lower } else { lower + 1 };
+    if even == written {
+        return (digits, exponent);
+    }
+    let scale = exponent - i32::try_from(n).unwrap_or(0) + 1;
+    let reads_back = format!("{even}e{scale}").parse::<f64>().is_ok_and(|value| value == abs);
+    if !reads_back {
+        return (digits, exponent);
+    }
+    // A carry (…9 + 1) lengthens the digits by one: the exponent grows with them.
+    let even = even.to_string();
+    let carried = i32::try_from(even.len()).unwrap_or(0) - i32::try_from(n).unwrap_or(0);
+    (even.trim_end_matches('0').to_owned(), exponent + carried)
+}
+
+/// Whether `abs`'s exact decimal expansion can be as short as `n + 1` significant digits, as a
+/// tie between two `n`-digit candidates needs; a cheap test that spares the exact expansion for
+/// almost every float (a logprob's runs to some fifty digits). Fifteen digits or fewer never
+/// tie: two such decimals never read as the same float64.
+fn may_tie(abs: f64, n: usize) -> bool {
+    if n < 16 {
+        return false;
+    }
+    let bits = abs.to_bits();
+    let biased = i32::try_from((bits >> 52) & 0x7ff).unwrap_or(0);
+    let fraction = bits & ((1 << 52) - 1);
+    let (mut mantissa, mut exponent) =
+        if biased == 0 { (fraction, -1074) } else { (fraction | 1 << 52, biased - 1075) };
+    let zeros = mantissa.trailing_zeros();
+    mantissa >>= zeros;
+    exponent += i32::try_from(zeros).unwrap_or(0);
+    if mantissa == 0 || exponent >= 0 {
+        // An integer: its digits are exact, and only above 2^53 can they outrun the shortest.
+        return abs >= 9_007_199_254_740_992.0;
+    }
+    // An odd mantissa over 2^-exponent has exactly -exponent digits after the point, of which
+    // the leading zeros (below 1) are not significant; one digit of slack for the logarithm.
+    let leading_zeros = if abs < 1.0 { (-abs.log10()).floor() as i32 } else { 0 };
+    let significant = -exponent - leading_zeros - 1;
+    significant <= i32::try_from(n).unwrap_or(i32::MAX) + 1
 }
 
 /// Go's string encoding: `"` and `\` escaped, `\b \f \n \r \t` short, other control bytes as
@@ -247,11 +338,41 @@ mod tests {
             ("0.1", "0.1"),
             ("-1.2345", "-1.2345"),
             ("5000", "5000"),
+            // Halfway between two 17-digit decimals: Go writes the even last digit.
+            ("1125899906842624.25", "1125899906842624.2"),
+            ("1125899906842624.75", "1125899906842624.8"),
+            ("-1125899906842624.25", "-1125899906842624.2"),
+            ("2251799813685248.5", "2251799813685248.5"),
+            ("0.3", "0.3"),
+            ("123.456", "123.456"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("5e-324", "5e-324"),
         ];
         for (input, expected) in cases {
             assert_eq!(canonical(input), format!("{expected}\n"), "{input}");
         }
         assert!(canonical_json(b"1e400").is_err(), "out of float64 range, as Go refuses");
+    }
+
+    #[test]
+    fn only_short_expansions_are_checked_for_ties() {
+        let halfway = 2f64.powi(50) + 0.25;
+        assert!(may_tie(halfway, 17));
+        assert!(!may_tie(halfway, 15));
+        assert!(!may_tie(-0.123_456_789_012_345_67_f64.abs(), 17), "a logprob's expansion is long");
+        assert!(!may_tie(0.1, 17));
+        assert!(may_tie(123_456_789_012_345_680.0, 17), "integers above 2^53");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_float_reads_back_as_itself(bits in proptest::prelude::any::<u64>()) {
+            let float = f64::from_bits(bits);
+            proptest::prop_assume!(float.is_finite());
+            let mut text = String::new();
+            encode_float(float, &mut text).unwrap();
+            proptest::prop_assert_eq!(text.parse::<f64>().unwrap(), float, "{}", text);
+        }
     }
 
     #[test]
