@@ -7,6 +7,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod events;
+pub mod hex;
 mod http;
 pub mod payloads;
 pub mod proto;

@@ -153,7 +153,8 @@ impl RpcClient {
     /// `status`, asked again when an answer is ahead of the one known) is refused; when the node
     /// cannot say its height, the answer stands.
     pub async fn abci_query(&self, path: &str, data: &[u8]) -> Result<AbciAnswer> {
-        let params = json!({"path": path, "data": hex(data), "height": "0", "prove": false});
+        let params =
+            json!({"path": path, "data": crate::hex::encode(data), "height": "0", "prove": false});
         let result = self.call("abci_query", params).await?;
         let answer = decode_abci_answer(path, &result)?;
         let ahead = |latest: u64| answer.height > latest.saturating_add(HEIGHT_SLACK);
@@ -176,7 +177,8 @@ impl RpcClient {
     /// while none does, [`Error::TxIndexDisabled`] when the node keeps no transaction index.
     /// An answer about another hash is refused.
     pub async fn tx(&self, hash: &str) -> Result<TxResult> {
-        let bytes = unhex(hash)
+        let bytes = crate::hex::decode(hash)
+            .filter(|bytes| !bytes.is_empty())
             .ok_or_else(|| Error::Decode(format!("transaction hash {hash:?} is not hex")))?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
         match self.call("tx", json!({"hash": encoded, "prove": false})).await {
@@ -203,27 +205,40 @@ impl RpcClient {
         let result = self.call("broadcast_tx_sync", json!({"tx": encoded})).await?;
         let answer: BroadcastWire = serde_json::from_value(result)
             .map_err(|err| Error::Decode(format!("broadcast_tx_sync answer: {err}")))?;
-        Ok(BroadcastResult {
-            code: answer.code,
-            codespace: answer.codespace,
-            log: answer.log,
-            hash: answer.hash,
-        })
+        let AbciCode { code, codespace, log } = answer.result;
+        Ok(BroadcastResult { code, codespace, log, hash: answer.hash })
     }
 }
 
-#[derive(Deserialize)]
-struct AbciWire {
+/// What every ABCI answer carries: a code, the module that raised it, the node's log line.
+#[derive(Deserialize, Default)]
+struct AbciCode {
     #[serde(default)]
     code: u32,
     #[serde(default)]
     codespace: String,
     #[serde(default)]
     log: String,
+}
+
+#[derive(Deserialize)]
+struct AbciWire {
+    #[serde(flatten)]
+    result: AbciCode,
     #[serde(default)]
     value: Option<String>,
     #[serde(default)]
     height: Option<Value>,
+}
+
+/// A base64 field that may be absent, null or empty (no bytes).
+fn optional_base64(text: Option<&str>, what: &str) -> Result<Vec<u8>> {
+    match text {
+        None | Some("") => Ok(Vec::new()),
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|err| Error::Decode(format!("{what} is not base64: {err}"))),
+    }
 }
 
 fn decode_abci_answer(path: &str, result: &Value) -> Result<AbciAnswer> {
@@ -232,22 +247,14 @@ fn decode_abci_answer(path: &str, result: &Value) -> Result<AbciAnswer> {
         .ok_or_else(|| Error::Decode(format!("{path}: abci_query answer has no response")))?;
     let wire: AbciWire = serde_json::from_value(response.clone())
         .map_err(|err| Error::Decode(format!("{path}: abci_query answer: {err}")))?;
-    if wire.code == CODE_KEY_NOT_FOUND && wire.codespace == crate::tx::CODESPACE_SDK {
-        return Err(Error::NotFound(format!("{path}: {}", wire.log)));
+    let AbciCode { code, codespace, log } = wire.result;
+    if code == CODE_KEY_NOT_FOUND && codespace == crate::tx::CODESPACE_SDK {
+        return Err(Error::NotFound(format!("{path}: {log}")));
     }
-    if wire.code != 0 {
-        return Err(Error::Query {
-            code: wire.code,
-            codespace: wire.codespace,
-            log: http::excerpt(wire.log.as_bytes()),
-        });
+    if code != 0 {
+        return Err(Error::Query { code, codespace, log: http::excerpt(log.as_bytes()) });
     }
-    let value = match wire.value.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(text) => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|err| Error::Decode(format!("{path}: value is not base64: {err}")))?,
-    };
+    let value = optional_base64(wire.value.as_deref(), &format!("{path}: value"))?;
     let height = match &wire.height {
         None => 0,
         Some(_) => height_field(response, "height")?,
@@ -265,12 +272,8 @@ struct TxWire {
 
 #[derive(Deserialize, Default)]
 struct TxResultWire {
-    #[serde(default)]
-    code: u32,
-    #[serde(default)]
-    codespace: String,
-    #[serde(default)]
-    log: String,
+    #[serde(flatten)]
+    result: AbciCode,
     #[serde(default)]
     data: Option<String>,
 }
@@ -281,44 +284,22 @@ fn decode_tx(hash: &str, result: &Value) -> Result<TxResult> {
     if !wire.hash.eq_ignore_ascii_case(hash) {
         return Err(Error::Decode(format!("asked for transaction {hash}, got {:?}", wire.hash)));
     }
-    let data = match wire.tx_result.data.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(text) => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|err| Error::Decode(format!("tx data is not base64: {err}")))?,
-    };
+    let data = optional_base64(wire.tx_result.data.as_deref(), "tx data")?;
+    let AbciCode { code, codespace, log } = wire.tx_result.result;
     Ok(TxResult {
         hash: wire.hash.to_ascii_uppercase(),
         height: height_field(result, "height")?,
-        code: wire.tx_result.code,
-        codespace: wire.tx_result.codespace,
-        log: wire.tx_result.log,
+        code,
+        codespace,
+        log,
         data,
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|at| text.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect()
-}
-
 #[derive(Deserialize)]
 struct BroadcastWire {
-    #[serde(default)]
-    code: u32,
-    #[serde(default)]
-    codespace: String,
-    #[serde(default)]
-    log: String,
+    #[serde(flatten)]
+    result: AbciCode,
     #[serde(default)]
     hash: String,
 }
@@ -405,10 +386,6 @@ mod tests {
         assert_eq!((result.height, result.code, result.data), (12, 1161, vec![1]));
         assert!(matches!(decode_tx("FFFF", &answer), Err(Error::Decode(_))));
         assert!(matches!(decode_tx("ABCD", &json!({"hash": "ABCD"})), Err(Error::Decode(_))));
-        assert_eq!(unhex("0aFf"), Some(vec![10, 255]));
-        assert_eq!(unhex("0g"), None);
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(hex(&[1, 171]), "01ab");
     }
 
     #[test]

@@ -25,7 +25,8 @@ impl Signer {
 
     /// A signer from a 64-character hex secret.
     pub fn from_hex(secret: &str) -> Result<Self> {
-        let bytes = decode_hex(secret.trim()).ok_or_else(|| Error::Key("not hex".into()))?;
+        let bytes =
+            crate::hex::decode(secret.trim()).ok_or_else(|| Error::Key("not hex".into()))?;
         Self::from_bytes(&bytes)
     }
 
@@ -48,7 +49,9 @@ impl Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("public_key", &encode_hex(&self.public_key())).finish()
+        f.debug_struct("Signer")
+            .field("public_key", &crate::hex::encode(&self.public_key()))
+            .finish()
     }
 }
 
@@ -62,20 +65,6 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         return false;
     }
     key.verify(message, &signature).is_ok()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect()
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -194,6 +194,8 @@ struct State {
     txs: BTreeMap<String, tx::TxRecord>,
     /// Whether `tx` answers "not found" for every hash, as a node that indexes nothing.
     hide_txs: bool,
+    /// Broadcasts of a transaction the node already had.
+    repeated_broadcasts: usize,
     /// Whether `MsgValidation` fails with `ErrDeprecated`, as since v0.2.14.
     classic_retired: bool,
     /// Failed transactions' (code, codespace) by height, for `block_results`.
@@ -284,6 +286,7 @@ impl LoopbackChainNode {
                 duplicate_rejections: 0,
                 txs: BTreeMap::new(),
                 hide_txs: false,
+                repeated_broadcasts: 0,
                 classic_retired: false,
                 failed_txs: BTreeMap::new(),
                 deprecated_rejections: 0,
@@ -525,6 +528,11 @@ impl LoopbackChainNode {
     /// inference: each one a message sent twice.
     pub fn duplicate_rejections(&self) -> usize {
         self.shared.lock().duplicate_rejections
+    }
+
+    /// How many times a transaction the node already had was broadcast again.
+    pub fn repeated_broadcasts(&self) -> usize {
+        self.shared.lock().repeated_broadcasts
     }
 
     /// How many transactions failed in their block with `ErrDeprecated` (1161).

@@ -407,7 +407,7 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use rand::{RngCore as _, SeedableRng as _};
     let mut bytes = [0u8; 32];
     rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = chain_source::hex::encode(&bytes);
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the token directory {}", dir.display()))?;

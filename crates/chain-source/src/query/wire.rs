@@ -17,13 +17,18 @@ use crate::{Error, Result};
 
 // === inferences ===
 
-pub(super) fn inference(wire: proto::Inference) -> Result<Inference> {
-    let id = if wire.inference_id.is_empty() { wire.index } else { wire.inference_id };
+/// The inference's id: `inference_id`, or its store `index` when that is empty.
+fn inference_id(index: String, inference_id: String) -> Result<String> {
+    let id = if inference_id.is_empty() { index } else { inference_id };
     if id.is_empty() {
         return Err(Error::Decode("inference without an id".into()));
     }
+    Ok(id)
+}
+
+pub(super) fn inference(wire: proto::Inference) -> Result<Inference> {
     Ok(Inference {
-        inference_id: id.into(),
+        inference_id: inference_id(wire.index, wire.inference_id)?.into(),
         model: wire.model,
         epoch_id: wire.epoch_id,
         executed_by: wire.executed_by,
@@ -37,11 +42,11 @@ pub(super) fn inference(wire: proto::Inference) -> Result<Inference> {
 
 /// The listing's view of an inference: its id, epoch and model.
 pub(super) fn summary(wire: proto::Inference) -> Result<InferenceSummary> {
-    let id = if wire.inference_id.is_empty() { wire.index } else { wire.inference_id };
-    if id.is_empty() {
-        return Err(Error::Decode("inference without an id".into()));
-    }
-    Ok(InferenceSummary { inference_id: id.into(), epoch_id: wire.epoch_id, model: wire.model })
+    Ok(InferenceSummary {
+        inference_id: inference_id(wire.index, wire.inference_id)?.into(),
+        epoch_id: wire.epoch_id,
+        model: wire.model,
+    })
 }
 
 fn status(value: i32) -> Result<InferenceStatus> {

@@ -264,6 +264,7 @@ async fn a_transaction_never_found_is_not_included() {
     let answer = client.claim_rewards(1, 0, 0).await.unwrap();
     assert!(matches!(&answer, ClaimAnswer::NotIncluded { last_error: None, .. }), "{answer:?}");
     assert_eq!(node.submitted().len(), 1, "the second broadcast is the same transaction");
+    assert_eq!(node.repeated_broadcasts(), 1, "broadcast once more, halfway");
     node.hide_transactions(false);
     assert!(matches!(client.claim_rewards(1, 0, 0).await, Ok(ClaimAnswer::Refused { .. })));
 }
@@ -532,16 +533,22 @@ async fn oversized_and_malformed_answers_are_typed_errors() {
     assert!(matches!(query.inference(&"x".into()).await, Err(Error::Status { status: 503, .. })));
 }
 
-#[tokio::test]
-async fn a_silent_node_times_out() {
+/// A node that accepts connections and never answers; its URL.
+async fn silent_node() -> String {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let _hold = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
             held.push(stream);
         }
     });
+    url
+}
+
+#[tokio::test]
+async fn a_silent_node_times_out() {
+    let url = silent_node().await;
     let config = QueryConfig { timeout: Duration::from_millis(200), ..QueryConfig::default() };
     let query = QueryClient::new(
         &config,
@@ -613,18 +620,10 @@ async fn the_engine_submits_through_the_chain_client() {
 async fn bad_tx_answers_end_not_included_with_the_reason() {
     let other = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {
         "hash": "FFFF", "height": "3", "tx_result": {"code": 0}}});
-    let silent = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let silent_url = format!("http://{}", silent.local_addr().unwrap());
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
     let cases = [
         (serve_raw(200, other.to_string()).await, "FFFF"),
         (serve_raw(200, "{not json".to_owned()).await, "not JSON"),
-        (silent_url, "timed out"),
+        (silent_node().await, "timed out"),
     ];
     let broadcast = Broadcast { hash: "ABCD".into(), tx: vec![1, 2, 3] };
     for (url, reason) in cases {

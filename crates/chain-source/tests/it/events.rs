@@ -101,6 +101,12 @@ pub(crate) fn config(node: &LoopbackChainNode, window: u64) -> EventsConfig {
     }
 }
 
+/// A source following `config`'s node over plain connections, from a fresh height store.
+fn spawn_fresh(config: &EventsConfig) -> EventStream {
+    let store = Arc::new(MemoryHeightStore::default());
+    events::spawn(config, &public_tls(), store, CancellationToken::new()).unwrap()
+}
+
 /// Events until (and with) the NewBlock of `height`.
 pub(crate) async fn until(stream: &mut EventStream, height: u64) -> Vec<ChainEvent> {
     let mut events = Vec::new();
@@ -206,9 +212,7 @@ async fn without_a_stored_height_it_starts_at_the_earliest_available_in_the_wind
     let node = LoopbackChainNode::start().await;
     node.advance(199);
     node.set_earliest(170);
-    let store = Arc::new(MemoryHeightStore::default());
-    let mut stream =
-        events::spawn(&config(&node, 50), &public_tls(), store, CancellationToken::new()).unwrap();
+    let mut stream = spawn_fresh(&config(&node, 50));
     let events = until(&mut stream, 200).await;
     assert_eq!(block_heights(&events).first(), Some(&170));
 }
@@ -218,13 +222,7 @@ async fn a_stalled_node_is_left_and_its_blocks_backfilled() {
     let node = LoopbackChainNode::start().await;
     let mut config = config(&node, 500);
     config.idle_timeout = Duration::from_millis(300);
-    let mut stream = events::spawn(
-        &config,
-        &public_tls(),
-        Arc::new(MemoryHeightStore::default()),
-        CancellationToken::new(),
-    )
-    .unwrap();
+    let mut stream = spawn_fresh(&config);
     node.wait_subscriptions(1).await;
     until(&mut stream, 1).await;
     node.set_stalled(true);
@@ -238,13 +236,7 @@ async fn a_stalled_node_is_left_and_its_blocks_backfilled() {
 async fn base64_attributes_of_older_nodes_are_read() {
     let node = LoopbackChainNode::start().await;
     node.set_base64_attributes(true);
-    let mut stream = events::spawn(
-        &config(&node, 500),
-        &public_tls(),
-        Arc::new(MemoryHeightStore::default()),
-        CancellationToken::new(),
-    )
-    .unwrap();
+    let mut stream = spawn_fresh(&config(&node, 500));
     node.wait_subscriptions(1).await;
     node.produce_block(vec![vec![
         TxEvent::inference_finished("old"),
@@ -263,13 +255,7 @@ async fn oversized_frames_are_refused_and_their_blocks_backfilled() {
     let mut config = config(&node, 500);
     // Large enough for `status` and empty `block_results`, too small for a NewBlock frame.
     config.max_message_bytes = 400;
-    let mut stream = events::spawn(
-        &config,
-        &public_tls(),
-        Arc::new(MemoryHeightStore::default()),
-        CancellationToken::new(),
-    )
-    .unwrap();
+    let mut stream = spawn_fresh(&config);
     node.wait_subscriptions(1).await;
     until(&mut stream, 1).await;
     node.advance(1);

@@ -24,7 +24,7 @@ const INVALID_REQUEST: u32 = 18;
 /// The `abci_query` result for `params` (`path`, hex `data`).
 pub(super) fn query(state: &State, params: &Value) -> Value {
     let path = params.get("path").and_then(Value::as_str).unwrap_or("");
-    let data = params.get("data").and_then(Value::as_str).and_then(unhex);
+    let data = params.get("data").and_then(Value::as_str).and_then(chain_source::hex::decode);
     let answer = match data {
         Some(data) => answer(state, path, &data),
         None => Err((INVALID_REQUEST, "data is not hex".to_owned())),
@@ -279,14 +279,4 @@ fn group_proto(group: &EpochGroup) -> proto::EpochGroupData {
         epoch_index: group.epoch_index,
         model_snapshot: group.has_model_snapshot.then(|| proto::Model { id: group.model.clone() }),
     }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|at| text.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect()
 }

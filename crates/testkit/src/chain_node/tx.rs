@@ -138,6 +138,7 @@ pub(super) fn broadcast(state: &mut State, encoded: &str) -> Result<Value, Strin
         Ok(bytes) => {
             let hash = hex_upper(&Sha256::digest(&bytes));
             if state.txs.contains_key(&hash) {
+                state.repeated_broadcasts += 1;
                 return Err("error on broadcastTxSync: tx already exists in cache".into());
             }
             match check_and_apply(state, &bytes, &hash) {
@@ -417,5 +418,5 @@ fn decode_msg(type_url: &str, value: &[u8]) -> Result<SubmittedMsg, Rejection> {
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
+    chain_source::hex::encode(bytes).to_ascii_uppercase()
 }
