@@ -16,6 +16,7 @@
 
 pub mod completion;
 pub mod config;
+pub mod devshard;
 mod engine;
 pub mod error;
 pub mod outcome;
