@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use validator_core::ports::chain::{
     self as port, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
-    SubmitError, SubmitReceipt, ValidationParameters,
+    SubmitError, SubmitReceipt, ValidationParameters, ValidationParams,
 };
 
 use tokio::sync::{watch, Semaphore};
@@ -422,6 +422,10 @@ impl validator_core::ports::ChainClient for ChainNodeClient {
 
     async fn current_epoch_group(&self) -> Result<EpochGroup, ChainError> {
         self.query.current_epoch_group_data().await.map_err(chain_error)
+    }
+
+    async fn validation_params(&self) -> Result<ValidationParams, ChainError> {
+        self.query.validation_params().await.map_err(chain_error)
     }
 
     async fn epoch_state(&self) -> Result<EpochState, ChainError> {

@@ -15,7 +15,7 @@ use cosmrs::proto::cosmos::{
 };
 use prost::Message;
 use validator_core::ports::chain::{
-    EpochGroup, Inference, InferenceId, InferencePage, ValidationParameters,
+    EpochGroup, Inference, InferenceId, InferencePage, ValidationParameters, ValidationParams,
 };
 
 use crate::{config::QueryConfig, rpc::RpcClient, Error, Result};
@@ -109,7 +109,7 @@ impl QueryClient {
             proto::QueryGetEpochGroupDataRequest { epoch_index: epoch, model_id: model.to_owned() };
         let answer: proto::QueryGetEpochGroupDataResponse =
             self.query(proto::EPOCH_GROUP_DATA, &request).await?;
-        Ok(wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?))
+        wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?)
     }
 
     /// `CurrentEpochGroupData`.
@@ -117,7 +117,7 @@ impl QueryClient {
         let answer: proto::QueryCurrentEpochGroupDataResponse = self
             .query(proto::CURRENT_EPOCH_GROUP_DATA, &proto::QueryCurrentEpochGroupDataRequest {})
             .await?;
-        Ok(wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?))
+        wire::epoch_group(answer.epoch_group_data.ok_or_else(|| missing("epoch_group_data"))?)
     }
 
     /// `Participant{index=address}`'s `inference_url`; [`Error::NotFound`] when it has none.
@@ -152,6 +152,16 @@ impl QueryClient {
         let answer: proto::QueryGranteesByMessageTypeResponse =
             self.query(proto::GRANTEES_BY_MESSAGE_TYPE, &request).await?;
         answer.grantees.into_iter().map(wire::grantee).collect()
+    }
+
+    /// `Params`: the module's current validation parameters.
+    pub async fn validation_params(&self) -> Result<ValidationParams> {
+        let answer: proto::QueryParamsResponse =
+            self.query(proto::PARAMS, &proto::QueryParamsRequest {}).await?;
+        match answer.params.and_then(|params| params.validation_params) {
+            Some(params) => wire::validation_params(params),
+            None => Err(missing("params.validation_params")),
+        }
     }
 
     /// `EpochInfo`: the latest epoch, its parameters and the height of the answer.

@@ -16,7 +16,7 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use validator_core::ports::model_lock::{
-    LeaseRelease, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth,
+    LeaseRelease, LeaseRequest, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth,
 };
 
 use crate::{Config, HttpMlNodeClient, Result};
@@ -139,13 +139,13 @@ impl NodeState {
     fn record(&mut self, health: NodeHealth, policy: Policy, now: Instant) -> Option<Transition> {
         match health {
             NodeHealth::Unknown => None,
-            NodeHealth::Healthy => {
+            NodeHealth::Healthy | NodeHealth::BadAnswer => {
                 let was_down = self.down_until.take().is_some();
                 self.failures = 0;
                 self.trips = 0;
                 was_down.then_some(Transition::Up)
             }
-            NodeHealth::Failed => {
+            NodeHealth::Failed | NodeHealth::TimedOut => {
                 self.failures = self.failures.saturating_add(1);
                 let trip = match self.availability(now) {
                     Availability::Up => self.failures >= policy.failure_threshold,
@@ -320,8 +320,29 @@ impl Shared {
     }
 }
 
+#[async_trait::async_trait]
 impl ModelLockBroker for NodePool {
-    fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
+    async fn acquire(&self, request: &LeaseRequest<'_>) -> Result<ModelLease, LockError> {
+        self.lease_excluding(request.model, request.excluded_nodes)
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.shared.models.contains(model)
+    }
+}
+
+impl NodePool {
+    /// Takes a slot on the least-busy eligible node serving `model`, at once.
+    pub fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
+        self.lease_excluding(model, &[])
+    }
+
+    /// [`lease`](NodePool::lease), passing over the nodes in `excluded`.
+    pub fn lease_excluding(
+        &self,
+        model: &str,
+        excluded: &[Arc<str>],
+    ) -> Result<ModelLease, LockError> {
         let now = Instant::now();
         let index = {
             let mut guard = lock(&self.shared.state);
@@ -334,6 +355,7 @@ impl ModelLockBroker for NodePool {
                 .enumerate()
                 .filter(|(_, (node, node_state))| {
                     node.models.contains(model)
+                        && !excluded.contains(&node.id)
                         && node_state.in_use < node.max_concurrent
                         && match node_state.availability(now) {
                             Availability::Up => true,
@@ -360,10 +382,6 @@ impl ModelLockBroker for NodePool {
             leased,
             Box::new(PoolRelease { shared: Arc::clone(&self.shared), index }),
         ))
-    }
-
-    fn serves(&self, model: &str) -> bool {
-        self.shared.models.contains(model)
     }
 }
 

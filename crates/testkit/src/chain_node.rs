@@ -203,6 +203,8 @@ struct State {
     deprecated_rejections: usize,
     /// Every claim's (epoch, amount, result), in order.
     claim_responses: Vec<(u64, u64, String)>,
+    /// `ValidationParams.logprobs_mode`.
+    logprobs_mode: String,
 }
 
 /// Rewards waiting for a participant's claim.
@@ -291,6 +293,7 @@ impl LoopbackChainNode {
                 failed_txs: BTreeMap::new(),
                 deprecated_rejections: 0,
                 claim_responses: Vec::new(),
+                logprobs_mode: String::new(),
             }),
             changed: Notify::new(),
         });
@@ -415,6 +418,11 @@ impl LoopbackChainNode {
                 amount.last_claim_attempt = Some(height);
             }
         });
+    }
+
+    /// Sets the validation parameters' `logprobs_mode` (empty by default).
+    pub fn set_logprobs_mode(&self, mode: &str) {
+        self.shared.update(|state| state.logprobs_mode = mode.to_owned());
     }
 
     /// Retires classic validation, as v0.2.14 did: every `MsgValidation` passes `CheckTx` and

@@ -91,6 +91,9 @@ pub struct Config {
     /// Bound of one chain query or submission.
     #[serde(with = "duration_ms")]
     pub chain_timeout: Duration,
+    /// Bound of one lease request to the model-lock broker (a NodeManager call).
+    #[serde(with = "duration_ms")]
+    pub lock_timeout: Duration,
     /// How long a downloaded set of already-validated ids is reused before it is fetched again.
     #[serde(with = "duration_ms")]
     pub validated_set_ttl: Duration,
@@ -118,6 +121,7 @@ impl Default for Config {
             payload_timeout: Duration::from_secs(30),
             replay_timeout: Duration::from_secs(300),
             chain_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
             validated_set_ttl: Duration::from_secs(30),
             payload_gone_is_final: true,
             jitter_seed: None,
@@ -175,6 +179,7 @@ impl Config {
             ("payload_timeout", self.payload_timeout),
             ("replay_timeout", self.replay_timeout),
             ("chain_timeout", self.chain_timeout),
+            ("lock_timeout", self.lock_timeout),
         ] {
             if timeout.is_zero() {
                 return bad(key, "a positive duration");

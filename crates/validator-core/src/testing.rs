@@ -26,7 +26,9 @@ use crate::ports::{
     },
     journal::{Intent, Journal, JournalEntry, JournalError, SubmissionResult},
     ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
-    model_lock::{LeaseRelease, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth},
+    model_lock::{
+        LeaseRelease, LeaseRequest, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth,
+    },
     payload_source::{PayloadError, PayloadSource, Payloads},
 };
 
@@ -392,6 +394,11 @@ impl ChainClient for MemoryChain {
         state.current_group.clone().ok_or(ChainError::NotFound)
     }
 
+    async fn validation_params(&self) -> Result<ValidationParams, ChainError> {
+        let state = self.count("validation_params");
+        Ok(state.params.clone())
+    }
+
     async fn epoch_state(&self) -> Result<EpochState, ChainError> {
         let state = self.count("epoch_state");
         state
@@ -594,8 +601,20 @@ impl LeaseRelease for MemoryRelease {
     }
 }
 
+#[async_trait]
 impl ModelLockBroker for MemoryBroker {
-    fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
+    async fn acquire(&self, request: &LeaseRequest<'_>) -> Result<ModelLease, LockError> {
+        self.lease(request.model)
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        lock(&self.shared.models).contains(model)
+    }
+}
+
+impl MemoryBroker {
+    /// Takes a slot at once, or fails with [`LockError::NoNode`].
+    pub fn lease(&self, model: &str) -> Result<ModelLease, LockError> {
         let no_node = || LockError::NoNode { model: model.to_owned() };
         if !self.serves(model) {
             return Err(no_node());
@@ -610,10 +629,6 @@ impl ModelLockBroker for MemoryBroker {
         shared.peak.fetch_max(shared.held.load(Ordering::SeqCst), Ordering::SeqCst);
         let node = MlNode { id: "node-0".into(), address: "mem://node-0".into() };
         Ok(ModelLease::new(node, Box::new(MemoryRelease(Arc::clone(shared)))))
-    }
-
-    fn serves(&self, model: &str) -> bool {
-        lock(&self.shared.models).contains(model)
     }
 }
 

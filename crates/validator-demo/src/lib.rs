@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use chain_source::{query::EpochParams, Signer};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ml_client::NodeConfig;
+use rust_decimal::Decimal;
 use serde_json::json;
 use testkit::{
     ExecutorReply, Latency, LoopbackChainNode, LoopbackExecutor, LoopbackMlNode, TxEvent,
@@ -41,6 +42,10 @@ use validator_bin::{
     claim::ClaimRecord,
     settings::Settings,
 };
+
+/// The model's devshard validation threshold in the demo's epochs, as mainnet models have
+/// (0.90-0.94).
+const MODEL_THRESHOLD: Decimal = Decimal::from_parts(92, 0, 0, false, 2);
 
 /// The demo's flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -262,10 +267,12 @@ impl Scenario {
                 sub_group_models: vec![MODEL.into()],
                 validation_weights: vec![address.clone()],
                 has_model_snapshot: false,
+                validation_threshold: None,
             };
             chain.set_epoch_group(EpochGroup {
                 model: MODEL.into(),
                 has_model_snapshot: true,
+                validation_threshold: Some(MODEL_THRESHOLD),
                 ..parent.clone()
             });
             chain.set_epoch_group(parent);

@@ -37,6 +37,7 @@ use validator_core::{
             ChainError, Inference, InferenceId, InferenceStatus, InferenceSummary, MsgValidation,
         },
         ml_node::{ReplayRequest, ReplayResponse},
+        model_lock::LeaseRequest,
         model_lock::NodeHealth,
         payload_source::PayloadError,
     },
@@ -354,7 +355,7 @@ impl Baseline {
         request: &ReplayRequest,
         live_trigger: &mut Option<Instant>,
     ) -> Option<(f64, String)> {
-        let lease = self.ports.broker.lease(&inference.model).ok()?;
+        let lease = self.ports.broker.acquire(&LeaseRequest::model(&inference.model)).await.ok()?;
         if let Some(trigger) = live_trigger.take() {
             // Without slots the ML node's lease is the only limit: the live wait ends here.
             self.probe.record_live_wait(trigger.elapsed());

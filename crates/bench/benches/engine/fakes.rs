@@ -164,6 +164,7 @@ impl SynthChain {
             sub_group_models: if model.is_empty() { vec![MODEL.into()] } else { Vec::new() },
             validation_weights: vec![SELF_ADDRESS.into(), EXECUTOR.into()],
             has_model_snapshot: !model.is_empty(),
+            validation_threshold: (!model.is_empty()).then(|| rust_decimal::Decimal::new(92, 2)),
         }
     }
 }
@@ -246,6 +247,10 @@ impl ChainClient for SynthChain {
 
     async fn current_epoch_group(&self) -> Result<EpochGroup, ChainError> {
         Ok(Self::group(LIVE_EPOCH, ""))
+    }
+
+    async fn validation_params(&self) -> Result<ValidationParams, ChainError> {
+        Ok(ValidationParams::default())
     }
 
     async fn epoch_state(&self) -> Result<EpochState, ChainError> {

@@ -30,6 +30,8 @@ pub const GRANTEES_BY_MESSAGE_TYPE: &str = "/inference.inference.Query/GranteesB
 pub const EPOCH_INFO: &str = "/inference.inference.Query/EpochInfo";
 /// gRPC path of `Query/SettleAmount`: a participant's unclaimed rewards.
 pub const SETTLE_AMOUNT: &str = "/inference.inference.Query/SettleAmount";
+/// gRPC path of `Query/Params`: the module's parameters.
+pub const PARAMS: &str = "/inference.inference.Query/Params";
 /// gRPC path of the auth module's `Query/Account` (messages from `cosmrs::proto::cosmos::auth`).
 pub const AUTH_ACCOUNT: &str = "/cosmos.auth.v1beta1.Query/Account";
 
@@ -193,6 +195,9 @@ pub struct ValidationParams {
     /// Traffic below which the maximum rate applies.
     #[prost(int64, tag = "10")]
     pub min_validation_traffic_cutoff: i64,
+    /// The `logprobs_mode` replays ask for; empty for the ML node's default.
+    #[prost(string, tag = "26")]
+    pub logprobs_mode: String,
 }
 
 /// Request of [`EPOCH_GROUP_VALIDATIONS`].
@@ -287,12 +292,27 @@ pub struct ValidationWeight {
     pub member_address: String,
 }
 
-/// `inference.inference.Model`, reduced to its id.
+/// `inference.inference.Model`, reduced to its id and validation threshold.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Model {
     /// The model id.
     #[prost(string, tag = "2")]
     pub id: String,
+    /// The similarity a devshard validation must exceed.
+    #[prost(message, optional, tag = "13")]
+    pub validation_threshold: Option<Decimal>,
+}
+
+/// Request of [`PARAMS`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueryParamsRequest {}
+
+/// Response of [`PARAMS`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueryParamsResponse {
+    /// The module's parameters.
+    #[prost(message, optional, tag = "1")]
+    pub params: Option<Params>,
 }
 
 /// Request of [`PARTICIPANT`].

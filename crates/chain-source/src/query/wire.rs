@@ -83,7 +83,7 @@ fn cutoff(value: i64, field: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| Error::Decode(format!("{field} is negative: {value}")))
 }
 
-fn validation_params(wire: proto::ValidationParams) -> Result<ValidationParams> {
+pub(super) fn validation_params(wire: proto::ValidationParams) -> Result<ValidationParams> {
     let defaults = ValidationParams::default();
     Ok(ValidationParams {
         min_validation_average: decimal(
@@ -109,6 +109,7 @@ fn validation_params(wire: proto::ValidationParams) -> Result<ValidationParams> 
             wire.min_validation_traffic_cutoff,
             "min_validation_traffic_cutoff",
         )?,
+        logprobs_mode: wire.logprobs_mode,
     })
 }
 
@@ -147,8 +148,14 @@ pub(super) fn validation_parameters(
 
 // === epoch groups ===
 
-pub(super) fn epoch_group(wire: proto::EpochGroupData) -> EpochGroup {
-    EpochGroup {
+pub(super) fn epoch_group(wire: proto::EpochGroupData) -> Result<EpochGroup> {
+    let validation_threshold = match &wire.model_snapshot {
+        Some(model) if model.validation_threshold.is_some() => {
+            Some(decimal(model.validation_threshold, "validation_threshold", Decimal::ZERO)?)
+        }
+        _ => None,
+    };
+    Ok(EpochGroup {
         epoch_index: wire.epoch_index,
         model: wire.model_id,
         sub_group_models: wire.sub_group_models,
@@ -158,7 +165,8 @@ pub(super) fn epoch_group(wire: proto::EpochGroupData) -> EpochGroup {
             .map(|weight| weight.member_address)
             .collect(),
         has_model_snapshot: wire.model_snapshot.is_some(),
-    }
+        validation_threshold,
+    })
 }
 
 // === participants and keys ===

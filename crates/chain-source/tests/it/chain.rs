@@ -100,14 +100,23 @@ async fn queries_read_the_module_routes() {
         sub_group_models: vec!["m".into()],
         validation_weights: vec![address.clone()],
         has_model_snapshot: false,
+        validation_threshold: None,
     };
     node.set_epoch_group(group.clone());
-    let sub = EpochGroup { model: "m".into(), has_model_snapshot: true, ..group.clone() };
+    let sub = EpochGroup {
+        model: "m".into(),
+        has_model_snapshot: true,
+        validation_threshold: Some(rust_decimal::Decimal::new(935, 3)),
+        ..group.clone()
+    };
     node.set_epoch_group(sub.clone());
     assert_eq!(client.epoch_group(1, "").await.unwrap(), group);
     assert_eq!(client.epoch_group(1, "m").await.unwrap(), sub);
     assert_eq!(client.current_epoch_group().await.unwrap(), group);
     assert_eq!(client.epoch_state().await.unwrap().latest_epoch, 1);
+    assert_eq!(client.validation_params().await.unwrap().logprobs_mode, "");
+    node.set_logprobs_mode("raw_logprobs");
+    assert_eq!(client.validation_params().await.unwrap().logprobs_mode, "raw_logprobs");
     assert!(!client.node_status().await.unwrap().catching_up);
 }
 

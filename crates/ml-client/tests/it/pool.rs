@@ -9,7 +9,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use validator_core::ports::{
     ml_node::{MlNodeClient, ReplayError, ReplayResponse},
-    model_lock::{LockError, ModelLockBroker, NodeHealth},
+    model_lock::{LockError, NodeHealth},
 };
 
 use crate::{config, health_of, node, request, MODEL};

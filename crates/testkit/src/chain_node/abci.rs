@@ -95,7 +95,6 @@ fn answer(state: &State, path: &str, data: &[u8]) -> Answer {
                     created_at_block_height: details.created_at_block_height,
                 })
                 .collect();
-            let decimal = |value, exponent| Some(chain_source::proto::Decimal { value, exponent });
             encode(&proto::QueryGetInferenceValidationParametersResponse {
                 validator_powers: state
                     .validator_powers
@@ -107,13 +106,7 @@ fn answer(state: &State, path: &str, data: &[u8]) -> Answer {
                     .collect(),
                 current_height: state.tip,
                 details,
-                parameters: Some(proto::ValidationParams {
-                    min_validation_average: decimal(1, -2),
-                    max_validation_average: decimal(1, 0),
-                    min_validation_halfway: decimal(5, -2),
-                    full_validation_traffic_cutoff: 10_000,
-                    min_validation_traffic_cutoff: 100,
-                }),
+                parameters: Some(validation_params(state)),
             })
         }
         proto::EPOCH_GROUP_VALIDATIONS => {
@@ -204,11 +197,17 @@ fn answer(state: &State, path: &str, data: &[u8]) -> Answer {
             block_height: i64::try_from(state.tip).unwrap_or(i64::MAX),
             params: Some(proto::Params {
                 epoch_params: Some(state.epoch.params.into()),
-                validation_params: None,
+                validation_params: Some(validation_params(state)),
             }),
             latest_epoch: Some(proto::Epoch {
                 index: state.epoch.index,
                 poc_start_block_height: state.epoch.poc_start_block_height,
+            }),
+        }),
+        proto::PARAMS => encode(&proto::QueryParamsResponse {
+            params: Some(proto::Params {
+                epoch_params: Some(state.epoch.params.into()),
+                validation_params: Some(validation_params(state)),
             }),
         }),
         proto::AUTH_ACCOUNT => {
@@ -267,6 +266,29 @@ fn inference_proto(inference: &Inference) -> proto::Inference {
     }
 }
 
+/// The chain's default validation parameters, with the node's `logprobs_mode`.
+fn validation_params(state: &State) -> proto::ValidationParams {
+    proto::ValidationParams {
+        min_validation_average: Some(decimal(1, -2)),
+        max_validation_average: Some(decimal(1, 0)),
+        min_validation_halfway: Some(decimal(5, -2)),
+        full_validation_traffic_cutoff: 10_000,
+        min_validation_traffic_cutoff: 100,
+        logprobs_mode: state.logprobs_mode.clone(),
+    }
+}
+
+fn decimal(value: i64, exponent: i32) -> chain_source::proto::Decimal {
+    chain_source::proto::Decimal { value, exponent }
+}
+
+/// A decimal as the chain stores it: the mantissa and a non-positive exponent.
+fn decimal_proto(value: rust_decimal::Decimal) -> chain_source::proto::Decimal {
+    let mantissa = i64::try_from(value.mantissa()).unwrap_or(i64::MAX);
+    let exponent = -i32::try_from(value.scale()).unwrap_or(0);
+    decimal(mantissa, exponent)
+}
+
 fn group_proto(group: &EpochGroup) -> proto::EpochGroupData {
     proto::EpochGroupData {
         validation_weights: group
@@ -277,6 +299,9 @@ fn group_proto(group: &EpochGroup) -> proto::EpochGroupData {
         model_id: group.model.clone(),
         sub_group_models: group.sub_group_models.clone(),
         epoch_index: group.epoch_index,
-        model_snapshot: group.has_model_snapshot.then(|| proto::Model { id: group.model.clone() }),
+        model_snapshot: group.has_model_snapshot.then(|| proto::Model {
+            id: group.model.clone(),
+            validation_threshold: group.validation_threshold.map(decimal_proto),
+        }),
     }
 }

@@ -127,6 +127,7 @@ async fn the_claim_trigger_claims_even_when_recovery_fails() {
             sub_group_models: vec![],
             validation_weights: vec![scenario.address.clone()],
             has_model_snapshot: false,
+            validation_threshold: None,
         });
     })
     .await;

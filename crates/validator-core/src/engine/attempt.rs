@@ -24,7 +24,7 @@ use crate::{
         chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
         journal::{Intent, JournalEntry, SubmissionResult},
         ml_node::{ReplayError, ReplayRequest, ReplayResponse},
-        model_lock::NodeHealth,
+        model_lock::{LeaseRequest, LockError, NodeHealth},
         payload_source::{PayloadError, Payloads},
     },
     scheduler::{Attempts, Job, PendingSubmit, Step},
@@ -215,7 +215,13 @@ impl Attempt<'_> {
         request: &ReplayRequest,
     ) -> Step {
         let started = Instant::now();
-        let lease = match self.inner.ports.broker.lease(&inference.model) {
+        let wanted = LeaseRequest::model(&inference.model);
+        let acquired = self
+            .inner
+            .bounded(self.inner.config.lock_timeout, self.inner.ports.broker.acquire(&wanted))
+            .await
+            .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
+        let lease = match acquired {
             Ok(lease) => lease,
             Err(err) => return self.retry_replay(err.to_string()),
         };

@@ -132,6 +132,9 @@ pub struct ValidationParams {
     pub full_validation_traffic_cutoff: u64,
     /// Traffic at or below which the maximum average applies.
     pub min_validation_traffic_cutoff: u64,
+    /// The `logprobs_mode` replays ask for (`processed_logprobs` or `raw_logprobs`); empty
+    /// leaves the ML node's default.
+    pub logprobs_mode: String,
 }
 
 impl Default for ValidationParams {
@@ -143,6 +146,7 @@ impl Default for ValidationParams {
             min_validation_halfway: Decimal::new(5, 2),
             full_validation_traffic_cutoff: 10_000,
             min_validation_traffic_cutoff: 100,
+            logprobs_mode: String::new(),
         }
     }
 }
@@ -219,6 +223,9 @@ pub struct EpochGroup {
     pub validation_weights: Vec<String>,
     /// Whether the subgroup carries a model snapshot; subgroups without one are skipped.
     pub has_model_snapshot: bool,
+    /// The model snapshot's `validation_threshold` (a model subgroup only): a devshard
+    /// similarity must be strictly above it to pass.
+    pub validation_threshold: Option<rust_decimal::Decimal>,
 }
 
 impl EpochGroup {
@@ -318,6 +325,9 @@ pub trait ChainClient: Send + Sync + 'static {
 
     /// The current epoch's parent group (`CurrentEpochGroupData`).
     async fn current_epoch_group(&self) -> Result<EpochGroup, ChainError>;
+
+    /// The module's current validation parameters (the `Params` query's `validation_params`).
+    async fn validation_params(&self) -> Result<ValidationParams, ChainError>;
 
     /// The chain's epoch state.
     async fn epoch_state(&self) -> Result<EpochState, ChainError>;

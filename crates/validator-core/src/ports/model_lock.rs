@@ -1,6 +1,9 @@
-//! Leasing a slot on an ML node that serves a model (DOMAIN.md 2.5).
+//! Leasing a slot on an ML node that serves a model (DOMAIN.md 2.5), from a local pool of nodes
+//! or from the API node's NodeManager (LIVE-NETWORK.md 2.2 item 3).
 
 use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
 
 /// The node a lease was granted on, as the [`MlNodeClient`](super::MlNodeClient) needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -16,8 +19,13 @@ pub struct MlNode {
 pub enum NodeHealth {
     /// The node answered (whatever the answer meant).
     Healthy,
-    /// The node did not answer: timeout, refused or reset connection, 5xx.
+    /// The node did not answer: refused or reset connection, 5xx.
     Failed,
+    /// The node did not answer within the replay timeout.
+    TimedOut,
+    /// The node answered, but with something the validator could not use (a body that is not
+    /// a chat completion, too large, unscorable).
+    BadAnswer,
     /// The call did not tell (cancelled, or the lease was never used).
     Unknown,
 }
@@ -74,20 +82,53 @@ impl fmt::Debug for ModelLease {
 /// Why no lease was granted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
-    /// No eligible node serving the model has a free slot right now (`ErrNoNodesAvailable`).
+    /// No eligible node serving the model has a free slot right now (`ErrNoNodesAvailable`, or
+    /// the NodeManager's `RESOURCE_EXHAUSTED`). The engine tries again later, holding no slot.
     #[error("no nodes available for model {model}")]
     NoNode {
         /// The model asked for.
         model: String,
     },
+    /// The broker itself failed: the NodeManager unreachable, too slow, or answering something
+    /// unusable (a malformed endpoint). The validator's own failure; retried.
+    #[error("model lock broker failed: {0}")]
+    Broker(String),
 }
 
-/// Hands out leases on ML nodes. Never waits: "no node" is an immediate error, and the engine
-/// decides when to try again.
-pub trait ModelLockBroker: Send + Sync + 'static {
-    /// Takes a slot on the least-busy eligible node serving `model`.
-    fn lease(&self, model: &str) -> Result<ModelLease, LockError>;
+/// What a lease is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest<'a> {
+    /// The model the node must serve.
+    pub model: &'a str,
+    /// Nodes not to hand out: those that failed this validation's earlier replays at the
+    /// transport level.
+    pub excluded_nodes: &'a [Arc<str>],
+    /// The devshard escrow the replay is for, when it is one (the NodeManager logs it).
+    pub escrow_id: Option<&'a str>,
+}
 
-    /// Whether any configured node serves `model` at all (the live path's model filter).
+impl<'a> LeaseRequest<'a> {
+    /// A request for `model` with nothing excluded.
+    pub fn model(model: &'a str) -> Self {
+        Self { model, excluded_nodes: &[], escrow_id: None }
+    }
+}
+
+/// Hands out leases on ML nodes. Never waits for capacity: "no node" is an immediate error,
+/// and the engine decides when to try again, holding no slot meanwhile.
+#[async_trait]
+pub trait ModelLockBroker: Send + Sync + 'static {
+    /// Takes a slot on an eligible node serving `request.model`. At most one outbound call,
+    /// which the engine bounds with its lock timeout.
+    async fn acquire(&self, request: &LeaseRequest<'_>) -> Result<ModelLease, LockError>;
+
+    /// Whether any node serves `model` at all (the live path's model filter).
     fn serves(&self, model: &str) -> bool;
+
+    /// Whether a lease for `model` would likely be granted now, from what the broker already
+    /// knows, without any call. The engine asks before it fetches a devshard job's payloads, so
+    /// that no payloads are fetched, and no slot spent, for a replay that could not run.
+    fn has_room(&self, model: &str) -> bool {
+        self.serves(model)
+    }
 }

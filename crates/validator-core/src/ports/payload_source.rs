@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::chain::Inference;
+use crate::devshard::DevshardJob;
 
 /// The decoded payloads of one inference, verified against the on-chain commitment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,4 +54,13 @@ impl PayloadError {
 pub trait PayloadSource: Send + Sync + 'static {
     /// Fetches and verifies the payloads of `inference` from its executor, once.
     async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError>;
+
+    /// Fetches a devshard inference's payloads from its executor's session route, once, checks
+    /// the executor's signature as [`fetch`](PayloadSource::fetch) does, then the raw SHA-256 of
+    /// both payloads against the job's hashes ([`PayloadError::HashMismatch`] when they differ).
+    /// A source that serves only classic inferences keeps the default, a validator-side error.
+    async fn fetch_devshard(&self, job: &DevshardJob) -> Result<Payloads, PayloadError> {
+        let _ = job;
+        Err(PayloadError::Local("this payload source does not serve devshard sessions".into()))
+    }
 }

@@ -20,6 +20,7 @@ fn params(min: &str, max: &str, halfway: &str, full: u64, min_cutoff: u64) -> Va
         min_validation_halfway: dec(halfway),
         full_validation_traffic_cutoff: full,
         min_validation_traffic_cutoff: min_cutoff,
+        logprobs_mode: String::new(),
     }
 }
 
@@ -497,6 +498,7 @@ fn extreme_inputs_do_not_panic() {
                 min_validation_halfway: halfway,
                 full_validation_traffic_cutoff: cutoff,
                 min_validation_traffic_cutoff: cutoff.rotate_left(7),
+                logprobs_mode: String::new(),
             };
             for &traffic in &counts {
                 let _ = minimum_validation_average(traffic, &params);
