@@ -1,11 +1,15 @@
-//! `cargo bench -p bench --bench engine`: the engine against models of the two upstream
-//! designs (PR #1277's shared semaphore, and the unbounded pre-fix design), scenario by scenario,
-//! on the same in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live`
+//! `cargo bench -p bench --bench engine`: the engine against models of the upstream designs
+//! (PR #1277's shared semaphore and the unbounded pre-fix design on the classic path, `devshardd`'s
+//! per-session workers on the devshard path), scenario by scenario, on the same in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live`
 //! chart `docs/benchmarks-live.svg`. `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`
 //! (comma-separated) runs a subset. See `docs/benchmarks.md` for what each figure means.
 
 #[path = "engine/baseline.rs"]
 mod baseline;
+#[path = "engine/devshard.rs"]
+mod devshard;
+#[path = "engine/devshardd.rs"]
+mod devshardd;
 #[path = "engine/fakes.rs"]
 mod fakes;
 #[path = "engine/report.rs"]
@@ -28,13 +32,24 @@ use crate::{
     strategy::{BoxError, Policy, Strategy},
 };
 
-const SCENARIOS: [&str; 7] =
-    ["drain", "memory", "live", "faults", "shutdown", "http_drain", "journal_cost"];
+const SCENARIOS: [&str; 8] = [
+    "drain",
+    "memory",
+    "live",
+    "faults",
+    "shutdown",
+    "http_drain",
+    "journal_cost",
+    "devshard_sessions",
+];
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|arg| arg == "--memory-child") {
         return scenarios::memory_child(&args[at + 1..]);
+    }
+    if let Some(at) = args.iter().position(|arg| arg == "--devshard-child") {
+        return devshard::devshard_child(&args[at + 1..]);
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and the benchmark takes
     // minutes even optimised, so it only runs under `cargo bench`.
@@ -64,14 +79,14 @@ fn main() -> Result<(), BoxError> {
     // `drain` also calibrates S for `live` and the cancel point of `shutdown`.
     let mut drained = HashMap::new();
     if runs("drain") || runs("live") || runs("shutdown") {
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             let (figures, result) = scenarios::drain(strategy, &sizes)?;
             put(strategy, "drain", figures);
             drained.insert(strategy, result);
         }
     }
     if runs("memory") {
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             put(strategy, "memory", scenarios::memory(strategy, &sizes)?);
         }
     }
@@ -79,7 +94,7 @@ fn main() -> Result<(), BoxError> {
     let mut live_window = 0.0;
     if runs("live") {
         let service = drained.get(&Strategy::Ours).map_or(scenarios::REPLAY, |d| d.service);
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             let (figures, samples) = scenarios::live(strategy, &sizes, service)?;
             live_window = figures["window_s"].as_f64().unwrap_or(live_window);
             put(strategy, "live", figures);
@@ -89,12 +104,12 @@ fn main() -> Result<(), BoxError> {
         }
     }
     if runs("faults") {
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             put(strategy, "faults", scenarios::faults(strategy, &sizes)?);
         }
     }
     if runs("http_drain") {
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             put(strategy, "http_drain", scenarios::http_drain(strategy, &sizes)?);
         }
     }
@@ -102,10 +117,15 @@ fn main() -> Result<(), BoxError> {
         put(Strategy::Ours, "journal_cost", scenarios::journal_cost(&sizes)?);
     }
     if runs("shutdown") {
-        for strategy in Strategy::ALL {
+        for strategy in Strategy::CLASSIC {
             if let Some(drain) = drained.get(&strategy) {
                 put(strategy, "shutdown", scenarios::shutdown(strategy, &sizes, drain)?);
             }
+        }
+    }
+    if runs("devshard_sessions") {
+        for strategy in devshard::STRATEGIES {
+            put(strategy, "devshard_sessions", devshard::devshard_sessions(strategy, &sizes)?);
         }
     }
 
@@ -120,6 +140,7 @@ fn main() -> Result<(), BoxError> {
             "replay_ms": scenarios::REPLAY.as_millis() as u64,
             "sizes": sizes.to_json(),
             "engine_recovery_window": policy.engine_config().recovery_window,
+            "devshard_node_capacity": devshard::NODE_CAPACITY,
             "policy": policy.to_json(),
             "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "wall_s": scenarios::round(wall.elapsed().as_secs_f64()),

@@ -1,6 +1,7 @@
-//! The fakes every strategy runs on. The broker is validator-core's own [`MemoryBroker`]; the chain,
-//! payload source and ML node are bench versions of validator-core's fakes that keep no per-item
-//! history (validator-core's fakes record every call for inspection, which grows with the backlog and
+//! The fakes every strategy runs on. The broker is validator-core's own [`MemoryBroker`] (or
+//! [`NodeManager`], the API node's lock service, for devshard sessions); the chain, payload source
+//! and ML node are bench versions of validator-core's fakes that keep no per-item history
+//! (validator-core's fakes record every call for inspection, which grows with the backlog and
 //! would be measured as the design's memory), generate records from the id, inject the faults
 //! of the `faults` scenario, and time each replay.
 
@@ -14,8 +15,10 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::time::Instant;
 use validator_core::{
+    devshard::DevshardJob,
     ports::{
         chain::{
             ChainClient, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
@@ -23,7 +26,9 @@ use validator_core::{
             ValidationDetails, ValidationParameters, ValidationParams, ValidatorPower,
         },
         ml_node::{MlNodeClient, ReplayError, ReplayRequest, ReplayResponse},
-        model_lock::{MlNode, ModelLockBroker},
+        model_lock::{
+            LeaseRelease, LeaseRequest, LockError, MlNode, ModelLease, ModelLockBroker, NodeHealth,
+        },
         payload_source::{PayloadError, PayloadSource, Payloads},
         Journal, NoJournal,
     },
@@ -279,22 +284,75 @@ impl ChainClient for SynthChain {
 // === BenchPayloads ===
 
 /// Serves validator-core's [`payloads_for`] for every id; items picked by [`Faults`] fail their first
-/// fetch with a transient error.
+/// fetch with a transient error. Devshard jobs get [`devshard_prompt`] and the response of
+/// [`payloads_for`], in fresh buffers each time, as a real fetch would; the hash check is the
+/// adapter's, and passes here.
 pub(crate) struct BenchPayloads {
     faults: Faults,
     failed: Mutex<HashSet<InferenceId>>,
     failures: AtomicU64,
+    devshard_fetches: AtomicU64,
+    devshard_response: Bytes,
 }
 
 impl BenchPayloads {
     pub(crate) fn new(faults: Faults) -> Self {
-        Self { faults, failed: Mutex::default(), failures: AtomicU64::new(0) }
+        Self {
+            faults,
+            failed: Mutex::default(),
+            failures: AtomicU64::new(0),
+            devshard_fetches: AtomicU64::new(0),
+            devshard_response: payloads_for("devshard").response,
+        }
     }
 
     /// Fetches failed on purpose.
     pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// Devshard payload fetches served.
+    pub(crate) fn devshard_fetches(&self) -> u64 {
+        self.devshard_fetches.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes of the user message of a devshard prompt: about 4,000 tokens of context, a modest chat
+/// prompt. The payloads a design holds while it waits are what its memory figure measures.
+pub(crate) const DEVSHARD_PROMPT_TEXT: usize = 16 * 1024;
+
+/// The prompt of a devshard job: the fields of [`payloads_for`]'s prompt with a
+/// [`DEVSHARD_PROMPT_TEXT`]-byte message, and a `bench_job` field, `"{session}/{inference id}"`,
+/// that the replay request keeps, so the ML node can tell which job it replays.
+pub(crate) fn devshard_prompt(job: &DevshardJob) -> Bytes {
+    const WORDS: &str = "lorem ipsum dolor sit amet consectetur adipiscing elit ";
+    let mut text = String::with_capacity(DEVSHARD_PROMPT_TEXT + WORDS.len());
+    while text.len() < DEVSHARD_PROMPT_TEXT {
+        text.push_str(WORDS);
+    }
+    text.truncate(DEVSHARD_PROMPT_TEXT);
+    let session = job.key.escrow_id.strip_prefix(ESCROW_PREFIX).unwrap_or(&job.key.escrow_id);
+    Bytes::from(format!(
+        concat!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"{text}"}}],"#,
+            r#""bench_job":"{session}/{id}","seed":42,"logprobs":true,"top_logprobs":3,"#,
+            r#""max_tokens":5000,"max_completion_tokens":5000,"temperature":0.7,"stream":true,"#,
+            r#""stream_options":{{"include_usage":true}}}}"#
+        ),
+        model = job.model,
+        text = text,
+        session = session,
+        id = job.key.inference_id,
+    ))
+}
+
+/// Session `n`'s escrow id is `escrow-{n}`.
+pub(crate) const ESCROW_PREFIX: &str = "escrow-";
+
+/// The job a replay request body is for, from its `bench_job` field: (session, inference id).
+pub(crate) fn replayed_job(body: &serde_json::Value) -> Option<(usize, u64)> {
+    let (session, id) = body["bench_job"].as_str()?.split_once('/')?;
+    Some((session.parse().ok()?, id.parse().ok()?))
 }
 
 #[async_trait]
@@ -306,6 +364,14 @@ impl PayloadSource for BenchPayloads {
             return Err(PayloadError::Unavailable("executor unreachable (injected)".into()));
         }
         Ok(payloads_for(id.as_str()))
+    }
+
+    async fn fetch_devshard(&self, job: &DevshardJob) -> Result<Payloads, PayloadError> {
+        self.devshard_fetches.fetch_add(1, Ordering::Relaxed);
+        Ok(Payloads {
+            prompt: devshard_prompt(job),
+            response: Bytes::copy_from_slice(&self.devshard_response),
+        })
     }
 }
 
@@ -319,6 +385,8 @@ impl PayloadSource for BenchPayloads {
 pub(crate) struct TimedMlNode {
     latency: Duration,
     faults: Faults,
+    /// Called with each replay's parsed body as it arrives.
+    on_start: Option<ReplayHook>,
     hung: Mutex<HashSet<InferenceId>>,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
@@ -332,6 +400,7 @@ impl TimedMlNode {
         Self {
             latency,
             faults,
+            on_start: None,
             hung: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
@@ -339,6 +408,12 @@ impl TimedMlNode {
             service_nanos: AtomicU64::new(0),
             hangs: AtomicU64::new(0),
         }
+    }
+
+    /// Calls `hook` with the parsed body of every replay as it arrives.
+    pub(crate) fn with_start_hook(mut self, hook: ReplayHook) -> Self {
+        self.on_start = Some(hook);
+        self
     }
 
     /// Replays answered.
@@ -366,6 +441,9 @@ impl TimedMlNode {
     }
 }
 
+/// Sees each replay's body as the ML node receives it.
+pub(crate) type ReplayHook = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
+
 struct InFlight<'a>(&'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
@@ -392,12 +470,106 @@ impl MlNodeClient for TimedMlNode {
         }
         let body: serde_json::Value = serde_json::from_slice(&request.body)
             .map_err(|err| ReplayError::BadResponse(err.to_string()))?;
+        if let Some(hook) = &self.on_start {
+            hook(&body);
+        }
         tokio::time::sleep(self.latency).await;
         let answer = echo_completion(&body);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.service_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
         Ok(ReplayResponse::Completed(answer))
+    }
+}
+
+// === NodeManager ===
+
+/// The API node's NodeManager as the devshard path sees it (LIVE-NETWORK.md 2.2 item 3): one
+/// node serving [`MODEL`] with a fixed number of locks, `AcquireMLNode` refused when they are all
+/// held. Counts grants, refusals and the most locks held at once.
+#[derive(Clone)]
+pub(crate) struct NodeManager {
+    shared: Arc<NodeManagerShared>,
+}
+
+struct NodeManagerShared {
+    capacity: usize,
+    held: AtomicUsize,
+    peak: AtomicUsize,
+    grants: AtomicU64,
+    refusals: AtomicU64,
+}
+
+impl NodeManager {
+    /// A node with `capacity` locks.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            shared: Arc::new(NodeManagerShared {
+                capacity,
+                held: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                grants: AtomicU64::new(0),
+                refusals: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The node's locks.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Most locks held at once.
+    pub(crate) fn peak(&self) -> usize {
+        self.shared.peak.load(Ordering::Relaxed)
+    }
+
+    /// Locks granted.
+    pub(crate) fn grants(&self) -> u64 {
+        self.shared.grants.load(Ordering::Relaxed)
+    }
+
+    /// `AcquireMLNode` calls refused because every lock was held.
+    pub(crate) fn refusals(&self) -> u64 {
+        self.shared.refusals.load(Ordering::Relaxed)
+    }
+}
+
+struct NodeManagerRelease(Arc<NodeManagerShared>);
+
+impl LeaseRelease for NodeManagerRelease {
+    fn release(self: Box<Self>, _health: NodeHealth) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl ModelLockBroker for NodeManager {
+    async fn acquire(&self, request: &LeaseRequest<'_>) -> Result<ModelLease, LockError> {
+        let shared = &self.shared;
+        let taken = (request.model == MODEL)
+            .then(|| {
+                shared.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    (held < shared.capacity).then_some(held + 1)
+                })
+            })
+            .and_then(Result::ok);
+        let Some(before) = taken else {
+            shared.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(LockError::NoNode { model: request.model.to_owned() });
+        };
+        shared.peak.fetch_max(before + 1, Ordering::Relaxed);
+        shared.grants.fetch_add(1, Ordering::Relaxed);
+        let node = MlNode { id: "node-0".into(), address: "memory://node-0".into() };
+        Ok(ModelLease::new(node, Box::new(NodeManagerRelease(Arc::clone(shared)))))
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        model == MODEL
+    }
+
+    fn has_room(&self, model: &str) -> bool {
+        self.serves(model) && self.shared.held.load(Ordering::Acquire) < self.shared.capacity
     }
 }
 

@@ -31,13 +31,21 @@ fn cell(value: Option<&Value>) -> String {
     }
 }
 
-/// One row per figure, one column per strategy.
+/// One row per figure, one column per strategy that has figures in `scenarios`.
 pub(crate) fn table(results: &Value, scenarios: &[&str]) -> String {
+    let strategies: Vec<Strategy> = Strategy::ALL
+        .into_iter()
+        .filter(|strategy| {
+            scenarios.iter().any(|scenario| {
+                results.get(strategy.name()).and_then(|s| s.get(scenario)).is_some()
+            })
+        })
+        .collect();
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     for scenario in scenarios {
         let mut paths: Vec<String> = Vec::new();
         let mut columns: Vec<Vec<(String, Value)>> = Vec::new();
-        for strategy in Strategy::ALL {
+        for &strategy in &strategies {
             let mut flat = Vec::new();
             if let Some(figures) = results.get(strategy.name()).and_then(|s| s.get(scenario)) {
                 flatten(scenario, figures, &mut flat);
@@ -67,7 +75,7 @@ pub(crate) fn table(results: &Value, scenarios: &[&str]) -> String {
         .unwrap_or(9)
         .max(9);
     let mut out = format!("{:width$}", "figure");
-    for strategy in Strategy::ALL {
+    for strategy in &strategies {
         out.push_str(&format!("  {:>cell_width$}", strategy.name()));
     }
     out.push('\n');
@@ -93,7 +101,7 @@ pub(crate) fn chart(
     let style = |strategy: Strategy| match strategy {
         Strategy::Ours => BLUE.stroke_width(2),
         Strategy::Pr1277 => RED.stroke_width(2),
-        Strategy::Unbounded => BLACK.stroke_width(1),
+        Strategy::Unbounded | Strategy::Devshardd => BLACK.stroke_width(1),
     };
     let x_max =
         series.iter().flat_map(|(_, samples)| samples.iter().map(|s| s.t)).fold(window_s, f64::max);

@@ -43,6 +43,12 @@ pub(crate) struct Sizes {
     pub(crate) live: Duration,
     pub(crate) faults: u64,
     pub(crate) http_drain: u64,
+    /// `devshard_sessions`: the numbers of sessions, smallest first.
+    pub(crate) devshard_sessions: Vec<usize>,
+    /// `devshard_sessions`: how long jobs arrive.
+    pub(crate) devshard_window: Duration,
+    /// `devshard_sessions`: how long after the window every job may take to settle.
+    pub(crate) devshard_drain: Duration,
 }
 
 impl Sizes {
@@ -56,6 +62,9 @@ impl Sizes {
                 live: Duration::from_secs(6),
                 faults: 12_000,
                 http_drain: 5_000,
+                devshard_sessions: vec![1, 50],
+                devshard_window: Duration::from_secs(3),
+                devshard_drain: Duration::from_secs(3),
             }
         } else {
             Self {
@@ -66,6 +75,9 @@ impl Sizes {
                 live: Duration::from_secs(30),
                 faults: 50_000,
                 http_drain: 20_000,
+                devshard_sessions: vec![1, 10, 50],
+                devshard_window: Duration::from_secs(10),
+                devshard_drain: Duration::from_secs(5),
             }
         }
     }
@@ -79,15 +91,20 @@ impl Sizes {
             "live_s": self.live.as_secs_f64(),
             "faults": self.faults,
             "http_drain": self.http_drain,
+            "devshard_sessions": self.devshard_sessions,
+            "devshard_window_s": self.devshard_window.as_secs_f64(),
+            "devshard_drain_s": self.devshard_drain.as_secs_f64(),
         })
     }
 }
 
+/// The machine's cores, as the runtime sees them.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn runtime() -> std::io::Result<Runtime> {
+/// A multi-threaded runtime with one worker per core, as every scenario runs on.
+pub(crate) fn runtime() -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(cores()).enable_all().build()
 }
 
@@ -100,18 +117,20 @@ pub(crate) fn round(x: f64) -> f64 {
     (x * scale).round() / scale
 }
 
-fn secs(d: Duration) -> f64 {
+/// A duration in seconds, rounded for the report.
+pub(crate) fn secs(d: Duration) -> f64 {
     round(d.as_secs_f64())
 }
 
 /// Samples the runtime's live task count every 2 ms and keeps the peak.
-struct TaskSampler {
+pub(crate) struct TaskSampler {
     peak: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
 impl TaskSampler {
-    fn start() -> Self {
+    /// Starts sampling on the current runtime.
+    pub(crate) fn start() -> Self {
         let peak = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let (peak_, stop_) = (Arc::clone(&peak), stop.clone());
@@ -126,7 +145,7 @@ impl TaskSampler {
     }
 
     /// Stops sampling; the peak, less the bench's own `helpers` tasks.
-    fn finish(self, helpers: usize) -> usize {
+    pub(crate) fn finish(self, helpers: usize) -> usize {
         self.stop.cancel();
         self.peak.load(Ordering::Relaxed).saturating_sub(helpers)
     }
@@ -215,17 +234,29 @@ pub(crate) fn memory(strategy: Strategy, sizes: &Sizes) -> Result<Value, BoxErro
 }
 
 fn run_memory_child(strategy: Strategy, items: u64, cap: Duration) -> Result<Value, BoxError> {
+    let args = [
+        "--memory-child".to_owned(),
+        strategy.name().to_owned(),
+        items.to_string(),
+        cap.as_secs().to_string(),
+    ];
+    // The child caps its own drain; this guard is for a child that cannot even get there.
+    run_child(&args, cap + Duration::from_secs(60))
+}
+
+/// Runs this bench binary with `args` and returns the last JSON line the child printed. The
+/// child is killed if its resident set passes [`RSS_CAP_KIB`] or it has not exited after
+/// `deadline`; the answer then holds the last `VmHWM` seen (`peak_rss_kib`) and a `note`.
+pub(crate) fn run_child(args: &[String], deadline: Duration) -> Result<Value, BoxError> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["--memory-child", strategy.name(), &items.to_string()])
-        .arg(cap.as_secs().to_string())
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
     let pid = child.id();
-    // The child caps its own drain; this guard is for a child that cannot even get there.
-    let deadline = Instant::now() + cap + Duration::from_secs(60);
+    let deadline = Instant::now() + deadline;
     let watch = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     let (status, killed, last_hwm) = watch.block_on(async {
         let mut last_hwm = None;
@@ -266,7 +297,7 @@ fn run_memory_child(strategy: Strategy, items: u64, cap: Duration) -> Result<Val
 }
 
 /// A `kB` field of a `/proc/<pid>/status` file.
-fn status_kib(path: &str, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(path: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()

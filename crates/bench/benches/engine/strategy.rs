@@ -1,5 +1,6 @@
-//! The three strategies behind one driver: the real engine, and the two upstream designs
-//! modelled in [`crate::baseline`]. Scenarios only talk to [`Runner`].
+//! The strategies. The classic scenarios run the real engine and the two upstream designs
+//! modelled in [`crate::baseline`] behind one driver, [`Runner`]; `devshard_sessions` runs the
+//! engine and the model of upstream's `devshardd` in [`crate::devshardd`] with its own driver.
 
 use std::{
     sync::{
@@ -31,16 +32,25 @@ pub(crate) enum Strategy {
     Pr1277,
     /// Before the fix: one task per item, no limit.
     Unbounded,
+    /// Upstream's `devshardd`: per session 20 workers and a 20,000-job queue (devshard only).
+    Devshardd,
 }
 
 impl Strategy {
-    pub(crate) const ALL: [Strategy; 3] = [Strategy::Ours, Strategy::Pr1277, Strategy::Unbounded];
+    /// Every strategy, in the report's column order.
+    pub(crate) const ALL: [Strategy; 4] =
+        [Strategy::Ours, Strategy::Pr1277, Strategy::Unbounded, Strategy::Devshardd];
+
+    /// The strategies of the classic scenarios.
+    pub(crate) const CLASSIC: [Strategy; 3] =
+        [Strategy::Ours, Strategy::Pr1277, Strategy::Unbounded];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Strategy::Ours => "ours",
             Strategy::Pr1277 => "pr1277",
             Strategy::Unbounded => "unbounded",
+            Strategy::Devshardd => "devshardd",
         }
     }
 
@@ -229,6 +239,9 @@ impl Runner {
                 let design =
                     if strategy == Strategy::Pr1277 { Design::Pr1277 } else { Design::Unbounded };
                 Kind::Baseline(Baseline::new(design, ports, policy.clone(), Arc::clone(&probe)))
+            }
+            Strategy::Devshardd => {
+                return Err("devshardd runs only the devshard_sessions scenario".into());
             }
         };
         Ok(Self { kind, probe, stop })
