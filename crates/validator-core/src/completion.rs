@@ -3,23 +3,26 @@
 //! reproduce ([`EnforcedTokens`]) and the replay request built from the executor's prompt
 //! (DOMAIN.md 2.6, 6.3, 6.4).
 //!
-//! It re-implements the parsing, logit extraction and enforced tokens of upstream's
-//! `decentralized-api/completionapi/completionresponse.go` (gonka-ai/gonka) and the request body
-//! that `validateWithPayloads` (`decentralized-api/internal/validation/inference_validation.go`)
-//! sends for a replay.
+//! It re-implements the parsing, logit extraction, usage and enforced tokens of upstream's
+//! `decentralized-api/completionapi` (gonka-ai/gonka, v0.2.14: `completionresponse.go`,
+//! `openai.go`) and the request body that `validateWithPayloads`
+//! (`decentralized-api/internal/validation/inference_validation.go`) sends for a replay.
 //!
 //! Known differences from upstream's Go JSON decoding, none of which vLLM output triggers:
 //! - Only the fields scoring reads are type-checked; Go also rejects, say, a non-integer `bytes`.
-//! - serde reads an array where an object is expected, rejects duplicate keys (Go keeps the last)
-//!   and matches keys case-sensitively (Go falls back to a case-insensitive match).
+//! - serde reads an array where a chat-format object is expected, rejects duplicate keys in one
+//!   (Go keeps the last) and matches keys case-sensitively (Go falls back to a case-insensitive
+//!   match).
 //! - Invalid UTF-8 and lone surrogate escapes in strings are errors (Go substitutes U+FFFD).
-//! - Without serde_json's `float_roundtrip` feature a logprob with 17 significant digits may be
-//!   read one ulp off, where Go rounds correctly; the fixtures' golden values are unaffected.
+//! - Nesting deeper than 128 levels is an error (Go allows 10,000).
 //! - Prompt integers beyond 2^53 pass through exactly (Go rounds them through `float64`).
 
-use std::collections::HashMap;
+use std::{cmp::Ordering, collections::HashMap, fmt};
 
-use serde::{de::IgnoredAny, Deserialize, Deserializer};
+use serde::{
+    de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
 use serde_json::{Map, Value};
 
 // === Error ===
@@ -134,12 +137,40 @@ impl CompletionResponse {
             .collect()
     }
 
+    /// The token counts the response reports: upstream's `GetUsage`.
+    ///
+    /// Plain response: its `usage`, or `None` when absent or both counts are 0.
+    ///
+    /// Streamed response: the first chunk's non-zero `usage`; without one, 0 prompt tokens and as
+    /// many completion tokens as the first choices of the chunks carry positions. `None` only
+    /// without chunks.
+    pub fn usage(&self) -> Option<Usage> {
+        if !self.streamed {
+            return self.chunks.first().map(|chunk| chunk.usage).filter(|usage| !usage.is_empty());
+        }
+        if self.chunks.is_empty() {
+            return None;
+        }
+        let mut positions: u64 = 0;
+        for chunk in &self.chunks {
+            if let Some(choice) = chunk.choices.first() {
+                let count = choice.logprobs.content.as_ref().map_or(0, Vec::len);
+                positions = positions.saturating_add(count as u64);
+            }
+            if !chunk.usage.is_empty() {
+                return Some(chunk.usage);
+            }
+        }
+        Some(Usage { prompt_tokens: 0, completion_tokens: positions })
+    }
+
     /// The tokens the replay must reproduce: upstream's `GetEnforcedTokens`.
     ///
     /// Plain response: the positions of the *first* choice; positions whose `top_logprobs` is
     /// absent or null are skipped; no choice, or a present but empty top list, is invalid.
     ///
-    /// Streamed response: the *first* position of every choice of every chunk; choices whose
+    /// Streamed response: every position of every choice of every chunk, in order, with its top
+    /// tokens (none when its `top_logprobs` is absent, null or empty); choices whose
     /// `logprobs.content` is absent or null are skipped and a present but empty one is invalid;
     /// no chunk, or no token at all, is invalid.
     pub fn enforced_tokens(&self) -> Result<EnforcedTokens, InvalidInference> {
@@ -174,14 +205,33 @@ impl CompletionResponse {
         let mut tokens = Vec::new();
         for choice in self.chunks.iter().flat_map(|chunk| &chunk.choices) {
             let Some(content) = &choice.logprobs.content else { continue };
-            // Upstream takes only the first position of each chunk: vLLM streams one per chunk.
-            let first = content.first().ok_or(InvalidInference::EmptyLogprobsContent)?;
-            tokens.push(EnforcedToken::new(first));
+            if content.is_empty() {
+                return Err(InvalidInference::EmptyLogprobsContent);
+            }
+            tokens.extend(content.iter().map(EnforcedToken::new));
         }
         if tokens.is_empty() {
             return Err(InvalidInference::NoTokens);
         }
         Ok(EnforcedTokens { tokens })
+    }
+}
+
+/// The token counts of a response's `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+pub struct Usage {
+    /// `usage.prompt_tokens`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub prompt_tokens: u64,
+    /// `usage.completion_tokens`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// Both counts are 0, which upstream reads as no usage at all.
+    pub fn is_empty(&self) -> bool {
+        self.prompt_tokens == 0 && self.completion_tokens == 0
     }
 }
 
@@ -290,6 +340,8 @@ fn replay_body(
 struct Completion {
     #[serde(default, deserialize_with = "null_items")]
     choices: Vec<Choice>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    usage: Usage,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -298,10 +350,113 @@ struct Choice {
     logprobs: ChoiceLogprobs,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// A choice's `logprobs`, in either format upstream reads (its `ChoiceLogprobs.UnmarshalJSON`):
+/// the chat format `{"content": [positions]}`, or, when there is no `content` key, the
+/// completions format `{"tokens": [..], "token_logprobs": [..], "top_logprobs": [{token:
+/// logprob}, ..]}`, turned into positions.
+#[derive(Debug, Clone, Default, PartialEq)]
 struct ChoiceLogprobs {
-    #[serde(default, deserialize_with = "nullable_items")]
     content: Option<Vec<Logprob>>,
+}
+
+impl<'de> Deserialize<'de> for ChoiceLogprobs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ChoiceLogprobsVisitor)
+    }
+}
+
+struct ChoiceLogprobsVisitor;
+
+impl<'de> Visitor<'de> for ChoiceLogprobsVisitor {
+    type Value = ChoiceLogprobs;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a logprobs object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChoiceLogprobs, A::Error> {
+        // Upstream first reads the object as raw values and looks for `content`; only without it
+        // does it decode (and so type-check) the completions fields. The last duplicate wins.
+        let mut content = None;
+        let mut completions = CompletionsFields::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "content" => content = Some(map.next_value::<ChatContent>()?.0),
+                "tokens" => completions.tokens = Some(map.next_value()?),
+                "token_logprobs" => completions.token_logprobs = Some(map.next_value()?),
+                "top_logprobs" => completions.top_logprobs = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if let Some(content) = content {
+            return Ok(ChoiceLogprobs { content });
+        }
+        let content = completions.positions().map_err(serde::de::Error::custom)?;
+        Ok(ChoiceLogprobs { content })
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatContent(#[serde(deserialize_with = "nullable_items")] Option<Vec<Logprob>>);
+
+/// The completions-format fields, kept undecoded until upstream would decode them.
+#[derive(Default)]
+struct CompletionsFields {
+    tokens: Option<Value>,
+    token_logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de> + Default")]
+struct Items<T>(#[serde(deserialize_with = "null_items")] Vec<T>);
+
+/// One `{token: logprob}` map of the completions format; null reads as an empty map and a null
+/// logprob as 0, as Go decodes them.
+#[derive(Default, Deserialize)]
+struct TopMap(#[serde(deserialize_with = "null_as_default")] HashMap<String, Option<f64>>);
+
+impl CompletionsFields {
+    /// The positions upstream builds: one per token, with its logprob (0 when missing or null)
+    /// and, when the position has a top map, its entries sorted by logprob descending, then by
+    /// token. No token at all is no content.
+    fn positions(self) -> Result<Option<Vec<Logprob>>, serde_json::Error> {
+        fn items<T: Default + DeserializeOwned>(
+            value: Option<Value>,
+        ) -> Result<Vec<T>, serde_json::Error> {
+            match value {
+                Some(value) => Ok(serde_json::from_value::<Items<T>>(value)?.0),
+                None => Ok(Vec::new()),
+            }
+        }
+        let tokens: Vec<String> = items(self.tokens)?;
+        let logprobs: Vec<f64> = items(self.token_logprobs)?;
+        let tops: Vec<TopMap> = items(self.top_logprobs)?;
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let mut tops = tops.into_iter();
+        let positions = tokens.into_iter().enumerate().map(|(i, token)| {
+            let top_logprobs = tops.next().map(|TopMap(top)| {
+                let mut top: Vec<TopLogprob> = top
+                    .into_iter()
+                    .map(|(token, logprob)| TopLogprob { token, logprob: logprob.unwrap_or(0.0) })
+                    .collect();
+                top.sort_by(|a, b| {
+                    b.logprob
+                        .partial_cmp(&a.logprob)
+                        .unwrap_or(Ordering::Equal)
+                        .then_with(|| a.token.cmp(&b.token))
+                });
+                top
+            });
+            let logprob = logprobs.get(i).copied().unwrap_or(0.0);
+            Logprob { token, logprob, top_logprobs }
+        });
+        Ok(Some(positions.collect()))
+    }
 }
 
 #[derive(Deserialize)]

@@ -231,20 +231,27 @@ fn streamed_lines_are_trimmed_and_the_data_prefix_is_optional() {
 }
 
 #[test]
-fn streamed_chunks_enforce_their_first_position_of_every_choice() {
-    let events = vec![format!(
-        "data: {}",
-        json!({"choices": [
-            {"logprobs": {"content": [position("a", json!([top("a", -1.0)])), position("ignored", json!([top("x", -1.0)]))]}},
-            {"logprobs": {"content": [position("b", Value::Null)]}},
-        ]})
-    )];
+fn streamed_chunks_enforce_every_position_of_every_choice() {
+    // Upstream v0.2.12 on: every position of a chunk, not only its first.
+    let chunk = json!({"choices": [
+        {"logprobs": {"content": [position("a", json!([top("a", -1.0)])), position("second", json!([top("x", -1.0)]))]}},
+        {"logprobs": {"content": [position("b", Value::Null), position("c", json!([]))]}},
+    ]});
+    let last =
+        json!({"choices": [{"logprobs": {"content": [position("d", json!([top("d", -1.0)]))]}}]});
+    let events = vec![format!("data: {chunk}"), format!("data: {last}")];
     let response = CompletionResponse::from_payload(&streamed(events)).unwrap();
-    assert_eq!(response.logprobs().len(), 3);
+    assert_eq!(response.logprobs().len(), 5);
     let enforced = response.enforced_tokens().unwrap();
     assert_eq!(
         enforced.to_json(),
-        json!({"tokens": [{"token": "a", "top_tokens": ["a"]}, {"token": "b", "top_tokens": null}]})
+        json!({"tokens": [
+            {"token": "a", "top_tokens": ["a"]},
+            {"token": "second", "top_tokens": ["x"]},
+            {"token": "b", "top_tokens": null},
+            {"token": "c", "top_tokens": null},
+            {"token": "d", "top_tokens": ["d"]},
+        ]})
     );
 }
 
@@ -284,4 +291,188 @@ fn truncated_and_corrupted_payloads_never_panic() {
             let _ = build_replay_request(&prompt, &corrupted);
         }
     }
+}
+
+// === Completions-format logprobs ===
+
+fn completions_logprobs(logprobs: Value) -> Result<CompletionResponse, serde_json::Error> {
+    CompletionResponse::from_json(&to_bytes(&json!({"choices": [{"logprobs": logprobs}]})))
+}
+
+fn top_pairs(position: &Logprob) -> Option<Vec<(&str, f64)>> {
+    let top = position.top_logprobs.as_ref()?;
+    Some(top.iter().map(|t| (t.token.as_str(), t.logprob)).collect())
+}
+
+#[test]
+fn completions_logprobs_become_positions_with_sorted_top_lists() {
+    let body = br#"{"choices": [{"logprobs": {
+        "tokens": ["1", "2", null, "4"],
+        "token_logprobs": [-0.5, null, -0.25],
+        "top_logprobs": [{"1": -0.5, "9": -1.5, "8": -1.5, "7": -0.75}, null, {"3": -0.25, "3": -0.125, "5": null}],
+        "text_offset": [0, 1, 2, 3]}}]}"#;
+    let response = CompletionResponse::from_json(body).unwrap();
+    let logprobs = response.logprobs();
+    let tokens: Vec<&str> = logprobs.iter().map(|p| p.token.as_str()).collect();
+    assert_eq!(tokens, ["1", "2", "", "4"]);
+    let values: Vec<f64> = logprobs.iter().map(|p| p.logprob).collect();
+    assert_eq!(values, [-0.5, 0.0, -0.25, 0.0]);
+    // Descending logprob, ties by token; a null map is an empty (not a missing) list; a
+    // duplicate key keeps its last value and a null logprob reads 0; no map, no list.
+    assert_eq!(
+        top_pairs(logprobs[0]),
+        Some(vec![("1", -0.5), ("7", -0.75), ("8", -1.5), ("9", -1.5)])
+    );
+    assert_eq!(top_pairs(logprobs[1]), Some(vec![]));
+    assert_eq!(top_pairs(logprobs[2]), Some(vec![("5", 0.0), ("3", -0.125)]));
+    assert_eq!(top_pairs(logprobs[3]), None);
+    // The plain original's rule then applies: a present but empty top list is invalid.
+    assert_eq!(response.enforced_tokens(), Err(InvalidInference::EmptyTopLogprobs));
+}
+
+#[test]
+fn completions_logprobs_enforce_and_score_like_the_chat_format() {
+    let chat = fixture_value(INFERENCE_INT4);
+    let content = chat["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let tokens: Vec<&Value> = content.iter().map(|p| &p["token"]).collect();
+    let logprobs: Vec<&Value> = content.iter().map(|p| &p["logprob"]).collect();
+    let tops: Vec<Map<String, Value>> = content
+        .iter()
+        .map(|p| {
+            let top = p["top_logprobs"].as_array().unwrap();
+            top.iter()
+                .map(|t| (t["token"].as_str().unwrap().to_owned(), t["logprob"].clone()))
+                .collect()
+        })
+        .collect();
+    let completions = completions_logprobs(
+        json!({"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops}),
+    )
+    .unwrap();
+    let chat = CompletionResponse::from_json(&to_bytes(&chat)).unwrap();
+    // The same positions, with each top list in the completions format's order.
+    let sorted: Vec<Logprob> = chat
+        .logprobs()
+        .into_iter()
+        .map(|position| {
+            let mut position = position.clone();
+            let top = position.top_logprobs.as_mut().unwrap();
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob).then_with(|| a.token.cmp(&b.token)));
+            position
+        })
+        .collect();
+    assert_eq!(completions.logprobs(), sorted.iter().collect::<Vec<_>>());
+    let validation = fixture(VALIDATION_FP8);
+    assert_eq!(
+        crate::scoring::compare_parsed(&completions, &validation),
+        crate::scoring::compare_parsed(&chat, &validation)
+    );
+    assert_eq!(completions.enforced_tokens().unwrap().tokens.len(), 100);
+}
+
+#[test]
+fn a_content_key_selects_the_chat_format() {
+    let chat = json!([position("1", json!([top("1", -1.0)]))]);
+    let response = completions_logprobs(json!({"content": chat, "tokens": 5})).unwrap();
+    let tokens: Vec<&str> = response.logprobs().iter().map(|p| p.token.as_str()).collect();
+    assert_eq!(tokens, ["1"], "the completions fields are not even type-checked");
+    let response = completions_logprobs(json!({"tokens": ["2"], "content": null})).unwrap();
+    assert!(response.logprobs().is_empty());
+    for empty in [json!({}), json!({"tokens": []}), json!({"tokens": null, "top_logprobs": [{}]})] {
+        let response = completions_logprobs(empty.clone()).unwrap();
+        assert!(response.logprobs().is_empty(), "{empty}");
+    }
+}
+
+#[test]
+fn malformed_logprobs_fail_the_parse_as_in_go() {
+    for bad in [
+        json!([]),
+        json!("x"),
+        json!(1),
+        json!({"tokens": [1]}),
+        json!({"tokens": "1"}),
+        json!({"tokens": ["1"], "token_logprobs": ["x"]}),
+        json!({"tokens": ["1"], "top_logprobs": [{"1": "x"}]}),
+        json!({"tokens": ["1"], "top_logprobs": [["1"]]}),
+        json!({"content": [{"token": 1}]}),
+        json!({"content": {}}),
+    ] {
+        assert!(completions_logprobs(bad.clone()).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn streamed_originals_read_completions_logprobs_too() {
+    let chunk = |token: &str| {
+        let logprobs =
+            json!({"tokens": [token], "token_logprobs": [-0.5], "top_logprobs": [{token: -0.5}]});
+        format!("data: {}", json!({"choices": [{"text": token, "logprobs": logprobs}]}))
+    };
+    let response =
+        CompletionResponse::from_payload(&streamed(vec![chunk("5"), chunk("6")])).unwrap();
+    let enforced = response.enforced_tokens().unwrap();
+    assert_eq!(
+        enforced.to_json(),
+        json!({"tokens": [{"token": "5", "top_tokens": ["5"]}, {"token": "6", "top_tokens": ["6"]}]})
+    );
+}
+
+// === Usage ===
+
+#[test]
+fn usage_of_a_plain_response_is_none_when_absent_or_zero() {
+    let usage = |usage: Value| {
+        CompletionResponse::from_json(&to_bytes(&json!({"choices": [], "usage": usage})))
+            .unwrap()
+            .usage()
+    };
+    assert_eq!(
+        usage(json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})),
+        Some(Usage { prompt_tokens: 12, completion_tokens: 5 })
+    );
+    assert_eq!(
+        usage(json!({"completion_tokens": 3})),
+        Some(Usage { prompt_tokens: 0, completion_tokens: 3 })
+    );
+    for none in [json!(null), json!({}), json!({"prompt_tokens": 0, "completion_tokens": null})] {
+        assert_eq!(usage(none.clone()), None, "{none}");
+    }
+    assert_eq!(CompletionResponse::from_json(b"{}").unwrap().usage(), None);
+    for bad in [json!({"prompt_tokens": -1}), json!({"prompt_tokens": 1.5}), json!("x")] {
+        let body = to_bytes(&json!({"usage": bad}));
+        assert!(CompletionResponse::from_json(&body).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn usage_of_a_streamed_response_is_its_first_usage_or_a_position_count() {
+    let positions = |n: usize| {
+        let content: Vec<Value> = (0..n).map(|i| position(&i.to_string(), Value::Null)).collect();
+        json!({"logprobs": {"content": content}})
+    };
+    let events = |chunks: Vec<Value>| {
+        streamed(chunks.into_iter().map(|chunk| format!("data: {chunk}")).collect())
+    };
+    let counted = events(vec![
+        json!({"choices": [positions(2), positions(7)]}),
+        json!({"choices": [{"logprobs": null}]}),
+        json!({"choices": [positions(3)], "usage": {"prompt_tokens": 0, "completion_tokens": 0}}),
+    ]);
+    assert_eq!(
+        CompletionResponse::from_payload(&counted).unwrap().usage(),
+        Some(Usage { prompt_tokens: 0, completion_tokens: 5 }),
+        "only the first choice of each chunk counts"
+    );
+    let reported = events(vec![
+        json!({"choices": [positions(2)]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
+        json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+    ]);
+    assert_eq!(
+        CompletionResponse::from_payload(&reported).unwrap().usage(),
+        Some(Usage { prompt_tokens: 9, completion_tokens: 2 })
+    );
+    let no_chunks = streamed(vec!["data: [DONE]".to_owned()]);
+    assert_eq!(CompletionResponse::from_payload(&no_chunks).unwrap().usage(), None);
 }
