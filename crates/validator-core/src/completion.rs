@@ -1,12 +1,13 @@
 //! The chat-completion format as validation reads and writes it: the executor's response payload,
 //! plain or streamed, and our ML node's answer ([`CompletionResponse`]), the tokens a replay must
-//! reproduce ([`EnforcedTokens`]) and the replay request built from the executor's prompt
-//! (DOMAIN.md 2.6, 6.3, 6.4).
+//! reproduce ([`EnforcedTokens`]) and the classic replay request built from the executor's prompt
+//! ([`classic_replay`], DOMAIN.md 2.6, 6.3, 6.4 and LIVE-NETWORK.md 2.2 item 5).
 //!
 //! It re-implements the parsing, logit extraction, usage and enforced tokens of upstream's
 //! `decentralized-api/completionapi` (gonka-ai/gonka, v0.2.14: `completionresponse.go`,
 //! `openai.go`) and the request body that `validateWithPayloads`
-//! (`decentralized-api/internal/validation/inference_validation.go`) sends for a replay.
+//! (`decentralized-api/internal/validation/inference_validation.go`) sends for a classic replay,
+//! written byte for byte as Go writes it ([`crate::go_json`]).
 //!
 //! Known differences from upstream's Go JSON decoding, none of which vLLM output triggers:
 //! - Only the fields scoring reads are type-checked; Go also rejects, say, a non-integer `bytes`.
@@ -15,7 +16,6 @@
 //!   match).
 //! - Invalid UTF-8 and lone surrogate escapes in strings are errors (Go substitutes U+FFFD).
 //! - Nesting deeper than 128 levels is an error (Go allows 10,000).
-//! - Prompt integers beyond 2^53 pass through exactly (Go rounds them through `float64`).
 
 use std::{cmp::Ordering, collections::HashMap, fmt};
 
@@ -24,6 +24,8 @@ use serde::{
     Deserialize, Deserializer,
 };
 use serde_json::{Map, Value};
+
+use crate::go_json;
 
 // === Error ===
 
@@ -52,6 +54,31 @@ pub enum InvalidInference {
     /// A streamed response from which not a single token could be taken.
     #[error("streamed response has no tokens")]
     NoTokens,
+    /// Classic path: an enforced token of the original is not a token id (a non-negative decimal
+    /// integer): the executor sent decoded text where `return_token_ids` gives ids.
+    #[error("enforced token {position} is not a token id: {token:?}")]
+    NonNumericToken {
+        /// The position among the enforced tokens.
+        position: usize,
+        /// The token, cut to its first [`MAX_TOKEN_EXCERPT`] characters.
+        token: String,
+    },
+    /// Classic path: a top token of the original is not a token id.
+    #[error("a top token of enforced token {position} is not a token id: {token:?}")]
+    NonNumericTopToken {
+        /// The position among the enforced tokens.
+        position: usize,
+        /// The top token, cut to its first [`MAX_TOKEN_EXCERPT`] characters.
+        token: String,
+    },
+}
+
+/// How much of an offending token an [`InvalidInference`] quotes: enough to recognise it, while
+/// an executor cannot fill the logs with one.
+pub const MAX_TOKEN_EXCERPT: usize = 32;
+
+fn excerpt(token: &str) -> String {
+    token.chars().take(MAX_TOKEN_EXCERPT).collect()
 }
 
 // === Parsed responses ===
@@ -283,32 +310,114 @@ fn nil_if_empty(items: Vec<Value>) -> Value {
     }
 }
 
-// === Replay request ===
+// === Classic replay ===
 
-/// Builds the body of the replay request from the executor's prompt and response payloads
-/// (DOMAIN.md 2.6 steps 2-5): the prompt object with `enforced_tokens` added, `stream` and
-/// `skip_special_tokens` set to false and `stream_options` removed. Every other field is kept.
+/// The token an executor's API node writes when the inference failed on its side: such an
+/// original is replayed without enforced tokens, to see whether the prompt can be served.
+pub const EMPTY_SENTINEL: &str = "<EMPTY>";
+
+/// What the classic path forces on a replay of an original (LIVE-NETWORK.md 2.2 item 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassicEnforcement {
+    /// Force these tokens; every token and top token is a token id.
+    Tokens(EnforcedTokens),
+    /// A token of the original is [`EMPTY_SENTINEL`]: replay with nothing forced. A successful
+    /// answer then means the executor failed a servable prompt: an invalid inference.
+    EmptySentinel,
+}
+
+impl ClassicEnforcement {
+    /// Whether the original carried [`EMPTY_SENTINEL`].
+    pub fn is_empty_sentinel(&self) -> bool {
+        matches!(self, Self::EmptySentinel)
+    }
+}
+
+/// The classic checks of an original, in upstream's order: its enforced tokens
+/// ([`CompletionResponse::enforced_tokens`]); then [`ClassicEnforcement::EmptySentinel`] when
+/// any token is [`EMPTY_SENTINEL`]; otherwise every token and top token must be a token id
+/// ([`is_token_id`]), or the inference is invalid.
+pub fn classic_enforcement(
+    original: &CompletionResponse,
+) -> Result<ClassicEnforcement, InvalidInference> {
+    let enforced = original.enforced_tokens()?;
+    if enforced.tokens.iter().any(|enforced| enforced.token == EMPTY_SENTINEL) {
+        return Ok(ClassicEnforcement::EmptySentinel);
+    }
+    for (position, enforced) in enforced.tokens.iter().enumerate() {
+        if !is_token_id(&enforced.token) {
+            return Err(InvalidInference::NonNumericToken {
+                position,
+                token: excerpt(&enforced.token),
+            });
+        }
+        if let Some(top) = enforced.top_tokens.iter().find(|top| !is_token_id(top)) {
+            return Err(InvalidInference::NonNumericTopToken { position, token: excerpt(top) });
+        }
+    }
+    Ok(ClassicEnforcement::Tokens(enforced))
+}
+
+/// Whether `token` is a token id as upstream tests it: Go's `strconv.Atoi` on a 64-bit platform
+/// accepts it (an optional sign, then ASCII digits, within `i64`) and the value is not negative.
+/// So `+12`, `007` and `-0` pass; `-1`, `1.5`, ` 1`, `1_0` and the empty string do not.
+pub fn is_token_id(token: &str) -> bool {
+    // Rust's integer parsing takes exactly the syntax `Atoi` takes in base 10.
+    token.parse::<i64>().is_ok_and(|id| id >= 0)
+}
+
+/// A classic replay request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassicReplay {
+    /// The JSON body to post to the ML node.
+    pub body: Vec<u8>,
+    /// The original carried [`EMPTY_SENTINEL`], so nothing is forced: a successful answer makes
+    /// the inference invalid, while a 400 or 422 stays the usual pass.
+    pub empty_sentinel: bool,
+}
+
+/// Builds the classic replay request, upstream's `validateWithPayloads` (DOMAIN.md 2.6 steps 2-5
+/// and LIVE-NETWORK.md 2.2 item 5): the prompt object with `stream` and `skip_special_tokens`
+/// set to false, `stream_options` removed and `enforced_tokens` set from
+/// [`classic_enforcement`] (removed for an [`EMPTY_SENTINEL`] original). Every other field is
+/// kept. The body is written as Go's `json.Marshal` writes it.
 ///
-/// Keys come out sorted, as Go's `json.Marshal` writes a map (unless serde_json's
-/// `preserve_order` feature is on, in which case the prompt's order is kept; the ML node does not
-/// care either way).
+/// An unusable prompt or original is an [`InvalidInference`]; the prompt is checked first.
+pub fn classic_replay(
+    prompt: &[u8],
+    original: &CompletionResponse,
+) -> Result<ClassicReplay, InvalidInference> {
+    classic_body(parse_prompt(prompt)?, original)
+}
+
+/// [`classic_replay`] from the raw response payload.
 pub fn build_replay_request(
     prompt: &[u8],
     original_response: &[u8],
-) -> Result<Vec<u8>, InvalidInference> {
+) -> Result<ClassicReplay, InvalidInference> {
     // Upstream checks the prompt before the response; keep that order for the reported reason.
-    let prompt = parse_prompt(prompt)?;
-    let original = CompletionResponse::from_payload(original_response)?;
-    replay_body(prompt, &original)
+    let request = parse_prompt(prompt)?;
+    classic_body(request, &CompletionResponse::from_payload(original_response)?)
 }
 
-/// [`build_replay_request`] for an original response that is already parsed, so that the engine
-/// can keep it for [`compare_parsed`](crate::scoring::compare_parsed).
-pub fn build_replay_request_parsed(
-    prompt: &[u8],
+fn classic_body(
+    mut request: Map<String, Value>,
     original: &CompletionResponse,
-) -> Result<Vec<u8>, InvalidInference> {
-    replay_body(parse_prompt(prompt)?, original)
+) -> Result<ClassicReplay, InvalidInference> {
+    let enforcement = classic_enforcement(original)?;
+    let empty_sentinel = enforcement.is_empty_sentinel();
+    match enforcement {
+        ClassicEnforcement::Tokens(enforced) => {
+            request.insert("enforced_tokens".to_owned(), enforced.to_json());
+        }
+        ClassicEnforcement::EmptySentinel => {
+            request.remove("enforced_tokens");
+        }
+    }
+    request.insert("stream".to_owned(), Value::Bool(false));
+    request.insert("skip_special_tokens".to_owned(), Value::Bool(false));
+    request.remove("stream_options");
+    Ok(ClassicReplay { body: go_json::marshal(&Value::Object(request)), empty_sentinel })
 }
 
 fn parse_prompt(prompt: &[u8]) -> Result<Map<String, Value>, InvalidInference> {
@@ -316,20 +425,6 @@ fn parse_prompt(prompt: &[u8]) -> Result<Map<String, Value>, InvalidInference> {
         serde_json::from_slice(prompt).map_err(|err| InvalidInference::Prompt(err.to_string()))?;
     // Upstream decodes `null` into a nil map and then panics writing to it; refuse it instead.
     prompt.ok_or_else(|| InvalidInference::Prompt("null".to_owned()))
-}
-
-fn replay_body(
-    mut request: Map<String, Value>,
-    original: &CompletionResponse,
-) -> Result<Vec<u8>, InvalidInference> {
-    let enforced = original.enforced_tokens()?;
-    request.insert("enforced_tokens".to_owned(), enforced.to_json());
-    request.insert("stream".to_owned(), Value::Bool(false));
-    request.insert("skip_special_tokens".to_owned(), Value::Bool(false));
-    request.remove("stream_options");
-    // Writing a `Value` into a `String` cannot fail: every key is a string and the writer is
-    // infallible.
-    Ok(Value::Object(request).to_string().into_bytes())
 }
 
 // === Wire format ===

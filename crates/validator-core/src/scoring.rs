@@ -13,7 +13,7 @@ use std::{borrow::Borrow, cmp::Ordering, collections::HashMap, fmt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::completion::{CompletionResponse, InvalidInference, Logprob, TopLogprob};
+use crate::completion::{self, CompletionResponse, InvalidInference, Logprob, TopLogprob};
 
 /// Above this similarity upstream logs a local success. It is only logged: the chain applies the
 /// model's own threshold to the submitted value.
@@ -125,8 +125,9 @@ pub enum ScoringError {
     /// Our ML node's answer carries no logprobs.
     #[error("validation response has no logprobs")]
     NoValidationLogprobs,
-    /// The original payload itself is unusable. Only [`compare`] on raw bytes reaches this, as the
-    /// engine parses the original before replaying; it is the executor's fault, not ours.
+    /// The original payload itself is unusable. Only [`compare`] and [`score_classic`] on raw
+    /// bytes reach this, as the engine checks the original before replaying; it is the executor's
+    /// fault, not ours.
     #[error(transparent)]
     Original(#[from] InvalidInference),
 }
@@ -226,6 +227,32 @@ pub fn compare_parsed(
         return Err(ScoringError::NoValidationLogprobs);
     }
     Ok(compare_logprobs(&original, &validation))
+}
+
+/// Scores our ML node's successful (2xx) answer to a classic replay, as upstream's
+/// `validateWithPayloads` does: an [`completion::EMPTY_SENTINEL`] original
+/// (`empty_sentinel`, from [`completion::ClassicReplay`]) is an invalid inference, since the
+/// prompt the executor failed was servable; otherwise [`compare_parsed`].
+pub fn score_classic_answer(
+    original: &CompletionResponse,
+    empty_sentinel: bool,
+    answer: &[u8],
+) -> Result<Score, ScoringError> {
+    if empty_sentinel {
+        return Ok(Score::invalid_inference());
+    }
+    compare_parsed(original, answer)
+}
+
+/// The classic path's checks and score of an executor's response payload against our ML node's
+/// successful answer, without the prompt: the original parsed
+/// ([`CompletionResponse::from_payload`]), the classic checks ([`completion::classic_enforcement`],
+/// a failure being [`ScoringError::Original`]), then [`score_classic_answer`]. The engine runs
+/// the same functions around its replay.
+pub fn score_classic(original_response: &[u8], answer: &[u8]) -> Result<Score, ScoringError> {
+    let original = CompletionResponse::from_payload(original_response)?;
+    let enforcement = completion::classic_enforcement(&original)?;
+    score_classic_answer(&original, enforcement.is_empty_sentinel(), answer)
 }
 
 /// Compares two lists of positions: upstream's `CompareLogits`.

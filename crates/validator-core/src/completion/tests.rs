@@ -51,14 +51,15 @@ fn prompt() -> Value {
 }
 
 fn replay(prompt: &Value, original: &[u8]) -> Map<String, Value> {
-    let body = build_replay_request(&to_bytes(prompt), original).unwrap();
-    serde_json::from_slice(&body).unwrap()
+    let replay = build_replay_request(&to_bytes(prompt), original).unwrap();
+    assert!(!replay.empty_sentinel);
+    serde_json::from_slice(&replay.body).unwrap()
 }
 
 #[test]
 fn replay_body_keeps_the_prompt_and_forces_the_original_tokens() {
     let prompt = prompt();
-    let body = replay(&prompt, &fixture(INFERENCE));
+    let body = replay(&prompt, &fixture_ids(INFERENCE));
 
     for (key, value) in prompt.as_object().unwrap() {
         match key.as_str() {
@@ -69,7 +70,7 @@ fn replay_body_keeps_the_prompt_and_forces_the_original_tokens() {
     }
     assert_eq!(body.len(), prompt.as_object().unwrap().len());
 
-    let mut original = fixture_value(INFERENCE);
+    let mut original = fixture_ids_value(INFERENCE);
     let expected: Vec<Value> = content_mut(&mut original)
         .iter()
         .map(|p| {
@@ -80,44 +81,43 @@ fn replay_body_keeps_the_prompt_and_forces_the_original_tokens() {
         .collect();
     assert_eq!(expected.len(), 100);
     assert_eq!(body["enforced_tokens"], json!({ "tokens": expected }));
-    assert_eq!(
-        body["enforced_tokens"]["tokens"][0],
-        json!({"token": "Okay", "top_tokens": ["Okay", "Alright", "First"]})
-    );
+    let okay = ["Okay", "Alright", "First"].map(token_id);
+    assert_eq!(body["enforced_tokens"]["tokens"][0], json!({"token": okay[0], "top_tokens": okay}));
 }
 
 #[test]
 fn replay_body_replaces_an_existing_enforced_tokens_field() {
     let mut prompt = prompt();
     prompt["enforced_tokens"] = json!("stale");
-    let original = plain(vec![position("a", json!([top("a", -1.0)]))]);
+    let original = plain(vec![position("7", json!([top("7", -1.0)]))]);
     let body = replay(&prompt, &original);
-    assert_eq!(body["enforced_tokens"], json!({"tokens": [{"token": "a", "top_tokens": ["a"]}]}));
+    assert_eq!(body["enforced_tokens"], json!({"tokens": [{"token": "7", "top_tokens": ["7"]}]}));
 }
 
 #[test]
 fn replay_body_from_parsed_original_is_the_same() {
-    let original = fixture(INFERENCE_INT4);
+    let original = fixture_ids(INFERENCE_INT4);
     let parsed = CompletionResponse::from_payload(&original).unwrap();
     let prompt = to_bytes(&prompt());
     assert_eq!(
-        build_replay_request_parsed(&prompt, &parsed).unwrap(),
+        classic_replay(&prompt, &parsed).unwrap(),
         build_replay_request(&prompt, &original).unwrap()
     );
 }
 
 #[test]
 fn positions_without_top_logprobs_are_skipped() {
+    // Skipped positions are not enforced, so their tokens are not checked for ids either.
     let original = plain(vec![
-        position("a", json!([top("a", -1.0), top("b", -2.0)])),
+        position("1", json!([top("1", -1.0), top("2", -2.0)])),
         position("skipped", Value::Null),
         json!({"token": "absent", "logprob": -1.0}),
-        position("c", json!([top("c", -1.0)])),
+        position("3", json!([top("3", -1.0)])),
     ]);
     let body = replay(&prompt(), &original);
     let expected = json!({"tokens": [
-        {"token": "a", "top_tokens": ["a", "b"]},
-        {"token": "c", "top_tokens": ["c"]},
+        {"token": "1", "top_tokens": ["1", "2"]},
+        {"token": "3", "top_tokens": ["3"]},
     ]});
     assert_eq!(body["enforced_tokens"], expected);
 }
@@ -209,7 +209,7 @@ fn prompt_must_be_a_json_object() {
 #[test]
 fn streamed_original_enforces_the_same_tokens_as_the_plain_one() {
     let prompt = to_bytes(&prompt());
-    let from_plain = build_replay_request(&prompt, &fixture(INFERENCE_INT4)).unwrap();
+    let from_plain = build_replay_request(&prompt, &fixture_ids(INFERENCE_INT4)).unwrap();
     let from_streamed =
         build_replay_request(&prompt, &streamed_from_plain(INFERENCE_INT4)).unwrap();
     assert_eq!(from_streamed, from_plain);
@@ -269,10 +269,14 @@ fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
 
 #[test]
 fn huge_numbers_are_handled() {
-    let original = fixture(INFERENCE);
+    let original = fixture_ids(INFERENCE);
     let prompt = br#"{"model": "m", "seed": 123456789012345678901234567890, "max_tokens": 1e308}"#;
-    let body: Map<String, Value> =
-        serde_json::from_slice(&build_replay_request(prompt, &original).unwrap()).unwrap();
+    let replay = build_replay_request(prompt, &original).unwrap();
+    let text = String::from_utf8(replay.body.clone()).unwrap();
+    // Go reads every prompt number as a float64 and writes it back in its own format.
+    assert!(text.contains(r#""seed":1.2345678901234568e+29"#), "{text}");
+    assert!(text.contains(r#""max_tokens":1e+308"#), "{text}");
+    let body: Map<String, Value> = serde_json::from_slice(&replay.body).unwrap();
     assert_eq!(body["max_tokens"], json!(1e308));
     assert!(matches!(
         build_replay_request(br#"{"seed": 1e400}"#, &original),
@@ -283,7 +287,7 @@ fn huge_numbers_are_handled() {
 #[test]
 fn truncated_and_corrupted_payloads_never_panic() {
     let prompt = to_bytes(&prompt());
-    for payload in [fixture(INFERENCE_INT4), streamed_from_plain(INFERENCE_INT4)] {
+    for payload in [fixture_ids(INFERENCE_INT4), streamed_from_plain(INFERENCE_INT4)] {
         for truncated in truncations(&payload) {
             assert!(build_replay_request(&prompt, truncated).is_err());
         }
@@ -475,4 +479,119 @@ fn usage_of_a_streamed_response_is_its_first_usage_or_a_position_count() {
     );
     let no_chunks = streamed(vec!["data: [DONE]".to_owned()]);
     assert_eq!(CompletionResponse::from_payload(&no_chunks).unwrap().usage(), None);
+}
+
+// === Classic checks ===
+
+#[test]
+fn token_ids_follow_go_atoi() {
+    for id in ["0", "7", "007", "+12", "-0", "151643", "9223372036854775807", "+0"] {
+        assert!(is_token_id(id), "{id:?}");
+    }
+    for text in [
+        "",
+        "-1",
+        "1.5",
+        "abc",
+        "+",
+        "-",
+        " 1",
+        "1 ",
+        "1_000",
+        "0x10",
+        "1e3",
+        "９",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "Okay",
+        "<EMPTY>",
+        "++1",
+    ] {
+        assert!(!is_token_id(text), "{text:?}");
+    }
+}
+
+#[test]
+fn classic_replay_refuses_text_tokens() {
+    let prompt = to_bytes(&prompt());
+    assert_eq!(
+        build_replay_request(&prompt, &fixture(INFERENCE)),
+        Err(InvalidInference::NonNumericToken { position: 0, token: "Okay".into() })
+    );
+    let top_text = plain(vec![
+        position("12", json!([top("12", -1.0)])),
+        position("13", json!([top("13", -1.0), top("-1", -2.0)])),
+    ]);
+    assert_eq!(
+        build_replay_request(&prompt, &top_text),
+        Err(InvalidInference::NonNumericTopToken { position: 1, token: "-1".into() })
+    );
+    let long = "x".repeat(1000);
+    let long_token = plain(vec![position(&long, json!([top(&long, -1.0)]))]);
+    let Err(InvalidInference::NonNumericToken { token, .. }) =
+        build_replay_request(&prompt, &long_token)
+    else {
+        panic!("accepted")
+    };
+    assert_eq!(token.chars().count(), MAX_TOKEN_EXCERPT);
+}
+
+#[test]
+fn an_empty_sentinel_original_is_replayed_without_enforced_tokens() {
+    let mut prompt = prompt();
+    prompt["enforced_tokens"] = json!({"tokens": []});
+    // The sentinel is looked for first: the text tokens beside it are not checked.
+    let original = plain(vec![
+        position("Okay", json!([top("Okay", -1.0)])),
+        position(EMPTY_SENTINEL, json!([top(EMPTY_SENTINEL, -1.0)])),
+    ]);
+    let replay = build_replay_request(&to_bytes(&prompt), &original).unwrap();
+    assert!(replay.empty_sentinel);
+    let body: Map<String, Value> = serde_json::from_slice(&replay.body).unwrap();
+    assert!(!body.contains_key("enforced_tokens"));
+    assert_eq!(body["stream"], json!(false));
+    assert_eq!(body["skip_special_tokens"], json!(false));
+    assert!(!body.contains_key("stream_options"));
+    let parsed = CompletionResponse::from_payload(&original).unwrap();
+    assert_eq!(classic_enforcement(&parsed), Ok(ClassicEnforcement::EmptySentinel));
+
+    // Only a chosen token counts as the sentinel.
+    let in_top = plain(vec![position("5", json!([top("5", -1.0), top(EMPTY_SENTINEL, -2.0)]))]);
+    assert_eq!(
+        build_replay_request(&to_bytes(&prompt), &in_top),
+        Err(InvalidInference::NonNumericTopToken { position: 0, token: EMPTY_SENTINEL.into() })
+    );
+}
+
+#[test]
+fn a_streamed_original_whose_last_chunk_has_empty_logprobs_is_invalid() {
+    let mut events = match fixture_value_streamed(INFERENCE_INT4) {
+        Value::Object(mut envelope) => envelope.remove("events").unwrap(),
+        other => panic!("{other}"),
+    };
+    let events = events.as_array_mut().unwrap();
+    let done = events.pop().unwrap();
+    let last = json!({"choices": [{"index": 0, "delta": {}, "logprobs": {"content": []}, "finish_reason": "stop"}]});
+    events.push(json!(format!("data: {last}")));
+    events.push(done);
+    let payload = to_bytes(&json!({ "events": events }));
+    let original = CompletionResponse::from_payload(&payload).unwrap();
+    assert_eq!(original.logprobs().len(), 100);
+    assert_eq!(classic_enforcement(&original), Err(InvalidInference::EmptyLogprobsContent));
+}
+
+fn fixture_value_streamed(name: &str) -> Value {
+    serde_json::from_slice(&streamed_from_plain(name)).unwrap()
+}
+
+#[test]
+fn the_classic_body_is_written_as_go_writes_it() {
+    let prompt = br#"{"model":"m","messages":[{"role":"user","content":"a<b> & \u2028"}],"seed":42,
+        "temperature":0.7,"stream":true,"stream_options":{"include_usage":true},"max_tokens":100.0}"#;
+    let original = plain(vec![position("15", json!([top("15", -0.5), top("16", -1.5)]))]);
+    let replay = build_replay_request(prompt, &original).unwrap();
+    assert_eq!(
+        String::from_utf8(replay.body).unwrap(),
+        r#"{"enforced_tokens":{"tokens":[{"token":"15","top_tokens":["15","16"]}]},"max_tokens":100,"messages":[{"content":"a\u003cb\u003e \u0026 \u2028","role":"user"}],"model":"m","seed":42,"skip_special_tokens":false,"stream":false,"temperature":0.7}"#
+    );
 }

@@ -1,7 +1,7 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::completion::fixtures::*;
+use crate::completion::{fixtures::*, EMPTY_SENTINEL};
 
 fn score(original: &[u8], validation: &[u8]) -> Score {
     compare(original, validation).unwrap()
@@ -225,11 +225,11 @@ fn verdicts_serialize_in_snake_case() {
 #[test]
 fn streamed_original_scores_like_the_plain_one() {
     let streamed = CompletionResponse::from_payload(&streamed_from_plain(INFERENCE_INT4)).unwrap();
-    let plain = CompletionResponse::from_payload(&fixture(INFERENCE_INT4)).unwrap();
+    let plain = CompletionResponse::from_payload(&fixture_ids(INFERENCE_INT4)).unwrap();
     assert!(streamed.is_streamed());
     assert!(!plain.is_streamed());
     assert_eq!(streamed.logprobs(), plain.logprobs());
-    let validation = fixture(VALIDATION_FP8);
+    let validation = fixture_ids(VALIDATION_FP8);
     assert_eq!(compare_parsed(&streamed, &validation), compare_parsed(&plain, &validation));
 }
 
@@ -325,4 +325,30 @@ fn truncated_and_corrupted_payloads_never_panic() {
             }
         }
     }
+}
+
+// === Classic path ===
+
+#[test]
+fn token_ids_score_exactly_as_the_texts_they_stand_for() {
+    let score = score_classic(&fixture_ids(INFERENCE_INT4), &fixture_ids(VALIDATION_FP8)).unwrap();
+    assert_eq!(score, compare(&fixture(INFERENCE_INT4), &fixture(VALIDATION_FP8)).unwrap());
+    assert_eq!(score.value.to_bits(), 0.966_889_424_668_501_8_f64.to_bits());
+}
+
+#[test]
+fn the_classic_score_runs_the_classic_checks_first() {
+    assert_eq!(
+        score_classic(&fixture(INFERENCE_INT4), &fixture(VALIDATION_FP8)),
+        Err(ScoringError::Original(InvalidInference::NonNumericToken {
+            position: 0,
+            token: "Okay".into()
+        }))
+    );
+    let sentinel = plain(vec![position(EMPTY_SENTINEL, json!([top(EMPTY_SENTINEL, -1.0)]))]);
+    assert_eq!(score_classic(&sentinel, &fixture(VALIDATION)), Ok(Score::invalid_inference()));
+    let parsed = CompletionResponse::from_payload(&fixture_ids(INFERENCE_INT4)).unwrap();
+    let answer = fixture_ids(VALIDATION_FP8);
+    assert_eq!(score_classic_answer(&parsed, true, &answer), Ok(Score::invalid_inference()));
+    assert_eq!(score_classic_answer(&parsed, false, &answer), compare_parsed(&parsed, &answer));
 }
