@@ -1,13 +1,17 @@
 //! The chat-completion format as validation reads and writes it: the executor's response payload,
 //! plain or streamed, and our ML node's answer ([`CompletionResponse`]), the tokens a replay must
-//! reproduce ([`EnforcedTokens`]) and the classic replay request built from the executor's prompt
-//! ([`classic_replay`], DOMAIN.md 2.6, 6.3, 6.4 and LIVE-NETWORK.md 2.2 item 5).
+//! reproduce ([`EnforcedTokens`]) and the replay requests built from the executor's prompt: the
+//! classic one ([`classic_replay`], DOMAIN.md 2.6, 6.3, 6.4 and LIVE-NETWORK.md 2.2 item 5) and
+//! the devshard one ([`build_devshard_replay`], LIVE-NETWORK.md 2.2 item 2).
 //!
 //! It re-implements the parsing, logit extraction, usage and enforced tokens of upstream's
 //! `decentralized-api/completionapi` (gonka-ai/gonka, v0.2.14: `completionresponse.go`,
-//! `openai.go`) and the request body that `validateWithPayloads`
+//! `openai.go`), the request body that `validateWithPayloads`
 //! (`decentralized-api/internal/validation/inference_validation.go`) sends for a classic replay,
-//! written byte for byte as Go writes it ([`crate::go_json`]).
+//! and the one devshard's `BuildValidationBody` (`decentralized-api/internal/devshard`) builds
+//! with `ModifyRequestBodyWithLogprobsMode` (`completionapi/request.go`,
+//! `request_validation.go`). Request bodies are written byte for byte as Go writes them
+//! ([`crate::go_json`]).
 //!
 //! Known differences from upstream's Go JSON decoding, none of which vLLM output triggers:
 //! - Only the fields scoring reads are type-checked; Go also rejects, say, a non-integer `bytes`.
@@ -26,6 +30,8 @@ use serde::{
 use serde_json::{Map, Value};
 
 use crate::go_json;
+
+mod messages;
 
 // === Error ===
 
@@ -71,6 +77,10 @@ pub enum InvalidInference {
         /// The top token, cut to its first [`MAX_TOKEN_EXCERPT`] characters.
         token: String,
     },
+    /// Devshard path: the prompt's `messages` are not OpenAI chat messages (roles, tool calls,
+    /// content as a non-empty string or an array of typed parts).
+    #[error("prompt messages are refused: {0}")]
+    Messages(String),
 }
 
 /// How much of an offending token an [`InvalidInference`] quotes: enough to recognise it, while
@@ -425,6 +435,89 @@ fn parse_prompt(prompt: &[u8]) -> Result<Map<String, Value>, InvalidInference> {
         serde_json::from_slice(prompt).map_err(|err| InvalidInference::Prompt(err.to_string()))?;
     // Upstream decodes `null` into a nil map and then panics writing to it; refuse it instead.
     prompt.ok_or_else(|| InvalidInference::Prompt("null".to_owned()))
+}
+
+// === Devshard replay ===
+
+/// The `max_tokens` a request without one is served with: upstream's
+/// `calculations.DefaultMaxTokens`.
+pub const DEFAULT_MAX_TOKENS: i64 = 5000;
+
+/// The `top_logprobs` every devshard replay asks for (see [`build_devshard_replay`]).
+pub const REPLAY_TOP_LOGPROBS: i64 = 5;
+
+/// Builds the devshard replay request (LIVE-NETWORK.md 2.2 item 2), byte for byte as upstream's
+/// `BuildValidationBody` writes it: the prompt object (a chat request) as
+/// `ModifyRequestBodyWithLogprobsMode` rewrites it, then with the original's enforced tokens.
+///
+/// - `messages` must be OpenAI chat messages, else [`InvalidInference::Messages`];
+/// - `logprobs` becomes true when absent, null or false (any other value is kept);
+/// - `top_logprobs` becomes [`REPLAY_TOP_LOGPROBS`], always: upstream keeps the prompt's value
+///   only when it decoded as a Go `int`, which a JSON number never does;
+/// - `max_tokens` and `max_completion_tokens` both become the prompt's `max_tokens`, else its
+///   `max_completion_tokens` (the first that is a number, truncated to an integer), else
+///   [`DEFAULT_MAX_TOKENS`];
+/// - `skip_special_tokens` false, `return_token_ids` true;
+/// - `seed` the inference id cast to `i32` (wrapping, as Go's `int32(id)`) when the prompt has no
+///   `seed` key (a null seed is kept);
+/// - `logprobs_mode` set to `logprobs_mode` unless that is empty;
+/// - `enforced_tokens` from [`CompletionResponse::enforced_tokens`], `stream` false,
+///   `stream_options` removed.
+///
+/// None of the classic-only checks ([`classic_enforcement`]) apply here.
+pub fn build_devshard_replay(
+    prompt: &[u8],
+    original: &CompletionResponse,
+    inference_id: u64,
+    logprobs_mode: &str,
+) -> Result<Vec<u8>, InvalidInference> {
+    let mut request = parse_prompt(prompt)?;
+    messages::check(&request).map_err(InvalidInference::Messages)?;
+    if matches!(request.get("logprobs"), None | Some(Value::Null | Value::Bool(false))) {
+        request.insert("logprobs".to_owned(), Value::Bool(true));
+    }
+    request.insert("top_logprobs".to_owned(), Value::from(REPLAY_TOP_LOGPROBS));
+    let max_tokens = Value::from(max_tokens(&request));
+    request.insert("max_tokens".to_owned(), max_tokens.clone());
+    request.insert("max_completion_tokens".to_owned(), max_tokens);
+    request.insert("skip_special_tokens".to_owned(), Value::Bool(false));
+    request.insert("return_token_ids".to_owned(), Value::Bool(true));
+    if !request.contains_key("seed") {
+        // Go's `int32(id)`: the low 32 bits, read as signed.
+        request.insert("seed".to_owned(), Value::from(inference_id as i32));
+    }
+    if !logprobs_mode.is_empty() {
+        request.insert("logprobs_mode".to_owned(), Value::String(logprobs_mode.to_owned()));
+    }
+    let enforced = original.enforced_tokens()?;
+    request.insert("enforced_tokens".to_owned(), enforced.to_json());
+    request.insert("stream".to_owned(), Value::Bool(false));
+    request.remove("stream_options");
+    Ok(go_json::marshal(&Value::Object(request)))
+}
+
+/// Upstream's `getMaxTokens`: the first of `max_tokens` and `max_completion_tokens` that is a
+/// number, converted as Go's `int(float64)`; else [`DEFAULT_MAX_TOKENS`].
+fn max_tokens(request: &Map<String, Value>) -> i64 {
+    ["max_tokens", "max_completion_tokens"]
+        .into_iter()
+        .find_map(|key| match request.get(key) {
+            Some(Value::Number(number)) => Some(go_int(number.as_f64().unwrap_or(f64::NAN))),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_MAX_TOKENS)
+}
+
+/// Go's `int(x)` for a `float64` on amd64: truncation towards zero, and `i64::MIN` for NaN and
+/// for values outside `i64` (the `CVTTSD2SQ` instruction's answer; Rust's `as` saturates
+/// instead, as Go on arm64 does).
+fn go_int(x: f64) -> i64 {
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    if x.is_nan() || !(-TWO_POW_63..TWO_POW_63).contains(&x) {
+        i64::MIN
+    } else {
+        x as i64
+    }
 }
 
 // === Wire format ===

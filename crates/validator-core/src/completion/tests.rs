@@ -595,3 +595,268 @@ fn the_classic_body_is_written_as_go_writes_it() {
         r#"{"enforced_tokens":{"tokens":[{"token":"15","top_tokens":["15","16"]}]},"max_tokens":100,"messages":[{"content":"a\u003cb\u003e \u0026 \u2028","role":"user"}],"model":"m","seed":42,"skip_special_tokens":false,"stream":false,"temperature":0.7}"#
     );
 }
+
+// === Devshard replay ===
+
+fn devshard(prompt: &Value, original: &[u8], id: u64, mode: &str) -> Map<String, Value> {
+    let original = CompletionResponse::from_payload(original).unwrap();
+    let body = build_devshard_replay(&to_bytes(prompt), &original, id, mode).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn small_original() -> Vec<u8> {
+    plain(vec![position("15", json!([top("15", -0.5), top("16", -1.5)]))])
+}
+
+#[test]
+fn the_devshard_body_is_written_as_go_writes_it() {
+    let prompt = br#"{"model":"m","messages":[{"role":"user","content":"a<b> & \u2028"}],"seed":42,
+        "temperature":0.7,"stream":true,"stream_options":{"include_usage":true},"max_tokens":100.0}"#;
+    let original = CompletionResponse::from_payload(&small_original()).unwrap();
+    let body = build_devshard_replay(prompt, &original, 7, "raw_logprobs").unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"enforced_tokens":{"tokens":[{"token":"15","top_tokens":["15","16"]}]},"logprobs":true,"logprobs_mode":"raw_logprobs","max_completion_tokens":100,"max_tokens":100,"messages":[{"content":"a\u003cb\u003e \u0026 \u2028","role":"user"}],"model":"m","return_token_ids":true,"seed":42,"skip_special_tokens":false,"stream":false,"temperature":0.7,"top_logprobs":5}"#
+    );
+}
+
+#[test]
+fn the_devshard_body_from_a_fixture_keeps_the_prompt_and_forces_every_position() {
+    let mut prompt = prompt();
+    prompt.as_object_mut().unwrap().remove("seed");
+    let body = devshard(&prompt, &fixture(INFERENCE), 1_742_626_074, "");
+    for (key, value) in prompt.as_object().unwrap() {
+        match key.as_str() {
+            "stream" | "skip_special_tokens" => assert_eq!(body[key], json!(false)),
+            "stream_options" => assert!(!body.contains_key(key)),
+            _ => assert_eq!(&body[key], value, "{key}"),
+        }
+    }
+    assert_eq!(body["seed"], json!(1_742_626_074));
+    assert_eq!(body["return_token_ids"], json!(true));
+    assert!(!body.contains_key("logprobs_mode"));
+    // The devshard path has no classic checks: text tokens are forced as they are.
+    let tokens = body["enforced_tokens"]["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 100);
+    assert_eq!(tokens[0], json!({"token": "Okay", "top_tokens": ["Okay", "Alright", "First"]}));
+}
+
+#[test]
+fn devshard_logprobs_are_switched_on_unless_set_to_something_else() {
+    let original = small_original();
+    for (given, expected) in [
+        (None, json!(true)),
+        (Some(json!(null)), json!(true)),
+        (Some(json!(false)), json!(true)),
+        (Some(json!(true)), json!(true)),
+        (Some(json!("yes")), json!("yes")),
+        (Some(json!(0)), json!(0)),
+    ] {
+        let mut prompt = json!({"model": "m"});
+        if let Some(given) = &given {
+            prompt["logprobs"] = given.clone();
+        }
+        assert_eq!(devshard(&prompt, &original, 1, "")["logprobs"], expected, "{given:?}");
+    }
+}
+
+#[test]
+fn devshard_top_logprobs_are_always_five() {
+    // Upstream keeps the prompt's value only when it decoded as a Go `int`; JSON numbers decode
+    // as float64, so even 20 becomes 5.
+    let original = small_original();
+    for given in [
+        None,
+        Some(json!(3)),
+        Some(json!(5)),
+        Some(json!(20)),
+        Some(json!(true)),
+        Some(json!("x")),
+        Some(json!(null)),
+    ] {
+        let mut prompt = json!({"model": "m"});
+        if let Some(given) = &given {
+            prompt["top_logprobs"] = given.clone();
+        }
+        assert_eq!(devshard(&prompt, &original, 1, "")["top_logprobs"], json!(5), "{given:?}");
+    }
+}
+
+#[test]
+fn devshard_max_tokens_take_the_first_number_truncated_as_go_does() {
+    let original = small_original();
+    for (prompt, expected) in [
+        (json!({}), json!(5000)),
+        (json!({"max_tokens": 100.7}), json!(100)),
+        (json!({"max_tokens": -5.5}), json!(-5)),
+        (json!({"max_tokens": 0}), json!(0)),
+        (json!({"max_completion_tokens": 64}), json!(64)),
+        (json!({"max_tokens": 100, "max_completion_tokens": 64}), json!(100)),
+        (json!({"max_tokens": "100", "max_completion_tokens": 64}), json!(64)),
+        (json!({"max_tokens": null, "max_completion_tokens": 64.9}), json!(64)),
+        (json!({"max_tokens": [1], "max_completion_tokens": "64"}), json!(5000)),
+        // Out of int64 range: amd64's conversion answers the minimum, which upstream's second
+        // encoding writes as the float64 it decoded it into.
+        (json!({"max_tokens": 1e300}), json!(-9.223_372_036_854_776e18)),
+        (json!({"max_tokens": -1e19}), json!(-9.223_372_036_854_776e18)),
+        (json!({"max_tokens": 9.2e18}), json!(9_200_000_000_000_000_000_i64)),
+    ] {
+        let body = devshard(&prompt, &original, 1, "");
+        assert_eq!(body["max_tokens"], expected, "{prompt}");
+        assert_eq!(body["max_completion_tokens"], expected, "{prompt}");
+    }
+}
+
+#[test]
+fn devshard_seed_is_the_wrapped_inference_id_unless_the_prompt_has_one() {
+    let original = small_original();
+    let seed = |prompt: Value, id: u64| devshard(&prompt, &original, id, "")["seed"].clone();
+    assert_eq!(seed(json!({}), 7), json!(7));
+    assert_eq!(seed(json!({}), (1 << 32) + 7), json!(7));
+    assert_eq!(seed(json!({}), 1 << 31), json!(-2_147_483_648_i64));
+    assert_eq!(seed(json!({}), u64::MAX), json!(-1));
+    assert_eq!(seed(json!({"seed": 3}), 7), json!(3));
+    assert_eq!(seed(json!({"seed": null}), 7), json!(null), "a present key is kept");
+}
+
+#[test]
+fn devshard_logprobs_mode_is_set_only_when_given() {
+    let original = small_original();
+    let prompt = json!({"model": "m", "logprobs_mode": "processed_logprobs"});
+    assert_eq!(devshard(&prompt, &original, 1, "")["logprobs_mode"], json!("processed_logprobs"));
+    assert_eq!(
+        devshard(&prompt, &original, 1, "raw_logprobs")["logprobs_mode"],
+        json!("raw_logprobs")
+    );
+    assert!(!devshard(&json!({}), &original, 1, "").contains_key("logprobs_mode"));
+}
+
+#[test]
+fn devshard_replay_has_no_classic_checks_but_keeps_the_shared_ones() {
+    let sentinel = plain(vec![position(EMPTY_SENTINEL, json!([top("x", -1.0)]))]);
+    let body = devshard(&json!({}), &sentinel, 1, "");
+    assert_eq!(
+        body["enforced_tokens"],
+        json!({"tokens": [{"token": EMPTY_SENTINEL, "top_tokens": ["x"]}]})
+    );
+
+    let prompt = to_bytes(&json!({"model": "m"}));
+    let empty_top =
+        CompletionResponse::from_payload(&plain(vec![position("1", json!([]))])).unwrap();
+    assert_eq!(
+        build_devshard_replay(&prompt, &empty_top, 1, ""),
+        Err(InvalidInference::EmptyTopLogprobs)
+    );
+    let original = CompletionResponse::from_payload(&small_original()).unwrap();
+    for bad in [&b"null"[..], b"[]", b"{"] {
+        assert!(matches!(
+            build_devshard_replay(bad, &original, 1, ""),
+            Err(InvalidInference::Prompt(_))
+        ));
+    }
+    // The prompt is checked before the original.
+    assert!(matches!(
+        build_devshard_replay(br#"{"messages": 1}"#, &empty_top, 1, ""),
+        Err(InvalidInference::Messages(_))
+    ));
+}
+
+#[test]
+fn devshard_prompts_must_hold_chat_messages() {
+    let original = CompletionResponse::from_payload(&small_original()).unwrap();
+    let check = |messages: Value| {
+        let prompt = to_bytes(&json!({"model": "m", "messages": messages}));
+        build_devshard_replay(&prompt, &original, 1, "")
+    };
+    let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}});
+    let accepted = [
+        json!([]),
+        json!([{"role": "system", "content": "be brief"}, {"role": "developer", "content": "x"}, {"role": "user", "content": "hi"}]),
+        json!([{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "u"}}]}]),
+        json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+        json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [call("a"), call("b")]},
+            {"role": "tool", "tool_call_id": "b", "content": "2"},
+            {"role": "tool", "tool_call_id": "a", "content": [{"type": "text", "text": "1"}]},
+            {"role": "assistant", "content": "done", "name": "bot"},
+        ]),
+        json!([{"role": "assistant", "function_call": {"name": "f", "arguments": null}}, {"role": "function", "name": "f", "content": "r"}]),
+        json!([{"role": "user", "content": "hi", "name": "me", "extra": 1}]),
+    ];
+    for messages in accepted {
+        assert!(check(messages.clone()).is_ok(), "{messages}");
+    }
+    let user = |content: Value| json!([{"role": "user", "content": content}]);
+    let refused = [
+        json!(null),
+        json!("hi"),
+        json!({"role": "user"}),
+        json!([1]),
+        json!([{"content": "hi"}]),
+        json!([{"role": " ", "content": "hi"}]),
+        json!([{"role": 5, "content": "hi"}]),
+        json!([{"role": "User", "content": "hi"}]),
+        json!([{"role": "bot", "content": "hi"}]),
+        json!([{"role": "user"}]),
+        user(json!(null)),
+        user(json!("")),
+        user(json!(" \n\u{a0}")),
+        user(json!([])),
+        user(json!([1])),
+        user(json!(5)),
+        user(json!({"type": "text", "text": "hi"})),
+        user(json!([{"text": "hi"}])),
+        user(json!([{"type": "", "text": "hi"}])),
+        user(json!([{"type": "text"}])),
+        user(json!([{"type": "text", "text": " "}])),
+        user(json!([{"type": "text", "text": 5}])),
+        json!([{"role": "user", "content": "hi", "tool_call_id": null}]),
+        json!([{"role": "system", "content": "hi", "tool_calls": [call("a")]}]),
+        json!([{"role": "assistant"}]),
+        json!([{"role": "assistant", "content": ""}]),
+        json!([{"role": "assistant", "tool_calls": []}]),
+        json!([{"role": "assistant", "tool_calls": "a"}]),
+        json!([{"role": "assistant", "tool_calls": null}]),
+        json!([{"role": "assistant", "tool_calls": [1]}]),
+        json!([{"role": "assistant", "tool_calls": [call("a"), call("a")]}]),
+        json!([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "fn", "function": {"name": "f"}}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "function"}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": null}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": "f"}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": " "}}]}]),
+        json!([{"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": {}}}]}]),
+        json!([{"role": "assistant", "content": "x", "tool_call_id": "a"}]),
+        json!([{"role": "assistant", "function_call": null}]),
+        json!([{"role": "assistant", "function_call": {"arguments": "{}"}}]),
+        json!([{"role": "tool", "tool_call_id": "a", "content": "1"}]),
+        json!([
+            {"role": "assistant", "tool_calls": [call("a")]},
+            {"role": "tool", "tool_call_id": "a", "content": "1"},
+            {"role": "tool", "tool_call_id": "a", "content": "1"},
+        ]),
+        json!([{"role": "assistant", "tool_calls": [call("a")]}, {"role": "tool", "tool_call_id": "a", "content": "1", "name": "f"}]),
+        json!([{"role": "assistant", "tool_calls": [call("a")]}, {"role": "tool", "tool_call_id": "a"}]),
+        json!([{"role": "function", "content": "r"}]),
+        json!([{"role": "function", "name": "f", "content": "r", "function_call": {"name": "f"}}]),
+    ];
+    for messages in refused {
+        assert!(
+            matches!(check(messages.clone()), Err(InvalidInference::Messages(_))),
+            "{messages}"
+        );
+    }
+}
+
+#[test]
+fn devshard_replay_never_panics_on_corrupted_payloads() {
+    let prompt = to_bytes(&prompt());
+    let original = CompletionResponse::from_payload(&small_original()).unwrap();
+    for corrupted in corruptions(&prompt).chain(truncations(&prompt).map(<[u8]>::to_vec)) {
+        let _ = build_devshard_replay(&corrupted, &original, 1, "raw_logprobs");
+    }
+    for nested in deeply_nested() {
+        assert!(build_devshard_replay(nested.as_bytes(), &original, 1, "").is_err());
+    }
+}
