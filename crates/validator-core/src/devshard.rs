@@ -382,9 +382,12 @@ mod tests {
         assert_eq!(job.prompt_hash, [1; 32]);
     }
 
+    /// Spoils one field of a request.
+    type Spoil = fn(&mut DevshardRequest);
+
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut DevshardRequest), RequestError)> = vec![
+        let cases: Vec<(Spoil, RequestError)> = vec![
             (|r| r.inference_id = 0, RequestError::ZeroInferenceId),
             (|r| r.escrow_id.clear(), RequestError::EscrowId),
             (|r| r.escrow_id = "a/../b".into(), RequestError::EscrowId),

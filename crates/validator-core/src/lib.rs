@@ -9,7 +9,7 @@
 //!   one process-wide slot limiter with priority lanes, an in-flight dedup set and a recovery
 //!   guard;
 //! - [`completion`], [`scoring`] and [`sampling`]: pure functions, bit-compatible with the
-//!   upstream Go implementation;
+//!   upstream Go implementation ([`go_json`] writes JSON as Go does);
 //! - `testing` (feature `test-util`): in-memory fakes of every port.
 //!
 //! The crate performs no I/O of its own: every outside effect goes through a port.
@@ -19,6 +19,7 @@ pub mod config;
 pub mod devshard;
 mod engine;
 pub mod error;
+pub mod go_json;
 pub mod outcome;
 pub mod ports;
 pub mod recovery;

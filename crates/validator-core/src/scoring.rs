@@ -1,19 +1,25 @@
-//! Scoring: the comparison of our ML node's logprobs with the executor's, and the numbers that go
-//! into `MsgValidation` (DOMAIN.md 2.7, 2.8). Both responses are read by [`crate::completion`].
+//! Scoring: the comparison of our ML node's logprobs with the executor's, the numbers that go
+//! into `MsgValidation` (DOMAIN.md 2.7, 2.8) and the devshard verdict (LIVE-NETWORK.md 2.2 item
+//! 4). Both responses are read by [`crate::completion`].
 //!
-//! It re-implements upstream's `CompareLogits` and `DecimalFromFloat`, and the outcomes of
+//! It re-implements upstream's `CompareLogits` and `DecimalFromFloat`, the outcomes of
 //! `validateWithPayloads` (gonka-ai/gonka,
-//! `decentralized-api/internal/validation/inference_validation.go`). The floating-point operations
-//! run in upstream's order, so scores match it bit for bit.
+//! `decentralized-api/internal/validation/inference_validation.go`) and devshard's
+//! `EvaluateValidationResponse` (`decentralized-api/internal/devshard/shared_runtime.go`). The
+//! floating-point operations run in upstream's order, so scores match it bit for bit.
 //!
 //! Fault attribution follows upstream: see [`InvalidInference`] and [`ScoringError`].
 
 use std::{borrow::Borrow, cmp::Ordering, collections::HashMap, fmt};
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::completion::{CompletionResponse, InvalidInference, Logprob, TopLogprob};
+use crate::{
+    completion::{self, CompletionResponse, InvalidInference, Logprob, TopLogprob},
+    devshard::{DevshardVerdict, VerdictReason},
+};
 
 /// Above this similarity upstream logs a local success. It is only logged: the chain applies the
 /// model's own threshold to the submitted value.
@@ -31,6 +37,14 @@ const MIN_POSITIONS_DIVISOR: usize = 100;
 /// `m1 - 100`; the extrapolation `m1 - (m2 - m1)` for unlisted tokens then lands at `m1 + 100`,
 /// above the entry instead of below it. Kept as is for bit-compatibility.
 const SINGLE_ENTRY_GAP: f64 = 100.0;
+
+/// How many tokens the executor may claim beyond the replay's usage before a devshard verdict
+/// calls it inflation: upstream's `tokenCountTolerance`, slack for tokenisation drift between
+/// the executor's and our run.
+pub const TOKEN_COUNT_TOLERANCE: u64 = 3;
+
+/// The most decimal places a [`Decimal`] holds.
+const MAX_DECIMAL_SCALE: i32 = 28;
 
 // === ValueDecimal ===
 
@@ -125,8 +139,9 @@ pub enum ScoringError {
     /// Our ML node's answer carries no logprobs.
     #[error("validation response has no logprobs")]
     NoValidationLogprobs,
-    /// The original payload itself is unusable. Only [`compare`] on raw bytes reaches this, as the
-    /// engine parses the original before replaying; it is the executor's fault, not ours.
+    /// The original payload itself is unusable. Only [`compare`] and [`score_classic`] on raw
+    /// bytes reach this, as the engine checks the original before replaying; it is the executor's
+    /// fault, not ours.
     #[error(transparent)]
     Original(#[from] InvalidInference),
 }
@@ -228,6 +243,32 @@ pub fn compare_parsed(
     Ok(compare_logprobs(&original, &validation))
 }
 
+/// Scores our ML node's successful (2xx) answer to a classic replay, as upstream's
+/// `validateWithPayloads` does: an [`completion::EMPTY_SENTINEL`] original
+/// (`empty_sentinel`, from [`completion::ClassicReplay`]) is an invalid inference, since the
+/// prompt the executor failed was servable; otherwise [`compare_parsed`].
+pub fn score_classic_answer(
+    original: &CompletionResponse,
+    empty_sentinel: bool,
+    answer: &[u8],
+) -> Result<Score, ScoringError> {
+    if empty_sentinel {
+        return Ok(Score::invalid_inference());
+    }
+    compare_parsed(original, answer)
+}
+
+/// The classic path's checks and score of an executor's response payload against our ML node's
+/// successful answer, without the prompt: the original parsed
+/// ([`CompletionResponse::from_payload`]), the classic checks ([`completion::classic_enforcement`],
+/// a failure being [`ScoringError::Original`]), then [`score_classic_answer`]. The engine runs
+/// the same functions around its replay.
+pub fn score_classic(original_response: &[u8], answer: &[u8]) -> Result<Score, ScoringError> {
+    let original = CompletionResponse::from_payload(original_response)?;
+    let enforcement = completion::classic_enforcement(&original)?;
+    score_classic_answer(&original, enforcement.is_empty_sentinel(), answer)
+}
+
 /// Compares two lists of positions: upstream's `CompareLogits`.
 ///
 /// A shorter `validation` is [`Verdict::DifferentLength`] and a token mismatch within the first
@@ -327,6 +368,143 @@ fn position_distance(original: &[TopLogprob], validation: &[TopLogprob]) -> Opti
         }
     }
     Some(distance)
+}
+
+// === Devshard verdict ===
+
+/// Judges our ML node's answer to a devshard replay (LIVE-NETWORK.md 2.2 item 4), as upstream's
+/// `EvaluateValidationResponse` does after a non-400/422 answer (the engine turns 400 and 422
+/// into [`VerdictReason::MlRejected`] without calling this):
+///
+/// 1. The answer must be a chat completion, else a [`ScoringError`] (our side: no verdict).
+/// 2. When the answer reports a usage (one count at least non-zero; without one the check is
+///    skipped, as upstream), claimed `input_tokens` or `output_tokens` more than
+///    [`TOKEN_COUNT_TOLERANCE`] above its `prompt_tokens` or `completion_tokens` is
+///    [`VerdictReason::InflatedTokens`]. This comes before the comparison.
+/// 3. [`compare_logprobs`] on the two responses' positions, with no check that either has any
+///    (upstream has none here: two empty lists score 1): a shorter answer is
+///    [`VerdictReason::DifferentLength`], a token mismatch [`VerdictReason::DifferentTokens`].
+/// 4. A similarity passes ([`VerdictReason::SimilarityPass`]) iff its decimal ([`value_decimal`],
+///    upstream's `DecimalFromFloat`) is strictly greater than `threshold`, compared exactly;
+///    else [`VerdictReason::SimilarityBelow`].
+///
+/// The verdict carries the similarity and the threshold when they were compared, and the claimed
+/// and replayed token counts in its details.
+pub fn judge_devshard(
+    original: &CompletionResponse,
+    replay_answer: &[u8],
+    input_tokens: u64,
+    output_tokens: u64,
+    threshold: Decimal,
+) -> Result<DevshardVerdict, ScoringError> {
+    let replay = CompletionResponse::from_json(replay_answer)
+        .map_err(|err| ScoringError::ValidationResponse(err.to_string()))?;
+    let mut details = vec![
+        ("claimed_input_tokens".to_owned(), input_tokens.to_string()),
+        ("claimed_output_tokens".to_owned(), output_tokens.to_string()),
+    ];
+    match replay.usage() {
+        Some(usage) => {
+            details.push(("replay_input_tokens".to_owned(), usage.prompt_tokens.to_string()));
+            details.push(("replay_output_tokens".to_owned(), usage.completion_tokens.to_string()));
+            if inflated(input_tokens, usage.prompt_tokens)
+                || inflated(output_tokens, usage.completion_tokens)
+            {
+                let mut verdict = DevshardVerdict::new(VerdictReason::InflatedTokens);
+                verdict.details = details;
+                return Ok(verdict);
+            }
+        }
+        None => details.push(("replay_usage".to_owned(), "absent".to_owned())),
+    }
+    let score = compare_logprobs(&original.logprobs(), &replay.logprobs());
+    let mut verdict = match score.verdict {
+        Verdict::DifferentLength => DevshardVerdict::new(VerdictReason::DifferentLength),
+        Verdict::DifferentTokens => DevshardVerdict::new(VerdictReason::DifferentTokens),
+        Verdict::Invalid => DevshardVerdict::new(VerdictReason::InvalidInference),
+        Verdict::Similarity => {
+            let decimal = value_decimal(score.value);
+            let reason = if decimal_greater(decimal, threshold) {
+                VerdictReason::SimilarityPass
+            } else {
+                VerdictReason::SimilarityBelow
+            };
+            details.push((
+                "similarity_decimal".to_owned(),
+                format!("{}e{}", decimal.value, decimal.exponent),
+            ));
+            let mut verdict = DevshardVerdict::new(reason);
+            verdict.similarity = Some(score.value);
+            verdict.threshold = Some(threshold.to_string());
+            verdict
+        }
+    };
+    verdict.details = details;
+    Ok(verdict)
+}
+
+/// Upstream's `tokenCountInflated`: more than [`TOKEN_COUNT_TOLERANCE`] tokens claimed beyond the
+/// replay's count.
+fn inflated(claimed: u64, replayed: u64) -> bool {
+    claimed.saturating_sub(replayed) > TOKEN_COUNT_TOLERANCE
+}
+
+/// The chain's `Decimal{value, exponent}` (`value × 10^exponent`, a model's
+/// `validation_threshold`) as a [`Decimal`], exactly; `None` when it does not fit one (more than
+/// 28 decimal places after dropping trailing zeros, or a magnitude of 2^96 or more).
+pub fn threshold_from_decimal(value: i64, exponent: i32) -> Option<Decimal> {
+    if value == 0 {
+        return Some(Decimal::ZERO);
+    }
+    let mut value = i128::from(value);
+    let mut exponent = exponent;
+    while exponent < -MAX_DECIMAL_SCALE && value % 10 == 0 {
+        value /= 10;
+        exponent += 1;
+    }
+    if exponent <= 0 {
+        let scale = u32::try_from(exponent.checked_neg()?).ok()?;
+        return Decimal::try_from_i128_with_scale(value, scale).ok();
+    }
+    let factor = 10_i128.checked_pow(u32::try_from(exponent).ok()?)?;
+    Decimal::try_from_i128_with_scale(value.checked_mul(factor)?, 0).ok()
+}
+
+/// Whether `similarity` is strictly greater than `threshold`, compared exactly, as shopspring's
+/// `GreaterThan` compares (a similarity's decimal may have more places than a [`Decimal`] holds).
+fn decimal_greater(similarity: ValueDecimal, threshold: Decimal) -> bool {
+    let threshold_exponent = -i64::from(threshold.scale());
+    let similarity = (i128::from(similarity.value), i64::from(similarity.exponent));
+    compare_decimals(similarity, (threshold.mantissa(), threshold_exponent)) == Ordering::Greater
+}
+
+/// Orders two decimals `mantissa × 10^exponent` exactly.
+fn compare_decimals(a: (i128, i64), b: (i128, i64)) -> Ordering {
+    let by_sign = a.0.signum().cmp(&b.0.signum());
+    if by_sign != Ordering::Equal || a.0 == 0 {
+        return by_sign;
+    }
+    let (a_digits, a_magnitude) = normalized(a.0.unsigned_abs(), a.1);
+    let (b_digits, b_magnitude) = normalized(b.0.unsigned_abs(), b.1);
+    // Same leading-digit position: without trailing zeros, the digit strings order the values.
+    let by_magnitude = a_magnitude.cmp(&b_magnitude).then_with(|| a_digits.cmp(&b_digits));
+    if a.0 < 0 {
+        by_magnitude.reverse()
+    } else {
+        by_magnitude
+    }
+}
+
+/// A non-zero `mantissa × 10^exponent` as its digits without trailing zeros and the power of ten
+/// of its leading digit.
+fn normalized(mut mantissa: u128, mut exponent: i64) -> (String, i64) {
+    while mantissa.is_multiple_of(10) {
+        mantissa /= 10;
+        exponent += 1;
+    }
+    let digits = mantissa.to_string();
+    let leading = exponent + digits.len() as i64 - 1;
+    (digits, leading)
 }
 
 /// Go's `sort.Float64s` order: NaN before everything else.

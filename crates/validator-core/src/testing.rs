@@ -79,8 +79,12 @@ fn completion(positions: &[(String, Vec<String>)]) -> Value {
     })
 }
 
-/// A prompt and an original response for `id`, as an executor would serve them: a few tokens,
-/// three top logprobs each.
+/// The token ids of the original [`payloads_for`] makes (Qwen's ids for "Okay", ",", " the",
+/// " answer", "."): the executor asks for token ids, and classic validation refuses text.
+pub const TOKENS: [&str; 5] = ["32313", "11", "279", "4226", "13"];
+
+/// A prompt and an original response for `id`, as an executor would serve them: the [`TOKENS`],
+/// three top logprobs each (the token, then the next two ids).
 pub fn payloads_for(id: &str) -> Payloads {
     let prompt = json!({
         "model": MODEL,
@@ -94,12 +98,12 @@ pub fn payloads_for(id: &str) -> Payloads {
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    let positions: Vec<(String, Vec<String>)> = ["Okay", ",", " the", " answer", "."]
+    let positions: Vec<(String, Vec<String>)> = TOKENS
         .iter()
         .map(|token| {
-            let token = (*token).to_owned();
-            let top = vec![token.clone(), format!("{token}x"), format!("{token}y")];
-            (token, top)
+            let id: u64 = token.parse().unwrap_or_default();
+            let top = vec![id.to_string(), (id + 1).to_string(), (id + 2).to_string()];
+            ((*token).to_owned(), top)
         })
         .collect();
     Payloads {

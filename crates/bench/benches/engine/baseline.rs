@@ -325,7 +325,7 @@ impl Baseline {
 
         let built =
             completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-                let body = completion::build_replay_request_parsed(&payloads.prompt, &original)?;
+                let body = completion::classic_replay(&payloads.prompt, &original)?.body;
                 Ok((original, body))
             });
         let Ok((original, body)) = built else {

@@ -30,8 +30,8 @@ pub(crate) const MODEL: &str = testkit::memory::MODEL;
 /// The replay request the engine builds for inference `x` of the fakes.
 pub(crate) fn request() -> ReplayRequest {
     let payloads = payloads_for("x");
-    let body = build_replay_request(&payloads.prompt, &payloads.response).unwrap();
-    ReplayRequest { inference_id: "x".into(), body: Bytes::from(body) }
+    let replay = build_replay_request(&payloads.prompt, &payloads.response).unwrap();
+    ReplayRequest { inference_id: "x".into(), body: Bytes::from(replay.body) }
 }
 
 /// A node config for `fake`, serving [`MODEL`].

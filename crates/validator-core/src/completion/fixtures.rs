@@ -1,6 +1,8 @@
 //! Chat-completion payloads for tests: upstream's vLLM fixtures and builders of plain and
 //! streamed responses.
 
+use std::{collections::HashMap, sync::OnceLock};
+
 use serde_json::{json, Value};
 
 /// Where the vLLM fixtures (upstream's `internal/validation/testdata`) live.
@@ -22,6 +24,52 @@ pub(crate) fn fixture_value(name: &str) -> Value {
 
 pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap()
+}
+
+/// A fixture with token ids in place of its token texts, as vLLM answers with
+/// `return_token_ids`: one id per distinct text across the four fixtures, so that comparisons
+/// between them come out exactly as between the originals.
+pub(crate) fn fixture_ids(name: &str) -> Vec<u8> {
+    to_bytes(&fixture_ids_value(name))
+}
+
+/// [`fixture_ids`] as a JSON value.
+pub(crate) fn fixture_ids_value(name: &str) -> Value {
+    let vocabulary = vocabulary();
+    let mut response = fixture_value(name);
+    for position in content_mut(&mut response) {
+        let id = |token: &Value| Value::String(vocabulary[token.as_str().unwrap()].clone());
+        position["token"] = id(&position["token"]);
+        for top in position["top_logprobs"].as_array_mut().unwrap() {
+            top["token"] = id(&top["token"]);
+        }
+    }
+    response
+}
+
+/// The id of `token` in [`fixture_ids`].
+pub(crate) fn token_id(token: &str) -> String {
+    vocabulary()[token].clone()
+}
+
+fn vocabulary() -> &'static HashMap<String, String> {
+    static VOCABULARY: OnceLock<HashMap<String, String>> = OnceLock::new();
+    VOCABULARY.get_or_init(|| {
+        let mut vocabulary = HashMap::new();
+        for name in [INFERENCE, INFERENCE_INT4, VALIDATION, VALIDATION_FP8] {
+            let mut response = fixture_value(name);
+            for position in content_mut(&mut response).iter() {
+                let tops = position["top_logprobs"].as_array().unwrap();
+                let tokens =
+                    std::iter::once(&position["token"]).chain(tops.iter().map(|t| &t["token"]));
+                for token in tokens {
+                    let next = vocabulary.len().to_string();
+                    vocabulary.entry(token.as_str().unwrap().to_owned()).or_insert(next);
+                }
+            }
+        }
+        vocabulary
+    })
 }
 
 /// The `logprobs.content` array of a plain fixture's first choice.
@@ -47,11 +95,11 @@ pub(crate) fn streamed(events: Vec<String>) -> Vec<u8> {
     to_bytes(&json!({ "events": events }))
 }
 
-/// A streamed payload carrying the same positions as a plain fixture, one per chunk, framed
-/// as vLLM frames them: a role chunk without logprobs first, a usage chunk without choices
-/// and `[DONE]` last.
+/// A streamed payload carrying the same positions as a plain fixture (with [`fixture_ids`]), one
+/// per chunk, framed as vLLM frames them: a role chunk without logprobs first, a usage chunk
+/// without choices and `[DONE]` last.
 pub(crate) fn streamed_from_plain(name: &str) -> Vec<u8> {
-    let mut response = fixture_value(name);
+    let mut response = fixture_ids_value(name);
     let chunk = |choice: Value| format!("data: {}", json!({"id": "c", "choices": [choice]}));
     let role = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null});
     let mut events = vec![chunk(role)];

@@ -145,10 +145,10 @@ impl Attempt<'_> {
         }
         let built =
             completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-                let body = completion::build_replay_request_parsed(&payloads.prompt, &original)?;
-                Ok((original, body))
+                let replay = completion::classic_replay(&payloads.prompt, &original)?;
+                Ok((original, replay))
             });
-        let (original, body) = match built {
+        let (original, replay) = match built {
             Ok(built) => built,
             Err(invalid) => {
                 debug!(%invalid, "invalid inference: submitting value 0");
@@ -156,8 +156,9 @@ impl Attempt<'_> {
                 return self.submit_score(&inference, score, String::new()).await;
             }
         };
-        let request = ReplayRequest { inference_id: self.id.clone(), body: Bytes::from(body) };
-        self.replay(&inference, &original, &request).await
+        let request =
+            ReplayRequest { inference_id: self.id.clone(), body: Bytes::from(replay.body) };
+        self.replay(&inference, &original, replay.empty_sentinel, &request).await
     }
 
     /// `Ok(Some)` payloads to go on with; `Ok(None)` when every attempt failed and there is no
@@ -212,6 +213,7 @@ impl Attempt<'_> {
         &mut self,
         inference: &Inference,
         original: &completion::CompletionResponse,
+        empty_sentinel: bool,
         request: &ReplayRequest,
     ) -> Step {
         let started = Instant::now();
@@ -254,7 +256,11 @@ impl Attempt<'_> {
                 return self.retry_replay(err.to_string());
             }
         };
-        match scoring::compare_parsed(original, &body) {
+        match scoring::score_classic_answer(original, empty_sentinel, &body) {
+            Ok(score) if score.verdict == scoring::Verdict::Invalid => {
+                debug!("the executor failed a prompt our node serves: submitting value 0");
+                self.submit_score(inference, score, String::new()).await
+            }
             Ok(score) => self.submit_score(inference, score, scoring::response_hash(&body)).await,
             Err(err) => self.retry_replay(err.to_string()),
         }

@@ -1,7 +1,8 @@
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::completion::fixtures::*;
+use crate::completion::{fixtures::*, EMPTY_SENTINEL};
 
 fn score(original: &[u8], validation: &[u8]) -> Score {
     compare(original, validation).unwrap()
@@ -225,11 +226,11 @@ fn verdicts_serialize_in_snake_case() {
 #[test]
 fn streamed_original_scores_like_the_plain_one() {
     let streamed = CompletionResponse::from_payload(&streamed_from_plain(INFERENCE_INT4)).unwrap();
-    let plain = CompletionResponse::from_payload(&fixture(INFERENCE_INT4)).unwrap();
+    let plain = CompletionResponse::from_payload(&fixture_ids(INFERENCE_INT4)).unwrap();
     assert!(streamed.is_streamed());
     assert!(!plain.is_streamed());
     assert_eq!(streamed.logprobs(), plain.logprobs());
-    let validation = fixture(VALIDATION_FP8);
+    let validation = fixture_ids(VALIDATION_FP8);
     assert_eq!(compare_parsed(&streamed, &validation), compare_parsed(&plain, &validation));
 }
 
@@ -325,4 +326,280 @@ fn truncated_and_corrupted_payloads_never_panic() {
             }
         }
     }
+}
+
+// === Classic path ===
+
+#[test]
+fn token_ids_score_exactly_as_the_texts_they_stand_for() {
+    let score = score_classic(&fixture_ids(INFERENCE_INT4), &fixture_ids(VALIDATION_FP8)).unwrap();
+    assert_eq!(score, compare(&fixture(INFERENCE_INT4), &fixture(VALIDATION_FP8)).unwrap());
+    assert_eq!(score.value.to_bits(), 0.966_889_424_668_501_8_f64.to_bits());
+}
+
+#[test]
+fn the_classic_score_runs_the_classic_checks_first() {
+    assert_eq!(
+        score_classic(&fixture(INFERENCE_INT4), &fixture(VALIDATION_FP8)),
+        Err(ScoringError::Original(InvalidInference::NonNumericToken {
+            position: 0,
+            token: "Okay".into()
+        }))
+    );
+    let sentinel = plain(vec![position(EMPTY_SENTINEL, json!([top(EMPTY_SENTINEL, -1.0)]))]);
+    assert_eq!(score_classic(&sentinel, &fixture(VALIDATION)), Ok(Score::invalid_inference()));
+    let parsed = CompletionResponse::from_payload(&fixture_ids(INFERENCE_INT4)).unwrap();
+    let answer = fixture_ids(VALIDATION_FP8);
+    assert_eq!(score_classic_answer(&parsed, true, &answer), Ok(Score::invalid_inference()));
+    assert_eq!(score_classic_answer(&parsed, false, &answer), compare_parsed(&parsed, &answer));
+}
+
+// === Devshard verdict ===
+
+fn threshold(value: i64, exponent: i32) -> Decimal {
+    threshold_from_decimal(value, exponent).unwrap()
+}
+
+fn judge(
+    original: &[u8],
+    answer: &[u8],
+    input: u64,
+    output: u64,
+    pass: Decimal,
+) -> DevshardVerdict {
+    let original = CompletionResponse::from_payload(original).unwrap();
+    judge_devshard(&original, answer, input, output, pass).unwrap()
+}
+
+fn detail<'a>(verdict: &'a DevshardVerdict, key: &str) -> Option<&'a str> {
+    verdict.details.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_devshard_similarity_passes_strictly_above_the_threshold() {
+    let (original, answer) = (fixture(INFERENCE_INT4), fixture(VALIDATION_FP8));
+    let verdict = judge(&original, &answer, 218, 100, threshold(90, -2));
+    assert_eq!(verdict.reason, VerdictReason::SimilarityPass);
+    assert!(verdict.valid());
+    assert_eq!(verdict.similarity, Some(0.966_889_424_668_501_8));
+    assert_eq!(verdict.threshold.as_deref(), Some("0.90"));
+    assert_eq!(detail(&verdict, "similarity_decimal"), Some("9668894246685018e-16"));
+    for (key, value) in [
+        ("claimed_input_tokens", "218"),
+        ("claimed_output_tokens", "100"),
+        ("replay_input_tokens", "218"),
+        ("replay_output_tokens", "100"),
+    ] {
+        assert_eq!(detail(&verdict, key), Some(value), "{key}");
+    }
+    // The similarity's decimal itself is not above it; a hair less is.
+    let equal = judge(&original, &answer, 218, 100, threshold(9_668_894_246_685_018, -16));
+    assert_eq!(equal.reason, VerdictReason::SimilarityBelow);
+    assert!(!equal.valid());
+    assert_eq!(equal.threshold.as_deref(), Some("0.9668894246685018"));
+    let below = judge(&original, &answer, 218, 100, threshold(96_688_942_466_850_179, -17));
+    assert_eq!(below.reason, VerdictReason::SimilarityPass);
+    let above = judge(&original, &answer, 218, 100, threshold(97, -2));
+    assert_eq!(above.reason, VerdictReason::SimilarityBelow);
+    assert_eq!(above.similarity, Some(0.966_889_424_668_501_8));
+}
+
+#[test]
+fn devshard_token_claims_may_exceed_the_replay_by_three() {
+    let (original, answer) = (fixture(INFERENCE_INT4), fixture(VALIDATION_FP8));
+    let pass = threshold(90, -2);
+    for (input, output, inflated) in [
+        (218, 100, false),
+        (221, 103, false),
+        (0, 0, false),
+        (222, 100, true),
+        (218, 104, true),
+        (u64::MAX, 100, true),
+    ] {
+        let verdict = judge(&original, &answer, input, output, pass);
+        assert_eq!(verdict.reason == VerdictReason::InflatedTokens, inflated, "{input}/{output}");
+        if inflated {
+            assert_eq!(verdict.similarity, None);
+            assert_eq!(verdict.threshold, None);
+            assert_eq!(detail(&verdict, "claimed_input_tokens"), Some(input.to_string().as_str()));
+            assert_eq!(detail(&verdict, "replay_output_tokens"), Some("100"));
+        }
+    }
+}
+
+#[test]
+fn devshard_inflation_is_judged_before_the_tokens() {
+    let mut answer = fixture_value(VALIDATION_FP8);
+    content_mut(&mut answer)[3]["token"] = json!("Different");
+    let answer = to_bytes(&answer);
+    let pass = threshold(90, -2);
+    let original = fixture(INFERENCE_INT4);
+    assert_eq!(judge(&original, &answer, 218, 100, pass).reason, VerdictReason::DifferentTokens);
+    assert_eq!(judge(&original, &answer, 218, 200, pass).reason, VerdictReason::InflatedTokens);
+}
+
+#[test]
+fn devshard_without_replay_usage_skips_the_token_check() {
+    let original = fixture(INFERENCE_INT4);
+    for usage in [Value::Null, json!({"prompt_tokens": 0, "completion_tokens": 0})] {
+        let mut answer = fixture_value(VALIDATION_FP8);
+        answer["usage"] = usage;
+        let verdict = judge(&original, &to_bytes(&answer), 1_000_000, 1_000_000, threshold(9, -1));
+        assert_eq!(verdict.reason, VerdictReason::SimilarityPass);
+        assert_eq!(detail(&verdict, "replay_usage"), Some("absent"));
+        assert_eq!(detail(&verdict, "replay_input_tokens"), None);
+    }
+    // One count is enough to make it a usage: a zero prompt count then flags any claimed input.
+    let mut answer = fixture_value(VALIDATION_FP8);
+    answer["usage"] = json!({"completion_tokens": 100});
+    let verdict = judge(&original, &to_bytes(&answer), 4, 100, threshold(9, -1));
+    assert_eq!(verdict.reason, VerdictReason::InflatedTokens);
+}
+
+#[test]
+fn devshard_comparison_failures_are_invalid_verdicts() {
+    let original = fixture(INFERENCE_INT4);
+    let pass = threshold(90, -2);
+    let mut short = fixture_value(VALIDATION_FP8);
+    content_mut(&mut short).truncate(99);
+    let verdict = judge(&original, &to_bytes(&short), 218, 100, pass);
+    assert_eq!(verdict.reason, VerdictReason::DifferentLength);
+    assert_eq!((verdict.similarity, verdict.threshold), (None, None));
+    let mut broken_top = fixture_value(VALIDATION_FP8);
+    content_mut(&mut broken_top)[5]["top_logprobs"] = json!([]);
+    let verdict = judge(&original, &to_bytes(&broken_top), 218, 100, pass);
+    assert_eq!(verdict.reason, VerdictReason::SimilarityBelow, "an empty top list scores 0");
+    assert_eq!(verdict.similarity, Some(0.0));
+}
+
+#[test]
+fn devshard_judges_empty_logprobs_as_upstream_does() {
+    // Upstream's devshard path has no "no logits" error: nothing against nothing is similarity
+    // 1, and an answer without positions is shorter than any original with some.
+    let bare = to_bytes(
+        &json!({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}),
+    );
+    let pass = threshold(90, -2);
+    let verdict = judge(&bare, &bare, 5, 1, pass);
+    assert_eq!(verdict.reason, VerdictReason::SimilarityPass);
+    assert_eq!(verdict.similarity, Some(1.0));
+    assert_eq!(
+        judge(&fixture(INFERENCE), &bare, 5, 1, pass).reason,
+        VerdictReason::DifferentLength
+    );
+}
+
+#[test]
+fn a_devshard_answer_we_cannot_read_is_our_error_not_a_verdict() {
+    let original = CompletionResponse::from_payload(&fixture(INFERENCE_INT4)).unwrap();
+    let nan = String::from_utf8(fixture(VALIDATION_FP8)).unwrap().replacen(
+        "\"logprob\": ",
+        "\"logprob\": NaN, \"x\": ",
+        1,
+    );
+    for bad in [
+        &b""[..],
+        b"<html>",
+        b"[1]",
+        nan.as_bytes(),
+        br#"{"choices":[{"logprobs":{"content":[{"token":"a","logprob":1e400}]}}]}"#,
+        br#"{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-Infinity}]}}]}"#,
+        br#"{"choices":[],"usage":{"prompt_tokens":-1}}"#,
+    ] {
+        assert!(
+            matches!(
+                judge_devshard(&original, bad, 0, 0, threshold(9, -1)),
+                Err(ScoringError::ValidationResponse(_))
+            ),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn extreme_logprobs_in_our_answer_never_pass_a_devshard_check() {
+    let original = fixture(INFERENCE_INT4);
+    for extreme in [f64::MAX, -f64::MAX, 1e300, -1e-300] {
+        let mut answer = fixture_value(VALIDATION_FP8);
+        for position in content_mut(&mut answer) {
+            for top in position["top_logprobs"].as_array_mut().unwrap() {
+                top["logprob"] = json!(extreme);
+            }
+        }
+        let verdict = judge(&original, &to_bytes(&answer), 218, 100, threshold(90, -2));
+        assert_eq!(verdict.reason, VerdictReason::SimilarityBelow, "{extreme:e}");
+        let similarity = verdict.similarity.unwrap();
+        assert!((0.0..0.9).contains(&similarity), "{extreme:e}: {similarity}");
+    }
+}
+
+#[test]
+fn non_finite_similarities_are_judged_as_zero() {
+    // Not reachable through JSON, which holds no NaN or infinity; still never a panic, and the
+    // same rule as upstream: a similarity of 0 passes only a negative threshold.
+    for similarity in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0] {
+        let decimal = value_decimal(similarity);
+        assert!(!decimal_greater(decimal, threshold(90, -2)));
+        assert!(!decimal_greater(decimal, Decimal::ZERO));
+        assert!(decimal_greater(decimal, threshold(-1, -2)));
+    }
+}
+
+#[test]
+fn decimals_compare_exactly() {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let cases = [
+        ((1, 0), (10, -1), Equal),
+        ((1, 0), (1, 0), Equal),
+        ((0, 5), (0, -7), Equal),
+        ((5, -1), (49, -2), Greater),
+        ((5, -1), (51, -2), Less),
+        ((-5, -1), (-49, -2), Less),
+        ((-1, 0), (0, 0), Less),
+        ((0, 0), (-1, -300), Greater),
+        ((1, -324), (0, 0), Greater),
+        ((11_102_230_246_251_565, -32), (1, -28), Greater),
+        ((11_102_230_246_251_565, -32), (1, -15), Less),
+        ((9_668_894_246_685_018, -16), (9_668_894_246_685_018_000, -19), Equal),
+        ((9_668_894_246_685_019, -16), (96_688_942_466_850_181, -17), Greater),
+        ((1, 300), (i128::MAX, 0), Greater),
+    ];
+    for (a, b, expected) in cases {
+        assert_eq!(compare_decimals(a, b), expected, "{a:?} vs {b:?}");
+        assert_eq!(compare_decimals(b, a), expected.reverse(), "{b:?} vs {a:?}");
+    }
+    // A similarity finer than a Decimal's 28 places still compares exactly.
+    let tiny = value_decimal(1.0 - 0.999_999_999_999_999_9);
+    assert_eq!(tiny, ValueDecimal { value: 11_102_230_246_251_565, exponent: -32 });
+    assert!(decimal_greater(tiny, Decimal::ZERO));
+    assert!(decimal_greater(tiny, threshold(1_110_223_024_625, -28)));
+    assert!(!decimal_greater(tiny, threshold(1_110_223_024_626, -28)));
+}
+
+#[test]
+fn thresholds_convert_from_the_chain_decimal_exactly() {
+    let cases: [((i64, i32), Option<&str>); 16] = [
+        ((90, -2), Some("0.90")),
+        ((-93, -2), Some("-0.93")),
+        ((1, 0), Some("1")),
+        ((5, 3), Some("5000")),
+        ((0, 0), Some("0")),
+        ((0, 99), Some("0")),
+        ((0, -99), Some("0")),
+        ((1, -28), Some("0.0000000000000000000000000001")),
+        ((1000, -30), Some("0.0000000000000000000000000010")),
+        ((1, 28), Some("10000000000000000000000000000")),
+        ((i64::MAX, 0), Some("9223372036854775807")),
+        ((i64::MIN, 0), Some("-9223372036854775808")),
+        ((1, -29), None),
+        ((1, 29), None),
+        ((1, i32::MAX), None),
+        ((1, i32::MIN), None),
+    ];
+    for ((value, exponent), expected) in cases {
+        let converted = threshold_from_decimal(value, exponent).map(|d| d.to_string());
+        assert_eq!(converted.as_deref(), expected, "{value}e{exponent}");
+    }
+    assert_eq!(threshold_from_decimal(i64::MAX, 10), None, "beyond 2^96");
 }

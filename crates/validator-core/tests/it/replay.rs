@@ -76,10 +76,10 @@ async fn the_replay_body_is_the_prompt_with_enforced_tokens() {
         .iter()
         .map(|t| t["token"].as_str().unwrap())
         .collect();
-    assert_eq!(tokens, ["Okay", ",", " the", " answer", "."]);
+    assert_eq!(tokens, testkit::memory::TOKENS);
     assert_eq!(
         body["enforced_tokens"]["tokens"][0]["top_tokens"],
-        json!(["Okay", "Okayx", "Okayy"])
+        json!(["32313", "32314", "32315"])
     );
 }
 
@@ -116,13 +116,15 @@ async fn a_hung_node_is_abandoned_after_the_timeout_and_retried() {
     assert_eq!(h.fakes.broker.held(), 0);
 }
 
-/// DOMAIN.md 8.25: an unparsable prompt or response, or an empty top-logprob list, submits value
-/// 0 (the executor's fault) without touching the ML node.
+/// DOMAIN.md 8.25: an unparsable prompt or response, an empty top-logprob list, or tokens that
+/// are not token ids (LIVE-NETWORK.md 2.2 item 5), submits value 0 (the executor's fault) without
+/// touching the ML node.
 #[tokio::test(start_paused = true)]
 async fn invalid_payloads_submit_value_zero() {
     let mut h = Harness::with_slots(1, Duration::from_millis(5));
     let good = payloads_for("x");
     let empty_top = json!({"choices": [{"logprobs": {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": []}]}}]});
+    let text_tokens = json!({"choices": [{"logprobs": {"content": [{"token": "Okay", "logprob": -1.0, "top_logprobs": [{"token": "Okay", "logprob": -1.0}]}]}}]});
     let cases = [
         (
             "bad-prompt",
@@ -141,6 +143,13 @@ async fn invalid_payloads_submit_value_zero() {
             Payloads { prompt: good.prompt.clone(), response: Bytes::from(empty_top.to_string()) },
         ),
         ("nan-logprob", Payloads { prompt: good.prompt.clone(), response: nan_response() }),
+        (
+            "text-tokens",
+            Payloads {
+                prompt: good.prompt.clone(),
+                response: Bytes::from(text_tokens.to_string()),
+            },
+        ),
         (
             "deep",
             Payloads { prompt: Bytes::from("[".repeat(10_000)), response: good.response.clone() },
@@ -163,6 +172,40 @@ async fn invalid_payloads_submit_value_zero() {
         .submitted()
         .iter()
         .all(|m| m.value_decimal.value == 0 && m.response_hash.is_empty()));
+}
+
+/// LIVE-NETWORK.md 2.2 item 5: an original carrying the `<EMPTY>` sentinel is replayed with
+/// nothing enforced; our node serving it makes the inference invalid, our node refusing it (400
+/// or 422) is the usual pass.
+#[tokio::test(start_paused = true)]
+async fn an_empty_sentinel_original_is_invalid_when_our_node_serves_the_prompt() {
+    let mut h = Harness::with_slots(1, Duration::from_millis(5));
+    let good = payloads_for("x");
+    let sentinel = json!({"choices": [{"logprobs": {"content": [
+        {"token": "<EMPTY>", "logprob": 0.0, "top_logprobs": [{"token": "<EMPTY>", "logprob": 0.0}]},
+    ]}}]});
+    let payloads = Payloads { prompt: good.prompt, response: Bytes::from(sentinel.to_string()) };
+    for (id, script) in [("served", None), ("refused", Some(MlScript::Reject(422)))] {
+        h.fakes.chain.add_inference(id, 10);
+        h.fakes.payloads.set(id, payloads.clone());
+        h.fakes.ml.script(script);
+        h.engine.validate(id.into()).unwrap();
+        let event = h.next_outcome().await;
+        let expected = if id == "served" { Verdict::Invalid } else { Verdict::Similarity };
+        assert!(
+            matches!(event.outcome, Outcome::Submitted { verdict, .. } if verdict == expected),
+            "{id}: {event:?}"
+        );
+    }
+    for body in h.fakes.ml.requests() {
+        assert!(body.get("enforced_tokens").is_none(), "{body}");
+        assert_eq!(body["stream"], json!(false));
+    }
+    let submitted = h.fakes.chain.submitted();
+    assert_eq!(submitted.len(), 2);
+    assert!(submitted.iter().all(|m| m.response_hash.is_empty()));
+    assert_eq!(submitted[0].value_decimal.value, 0);
+    assert_eq!((submitted[1].value_decimal.value, submitted[1].value_decimal.exponent), (1, 0));
 }
 
 /// DOMAIN.md 8.27 and 8.28 through the engine: a shorter answer or a different token scores 0.
