@@ -273,11 +273,16 @@ pub(crate) fn devshard_sessions(strategy: Strategy, sizes: &Sizes) -> Result<Val
             .try_fold(f64::NEG_INFINITY, |worst, value| value.map(|value| worst.max(value)))
             .map_or(Value::Null, |worst| json!(round(worst)))
     };
+    let most = |key: &str| -> Option<u64> {
+        runs.iter()
+            .map(|run| run.get(key).and_then(Value::as_u64))
+            .try_fold(0, |most, value| value.map(|value| most.max(value)))
+    };
     let lost: Option<u64> = runs.iter().map(|run| run.get("lost").and_then(Value::as_u64)).sum();
     Ok(json!({
         "peak_tasks_ratio_largest_vs_smallest": ratio("peak_tasks"),
         "rss_ratio_largest_vs_smallest": ratio("peak_rss_kib"),
-        "ml_over_capacity": worst("ml_over_capacity"),
+        "ml_over_capacity": most("ml_over_capacity"),
         "acquire_rejections_per_replay": worst("acquire_rejections_per_replay"),
         "challenged_p99_wait_over_service": worst("challenged_p99_wait_over_service"),
         "lost": lost,

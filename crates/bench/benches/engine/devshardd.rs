@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
 use tokio::{
     sync::Semaphore,
     time::{Duration, Instant},
@@ -161,7 +161,9 @@ pub(crate) struct Devshardd {
     timing: Timing,
     queues: Vec<Arc<Queue>>,
     /// The threshold resolver's cache: escrow to threshold and when it was fetched.
-    thresholds: Mutex<HashMap<Arc<str>, (f64, Instant)>>,
+    thresholds: Mutex<HashMap<Arc<str>, (Decimal, Instant)>>,
+    /// The chain's `logprobs_mode`, as upstream's `ChainParamsProvider` caches it.
+    logprobs_mode: tokio::sync::OnceCell<String>,
     sink: Arc<dyn AnswerSink>,
     workers: TaskTracker,
     closed: AtomicBool,
@@ -181,6 +183,7 @@ impl Devshardd {
             timing,
             queues: (0..sessions).map(|_| Arc::new(Queue::new())).collect(),
             thresholds: Mutex::default(),
+            logprobs_mode: tokio::sync::OnceCell::new(),
             sink,
             workers: TaskTracker::new(),
             closed: AtomicBool::new(false),
@@ -251,8 +254,14 @@ impl Devshardd {
             Ok(Err(_)) | Err(_) => return Answer::Failed,
         };
         // `BuildValidationBody`; an unusable payload is an error upstream, not a vote.
+        let Some(logprobs_mode) = self.logprobs_mode().await else { return Answer::Failed };
         let built = CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-            let body = completion::build_replay_request_parsed(&payloads.prompt, &original)?;
+            let body = completion::build_devshard_replay(
+                &payloads.prompt,
+                &original,
+                job.key.inference_id,
+                logprobs_mode,
+            )?;
             Ok((original, body))
         });
         let Ok((original, body)) = built else { return Answer::Failed };
@@ -260,24 +269,20 @@ impl Devshardd {
         let Some(answer) = self.with_locked_node(job, &request).await else {
             return Answer::Failed;
         };
-        let Some(threshold) = self.threshold(job).await else { return Answer::Failed };
         // `EvaluateValidationResponse`.
         let answer = match answer {
             ReplayResponse::Rejected { .. } => return Answer::Verdict { valid: true },
             ReplayResponse::Completed(answer) => answer,
         };
-        let usage: serde_json::Value =
-            serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
-        let used = |field: &str| usage["usage"][field].as_u64().unwrap_or(0);
-        if job.input_tokens > used("prompt_tokens") + 3
-            || job.output_tokens > used("completion_tokens") + 3
-        {
-            return Answer::Verdict { valid: false };
-        }
-        match scoring::compare_parsed(&original, &answer) {
-            Ok(score) => Answer::Verdict {
-                valid: score.verdict == scoring::Verdict::Similarity && score.value > threshold,
-            },
+        let Some(threshold) = self.threshold(job).await else { return Answer::Failed };
+        match scoring::judge_devshard(
+            &original,
+            &answer,
+            job.input_tokens,
+            job.output_tokens,
+            threshold,
+        ) {
+            Ok(verdict) => Answer::Verdict { valid: verdict.valid() },
             Err(_) => Answer::Failed,
         }
     }
@@ -326,16 +331,28 @@ impl Devshardd {
 
     /// The model's threshold for the job's epoch, cached per escrow (upstream's
     /// `ValidationThresholdResolver`; one model in the bench).
-    async fn threshold(&self, job: &DevshardJob) -> Option<f64> {
+    async fn threshold(&self, job: &DevshardJob) -> Option<Decimal> {
         if let Some((threshold, at)) = lock(&self.thresholds).get(&job.key.escrow_id) {
             if at.elapsed() < self.timing.threshold_ttl {
                 return Some(*threshold);
             }
         }
         let group = self.ports.chain.epoch_group(job.epoch_id, &job.model).await.ok()?;
-        let threshold = group.validation_threshold?.to_f64()?;
+        let threshold = group.validation_threshold?;
         lock(&self.thresholds).insert(Arc::clone(&job.key.escrow_id), (threshold, Instant::now()));
         Some(threshold)
+    }
+
+    /// The chain's `logprobs_mode`, fetched once.
+    async fn logprobs_mode(&self) -> Option<&str> {
+        let mode = self
+            .logprobs_mode
+            .get_or_try_init(|| async {
+                self.ports.chain.validation_params().await.map(|params| params.logprobs_mode)
+            })
+            .await
+            .ok()?;
+        Some(mode.as_str())
     }
 }
 
