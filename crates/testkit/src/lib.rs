@@ -13,11 +13,14 @@
 //! - [`TestCa`]: a certificate authority made up in the test, whose server certificates (valid,
 //!   expired, self-signed, for any names) put the three loopback servers above on TLS
 //!   (`start_tls`);
+//! - [`devshard_host`]: session hosts calling the validation service over gRPC as upstream's
+//!   devshard hosts do (S sessions, 20 workers each);
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only;
 //! - [`process`]: temporary paths and bounded waits for tests that run a built binary.
 
 pub mod ca;
 pub mod chain_node;
+pub mod devshard_host;
 pub mod executor;
 pub mod ml_node;
 pub mod mocks;

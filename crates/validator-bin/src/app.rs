@@ -66,6 +66,8 @@ pub struct AppHandle {
     pub admin_addr: SocketAddr,
     /// The metrics listener's bound address.
     pub metrics_addr: SocketAddr,
+    /// The validation service's bound address, when it is on.
+    pub service_addr: Option<SocketAddr>,
     /// The admin bearer token.
     pub token: Arc<str>,
     /// Where the token is kept.
@@ -84,6 +86,7 @@ pub struct App {
     tls: tls::ClientTls,
     admin_listener: TcpListener,
     metrics_listener: TcpListener,
+    service_listener: Option<TcpListener>,
     /// Held while the app lives: no second process works on the same data directory.
     _lock: DataDirLock,
     cancel: CancellationToken,
@@ -160,6 +163,14 @@ impl App {
             TcpListener::bind(settings.metrics.listen).await.with_context(|| {
                 format!("binding the metrics listener to {}", settings.metrics.listen)
             })?;
+        let service_listener = match crate::service::listen_address(&settings.service.listen)? {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the validation service to {address}"))?,
+            ),
+            None => None,
+        };
         let handle = AppHandle {
             engine,
             pool,
@@ -167,6 +178,7 @@ impl App {
             chain,
             admin_addr: admin_listener.local_addr()?,
             metrics_addr: metrics_listener.local_addr()?,
+            service_addr: service_listener.as_ref().map(TcpListener::local_addr).transpose()?,
             token: token.into(),
             token_file,
             journal,
@@ -179,6 +191,7 @@ impl App {
             tls,
             admin_listener,
             metrics_listener,
+            service_listener,
             _lock: lock,
             cancel,
         })
@@ -200,6 +213,7 @@ impl App {
             tls,
             admin_listener,
             metrics_listener,
+            service_listener,
             _lock,
             cancel,
         } = self;
@@ -228,6 +242,18 @@ impl App {
                 warn!(%err, "admin API stopped");
             }
         });
+        if let Some(listener) = service_listener {
+            let handler = crate::service::ValidationHandler::new(
+                handle.engine.clone(),
+                Arc::clone(&handle.token),
+            );
+            let service_cancel = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(err) = crate::service::serve(listener, handler, service_cancel).await {
+                    warn!(%err, "validation service stopped");
+                }
+            });
+        }
         let metrics = crate::telemetry::serve_metrics(
             metrics_listener,
             recorder,

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod claim;
 pub mod score;
+pub mod service;
 pub mod settings;
 pub mod signal;
 pub mod telemetry;

@@ -42,6 +42,8 @@ pub struct Settings {
     pub chain: chain_source::Config,
     /// The admin API.
     pub admin: AdminConfig,
+    /// The gRPC validation service.
+    pub service: ServiceConfig,
     /// The Prometheus listener.
     pub metrics: MetricsConfig,
     /// Who this validator is.
@@ -63,6 +65,7 @@ impl Default for Settings {
             ml: ml_client::Config::default(),
             chain: chain_source::Config::default(),
             admin: AdminConfig::default(),
+            service: ServiceConfig::default(),
             metrics: MetricsConfig::default(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
@@ -100,6 +103,22 @@ impl Default for AdminConfig {
             claim_wait: Duration::from_secs(30),
             allow_shutdown: false,
         }
+    }
+}
+
+/// The gRPC validation service (`validator.v1.ValidationService`), which devshard session
+/// hosts call. It requires the admin bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address the service listens on; empty turns the service off. Default
+    /// `127.0.0.1:9300`.
+    pub listen: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9300".into() }
     }
 }
 
@@ -247,6 +266,8 @@ impl Settings {
                 "`chain.payloads.timeout`: allowed is at most `core.payload_timeout`".into(),
             ));
         }
+        crate::service::listen_address(&self.service.listen)
+            .map_err(|err| ConfigError(format!("`service.listen`: {err}")))?;
         if self.shutdown_grace.is_zero() {
             return Err(ConfigError("`shutdown_grace`: allowed is a positive duration".into()));
         }

@@ -71,6 +71,8 @@ pub struct Config {
     pub live_capacity: usize,
     /// Admitted, not yet finished revalidations held at most.
     pub revalidation_capacity: usize,
+    /// Admitted, not yet finished devshard votes on challenged inferences held at most.
+    pub challenged_capacity: usize,
     /// Recovery items held at most (queued, waiting to retry or running). Detection waits for
     /// room, so memory does not grow with the backlog.
     pub recovery_window: usize,
@@ -94,6 +96,19 @@ pub struct Config {
     /// Bound of one lease request to the model-lock broker (a NodeManager call).
     #[serde(with = "duration_ms")]
     pub lock_timeout: Duration,
+    /// How long a devshard job waiting for ML capacity waits before it looks again, unless one
+    /// of our own leases ends first (upstream polls `AcquireMLNode` every 2 s). The wait holds
+    /// no slot and counts against no retry budget; the job's deadline bounds it.
+    #[serde(with = "duration_ms")]
+    pub lock_wait: Duration,
+    /// The longest a devshard job may take from admission to its verdict, across every retry
+    /// and wait; past it the job gives up without a verdict.
+    #[serde(with = "duration_ms")]
+    pub devshard_deadline: Duration,
+    /// How long a model's validation threshold and the chain's `logprobs_mode` are reused
+    /// before they are read again (upstream caches thresholds 10 min).
+    #[serde(with = "duration_ms")]
+    pub chain_params_ttl: Duration,
     /// How long a downloaded set of already-validated ids is reused before it is fetched again.
     #[serde(with = "duration_ms")]
     pub validated_set_ttl: Duration,
@@ -113,6 +128,7 @@ impl Default for Config {
             recovery_floor_percent: 25,
             live_capacity: 10_000,
             revalidation_capacity: 1_000,
+            challenged_capacity: 10_000,
             recovery_window: 4_096,
             intake_capacity: 1_024,
             payload_retry: RetryPolicy::payload_default(),
@@ -122,6 +138,9 @@ impl Default for Config {
             replay_timeout: Duration::from_secs(300),
             chain_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(2),
+            devshard_deadline: Duration::from_secs(30 * 60),
+            chain_params_ttl: Duration::from_secs(600),
             validated_set_ttl: Duration::from_secs(30),
             payload_gone_is_final: true,
             jitter_seed: None,
@@ -147,6 +166,9 @@ impl Config {
         }
         if self.revalidation_capacity == 0 {
             return bad("revalidation_capacity", "at least 1");
+        }
+        if self.challenged_capacity == 0 {
+            return bad("challenged_capacity", "at least 1");
         }
         if self.recovery_window == 0 {
             return bad("recovery_window", "at least 1");
@@ -180,6 +202,8 @@ impl Config {
             ("replay_timeout", self.replay_timeout),
             ("chain_timeout", self.chain_timeout),
             ("lock_timeout", self.lock_timeout),
+            ("lock_wait", self.lock_wait),
+            ("devshard_deadline", self.devshard_deadline),
         ] {
             if timeout.is_zero() {
                 return bad(key, "a positive duration");

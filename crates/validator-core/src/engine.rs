@@ -2,6 +2,7 @@
 
 mod attempt;
 mod detect;
+mod devshard;
 mod reconcile;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
@@ -12,14 +13,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn, Instrument};
 
 use crate::{
-    outcome::{Lane, OutcomeCounts, OutcomeEvent},
+    devshard::{DevshardJob, VerdictCounts},
+    outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent},
     ports::{
         chain::{ChainError, InferenceId},
         ChainClient, Journal, MlNodeClient, ModelLockBroker, PayloadSource,
     },
     recovery::{RecoveryGuard, RecoveryStart, RunHandle, RunReport, Trigger},
     sampling,
-    scheduler::{Admission, Scheduler},
+    scheduler::{Admission, Key, Scheduler},
     Config, Error, Result,
 };
 
@@ -66,6 +68,7 @@ pub(crate) struct Inner {
     pub(crate) jitter: std::sync::Mutex<rand::rngs::SmallRng>,
     /// Set once the chain is known to refuse classic validations: why.
     pub(crate) retired: std::sync::OnceLock<String>,
+    pub(crate) devshard_params: devshard::ChainParamsCache,
     intake: mpsc::Sender<Vec<InferenceId>>,
 }
 
@@ -94,6 +97,37 @@ pub struct EngineStatus {
     pub current_run: Option<RunReport>,
     /// Why classic validation stopped, once the chain refused it as retired.
     pub retired: Option<String>,
+    /// Devshard verdicts so far, per reason.
+    pub devshard_verdicts: VerdictCounts,
+}
+
+impl EngineStatus {
+    /// The figures of `lane`.
+    pub fn lane(&self, lane: Lane) -> Option<&LaneStatus> {
+        self.lanes.iter().find(|status| status.lane == lane)
+    }
+}
+
+/// A caller's claim on a devshard job's outcome, from
+/// [`validate_devshard`](Engine::validate_devshard).
+#[derive(Debug)]
+pub struct DevshardTicket {
+    /// Whether the job was admitted now or joined one in flight.
+    pub admission: Admission,
+    outcome: tokio::sync::watch::Receiver<Option<Outcome>>,
+}
+
+impl DevshardTicket {
+    /// Waits for the job's outcome: [`Outcome::Judged`] with a verdict,
+    /// [`Outcome::Skipped`] (the executor no longer holds the payloads), [`Outcome::GaveUp`]
+    /// or [`Outcome::Cancelled`]. Dropping the future stops this caller's wait only; the job
+    /// still ends in exactly one outcome.
+    pub async fn outcome(mut self) -> Outcome {
+        match self.outcome.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Outcome::Cancelled),
+            Err(_) => Outcome::Cancelled,
+        }
+    }
 }
 
 /// One lane's figures.
@@ -141,6 +175,7 @@ impl Engine {
             validated: attempt::ValidatedCache::new(config.validated_set_ttl),
             jitter: std::sync::Mutex::new(jitter),
             retired: std::sync::OnceLock::new(),
+            devshard_params: devshard::ChainParamsCache::default(),
             config,
             ports,
             guard: Arc::new(RecoveryGuard::after(last_run_id)),
@@ -172,13 +207,31 @@ impl Engine {
     /// once.
     pub fn revalidate(&self, id: InferenceId) -> Result<Admission> {
         self.inner.admitting()?;
-        self.inner.scheduler.admit((id, true), Lane::Revalidation, None)
+        self.inner.scheduler.admit(Key::Classic(id, true), Lane::Revalidation, None)
     }
 
     /// Admits a live validation of `id` that the caller already decided on, skipping sampling.
     pub fn validate(&self, id: InferenceId) -> Result<Admission> {
         self.inner.admitting()?;
-        self.inner.scheduler.admit((id, false), Lane::Live, None)
+        self.inner.scheduler.admit(Key::Classic(id, false), Lane::Live, None)
+    }
+
+    /// Admits a devshard job: a challenged one into the challenged lane, ahead of everything,
+    /// a sampled one into the live lane. A job already in flight under the same (escrow,
+    /// inference) is joined: it runs once and every caller gets its outcome. Returns at once;
+    /// the ticket waits for the verdict. Not affected by the classic protocol's retirement.
+    pub fn validate_devshard(&self, job: DevshardJob) -> Result<DevshardTicket> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if !self.inner.ports.broker.serves(&job.model) {
+            return Err(Error::ModelNotServed(job.model.to_string()));
+        }
+        let lane = if job.challenged { Lane::Challenged } else { Lane::Live };
+        let deadline = Instant::now() + self.inner.config.devshard_deadline;
+        let (admission, outcome) =
+            self.inner.scheduler.admit_devshard(Arc::new(job), lane, deadline)?;
+        Ok(DevshardTicket { admission, outcome })
     }
 
     /// Starts recovery of the validations missed in `epoch`, sampled with `seed`, unless a run
@@ -257,11 +310,16 @@ impl Engine {
                 })
                 .collect(),
             waiting_to_retry: snapshot.delayed,
-            in_flight_sample: snapshot.sample_keys,
+            in_flight_sample: snapshot
+                .sample_keys
+                .iter()
+                .map(|key| (key.journal_id(), key.revalidation()))
+                .collect(),
             admitted: snapshot.admitted,
             outcomes: snapshot.counts,
             current_run: self.inner.guard.current().map(|run| run.report()),
             retired: self.inner.retired.get().cloned(),
+            devshard_verdicts: snapshot.verdicts,
         }
     }
 
@@ -425,7 +483,7 @@ async fn sample_chunk(inner: &Inner, ids: &[InferenceId], seeds: &mut HashMap<u6
         if !sampling::should_validate(details, inner.address(), power, &answer.params, seed) {
             continue;
         }
-        let key = (details.inference_id.clone(), false);
+        let key = Key::Classic(details.inference_id.clone(), false);
         match inner.scheduler.admit(key, Lane::Live, None) {
             Ok(admission) => {
                 debug!(inference_id = %details.inference_id, ?admission, "sampled for validation");

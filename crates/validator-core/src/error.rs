@@ -23,6 +23,9 @@ pub enum Error {
     /// The sampling intake queue is full; the ids were not admitted.
     #[error("sampling intake is full")]
     IntakeFull,
+    /// No ML node serves the model of a devshard job; it was not admitted.
+    #[error("no ML node serves model {0}")]
+    ModelNotServed(String),
     /// The chain no longer accepts classic validations; classic work is not admitted.
     #[error("classic validation is retired on this chain: {0}")]
     ProtocolRetired(String),

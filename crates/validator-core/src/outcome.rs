@@ -4,15 +4,17 @@ use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{ports::chain::InferenceId, scoring::Verdict};
+use crate::{devshard::DevshardVerdict, ports::chain::InferenceId, scoring::Verdict};
 
-/// The three lanes of work, in priority order.
+/// The lanes of work, in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
+    /// Mandatory devshard votes on challenged inferences: every group member must vote.
+    Challenged,
     /// Revalidations of disputed inferences: votes that matter within the epoch.
     Revalidation,
-    /// Live sampled validations.
+    /// Live sampled validations, classic and devshard.
     Live,
     /// Recovery of missed validations.
     Recovery,
@@ -20,11 +22,15 @@ pub enum Lane {
 
 impl Lane {
     /// Every lane, highest priority first.
-    pub const ALL: [Lane; 3] = [Lane::Revalidation, Lane::Live, Lane::Recovery];
+    pub const ALL: [Lane; 4] = [Lane::Challenged, Lane::Revalidation, Lane::Live, Lane::Recovery];
+
+    /// How many lanes there are.
+    pub(crate) const COUNT: usize = Lane::ALL.len();
 
     /// Stable lower-case name, for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            Lane::Challenged => "challenged",
             Lane::Revalidation => "revalidation",
             Lane::Live => "live",
             Lane::Recovery => "recovery",
@@ -137,6 +143,11 @@ pub enum Outcome {
     },
     /// Shutdown cancelled it; nothing partial was submitted.
     Cancelled,
+    /// A devshard verdict, returned to the caller (nothing goes to the chain).
+    Judged {
+        /// The verdict.
+        verdict: DevshardVerdict,
+    },
 }
 
 impl Outcome {
@@ -160,6 +171,8 @@ impl Outcome {
             },
             Outcome::GaveUp { .. } => OutcomeKind::GaveUp,
             Outcome::Cancelled => OutcomeKind::Cancelled,
+            Outcome::Judged { verdict } if verdict.valid() => OutcomeKind::JudgedValid,
+            Outcome::Judged { .. } => OutcomeKind::JudgedInvalid,
         }
     }
 }
@@ -189,11 +202,15 @@ pub enum OutcomeKind {
     GaveUp,
     /// [`Outcome::Cancelled`].
     Cancelled,
+    /// [`Outcome::Judged`] valid.
+    JudgedValid,
+    /// [`Outcome::Judged`] invalid.
+    JudgedInvalid,
 }
 
 impl OutcomeKind {
     /// Every kind, in a stable order.
-    pub const ALL: [OutcomeKind; 11] = [
+    pub const ALL: [OutcomeKind; 13] = [
         OutcomeKind::Submitted,
         OutcomeKind::InvalidatedUnavailable,
         OutcomeKind::InvalidatedHashMismatch,
@@ -205,6 +222,8 @@ impl OutcomeKind {
         OutcomeKind::SkippedProtocolRetired,
         OutcomeKind::GaveUp,
         OutcomeKind::Cancelled,
+        OutcomeKind::JudgedValid,
+        OutcomeKind::JudgedInvalid,
     ];
 
     /// Stable snake-case name, for logs, metric labels and reports.
@@ -221,6 +240,8 @@ impl OutcomeKind {
             OutcomeKind::SkippedProtocolRetired => "skipped_protocol_retired",
             OutcomeKind::GaveUp => "gave_up",
             OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::JudgedValid => "judged_valid",
+            OutcomeKind::JudgedInvalid => "judged_invalid",
         }
     }
 
@@ -264,7 +285,7 @@ impl Serialize for OutcomeCounts {
 /// One terminal outcome, as the engine emits it on its outcome stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeEvent {
-    /// The inference.
+    /// The inference; a devshard job's is [`DevshardKey::journal_id`](crate::devshard::DevshardKey::journal_id).
     pub inference_id: InferenceId,
     /// Whether this was a revalidation.
     pub revalidation: bool,

@@ -18,11 +18,12 @@ use std::{
 };
 
 use tokio::{
-    sync::{broadcast, Notify},
+    sync::{broadcast, watch, Notify},
     time::Instant,
 };
 
 use crate::{
+    devshard::{DevshardJob, DevshardKey, VerdictCounts},
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent, Stage},
     ports::{
         chain::{InferenceId, MsgValidation},
@@ -34,8 +35,45 @@ use crate::{
     Error,
 };
 
-/// The dedup key: the same inference is validated and revalidated independently.
-pub(crate) type Key = (InferenceId, bool);
+/// The dedup key: a classic inference is validated and revalidated independently; a devshard
+/// inference is keyed by its escrow and its number there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    Classic(InferenceId, bool),
+    Devshard(DevshardKey),
+}
+
+impl Key {
+    /// The id the journal and the outcome stream know the key by.
+    pub(crate) fn journal_id(&self) -> InferenceId {
+        match self {
+            Key::Classic(id, _) => id.clone(),
+            Key::Devshard(key) => key.journal_id(),
+        }
+    }
+
+    pub(crate) fn revalidation(&self) -> bool {
+        matches!(self, Key::Classic(_, true))
+    }
+}
+
+/// What a devshard key carries through its attempts, besides its key.
+#[derive(Debug)]
+pub(crate) struct DevshardWork {
+    pub(crate) job: Arc<DevshardJob>,
+    /// When the job gives up, whatever it is waiting for.
+    pub(crate) deadline: Instant,
+    /// Where the verdict goes: every caller waiting on the key holds a receiver.
+    pub(crate) reply: watch::Sender<Option<Outcome>>,
+    /// Nodes whose replays failed at the transport level, not to be leased again for this job.
+    pub(crate) excluded: Vec<Arc<str>>,
+}
+
+/// Where a devshard key's one outcome arrives.
+pub(crate) type Reply = watch::Receiver<Option<Outcome>>;
+
+/// The most nodes one devshard job excludes; enough for any real pool, and a bound on memory.
+const MAX_EXCLUDED: usize = 8;
 
 /// How many recently submitted keys are remembered, so a late duplicate trigger does not redo a
 /// validation the chain already holds. It only has to cover the moments until the chain's own
@@ -78,6 +116,11 @@ pub(crate) enum Step {
         pending_submit: Option<Box<PendingSubmit>>,
         /// What failed, for the journal.
         error: String,
+        /// A node not to lease again for this key.
+        exclude: Option<Arc<str>>,
+        /// Whether the key waits for ML capacity: it is readied early when one of our leases
+        /// ends, rather than only at `delay`.
+        wants_room: bool,
     },
     /// The key is done.
     Terminal(Outcome),
@@ -112,6 +155,9 @@ struct Entry {
     first_wait: Option<Duration>,
     attempts: Attempts,
     pending_submit: Option<Box<PendingSubmit>>,
+    devshard: Option<DevshardWork>,
+    /// The sequence number of the key's live entry in the delayed heap; older ones are stale.
+    delay_seq: u64,
 }
 
 struct Delayed {
@@ -159,15 +205,18 @@ impl Recent {
 struct State {
     open: bool,
     entries: HashMap<Key, Entry>,
-    ready: [VecDeque<Key>; 3],
+    ready: [VecDeque<Key>; Lane::COUNT],
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
-    pending: [usize; 3],
+    /// Delayed keys waiting for ML capacity, readied early by [`Scheduler::room_freed`].
+    room_waiters: Vec<Key>,
+    pending: [usize; Lane::COUNT],
     in_use: usize,
     peak: usize,
     credit: u32,
-    dispatched: [u64; 3],
+    dispatched: [u64; Lane::COUNT],
     counts: OutcomeCounts,
+    verdicts: VerdictCounts,
     admitted: u64,
     recent: Recent,
 }
@@ -179,6 +228,8 @@ pub(crate) struct Job {
     pub(crate) attempts: Attempts,
     pub(crate) pending_submit: Option<Box<PendingSubmit>>,
     pub(crate) run_id: Option<u64>,
+    /// A devshard job, its deadline and the nodes it excludes.
+    pub(crate) devshard: Option<(Arc<DevshardJob>, Instant, Vec<Arc<str>>)>,
     /// Time the key waited for its first slot, on its first dispatch only.
     pub(crate) first_wait: Option<Duration>,
     pub(crate) permit: SlotPermit,
@@ -220,11 +271,12 @@ pub(crate) struct Snapshot {
     pub(crate) in_use: usize,
     pub(crate) capacity: usize,
     pub(crate) peak: usize,
-    pub(crate) ready: [usize; 3],
-    pub(crate) pending: [usize; 3],
+    pub(crate) ready: [usize; Lane::COUNT],
+    pub(crate) pending: [usize; Lane::COUNT],
     pub(crate) delayed: usize,
-    pub(crate) dispatched: [u64; 3],
+    pub(crate) dispatched: [u64; Lane::COUNT],
     pub(crate) counts: OutcomeCounts,
+    pub(crate) verdicts: VerdictCounts,
     pub(crate) admitted: u64,
     pub(crate) sample_keys: Vec<Key>,
 }
@@ -240,7 +292,7 @@ pub(crate) struct Scheduler {
     journal: Arc<dyn Journal>,
     capacity: usize,
     floor_percent: u32,
-    bounds: [usize; 3],
+    bounds: [usize; Lane::COUNT],
 }
 
 impl Scheduler {
@@ -253,12 +305,14 @@ impl Scheduler {
                 ready: Default::default(),
                 delayed: BinaryHeap::new(),
                 seq: 0,
-                pending: [0; 3],
+                room_waiters: Vec::new(),
+                pending: [0; Lane::COUNT],
                 in_use: 0,
                 peak: 0,
                 credit: 0,
-                dispatched: [0; 3],
+                dispatched: [0; Lane::COUNT],
                 counts: OutcomeCounts::default(),
+                verdicts: VerdictCounts::default(),
                 admitted: 0,
                 recent: Recent::default(),
             }),
@@ -268,7 +322,12 @@ impl Scheduler {
             journal,
             capacity: config.slots,
             floor_percent: u32::from(config.recovery_floor_percent),
-            bounds: [config.revalidation_capacity, config.live_capacity, config.recovery_window],
+            bounds: [
+                config.challenged_capacity,
+                config.revalidation_capacity,
+                config.live_capacity,
+                config.recovery_window,
+            ],
         })
     }
 
@@ -290,7 +349,22 @@ impl Scheduler {
         lane: Lane,
         run: Option<&Arc<RunTracker>>,
     ) -> Result<Admission, Error> {
-        self.admit_with(key, lane, run, None)
+        self.admit_with(key, lane, run, None, None).map(|(admission, _)| admission)
+    }
+
+    /// Admits a devshard job into `lane`, or joins the copy in flight. Either way the receiver
+    /// gets the key's one outcome.
+    pub(crate) fn admit_devshard(
+        &self,
+        job: Arc<DevshardJob>,
+        lane: Lane,
+        deadline: Instant,
+    ) -> Result<(Admission, Reply), Error> {
+        let key = Key::Devshard(job.key.clone());
+        let (reply, receiver) = watch::channel(None);
+        let work = DevshardWork { job, deadline, reply, excluded: Vec::new() };
+        let (admission, joined) = self.admit_with(key, lane, None, None, Some(work))?;
+        Ok((admission, joined.unwrap_or(receiver)))
     }
 
     /// Admits a message built by an earlier process, to be submitted without a replay.
@@ -300,31 +374,37 @@ impl Scheduler {
         lane: Lane,
         pending: PendingSubmit,
     ) -> Result<Admission, Error> {
-        self.admit_with(key, lane, None, Some(Box::new(pending)))
+        self.admit_with(key, lane, None, Some(Box::new(pending)), None)
+            .map(|(admission, _)| admission)
     }
 
+    /// Admits `key`; for a key already in flight, the second value subscribes to its reply
+    /// when it has one.
     fn admit_with(
         &self,
         key: Key,
         lane: Lane,
         run: Option<&Arc<RunTracker>>,
         pending_submit: Option<Box<PendingSubmit>>,
-    ) -> Result<Admission, Error> {
+        devshard: Option<DevshardWork>,
+    ) -> Result<(Admission, Option<Reply>), Error> {
         let mut state = self.lock();
         if !state.open {
             return Err(Error::ShuttingDown);
         }
         if let Some(entry) = state.entries.get_mut(&key) {
-            return Ok(match (run, &entry.run) {
+            let joined = entry.devshard.as_ref().map(|work| work.reply.subscribe());
+            let admission = match (run, &entry.run) {
                 (Some(run), None) => {
                     entry.run = Some(Arc::clone(run));
                     Admission::Joined
                 }
                 _ => Admission::AlreadyInFlight,
-            });
+            };
+            return Ok((admission, joined));
         }
         if state.recent.set.contains(&key) {
-            return Ok(Admission::AlreadyDone);
+            return Ok((Admission::AlreadyDone, None));
         }
         if state.pending[lane.index()] >= self.bounds[lane.index()] {
             return Err(Error::LaneFull { lane });
@@ -342,6 +422,8 @@ impl Scheduler {
                 first_wait: None,
                 attempts: Attempts::default(),
                 pending_submit,
+                devshard,
+                delay_seq: 0,
             },
         );
         let depth = state.pending[lane.index()];
@@ -349,8 +431,8 @@ impl Scheduler {
         // Recorded before the lock is released, so the dispatcher cannot finish the key (and
         // the journal see its outcome) before its admission; `record` never waits.
         self.journal.record(JournalEntry::Admitted {
-            inference_id: key.0,
-            revalidation: key.1,
+            inference_id: key.journal_id(),
+            revalidation: key.revalidation(),
             lane,
             epoch: run.as_ref().map(|run| run.epoch),
             run_id: run.as_ref().map(|run| run.run_id),
@@ -359,7 +441,7 @@ impl Scheduler {
         drop(state);
         gauge_depth(lane, depth);
         self.wake.notify_one();
-        Ok(Admission::Admitted)
+        Ok((Admission::Admitted, None))
     }
 
     /// Admits a recovery key, waiting for room in the recovery window. Returns
@@ -395,6 +477,9 @@ impl Scheduler {
         while state.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
             let Some(Reverse(delayed)) = state.delayed.pop() else { break };
             if let Some(entry) = state.entries.get_mut(&delayed.key) {
+                if entry.phase != Phase::Delayed || entry.delay_seq != delayed.seq {
+                    continue;
+                }
                 entry.phase = Phase::Ready;
                 let lane = entry.lane;
                 state.ready[lane.index()].push_back(delayed.key);
@@ -417,6 +502,10 @@ impl Scheduler {
                 attempts: entry.attempts,
                 pending_submit: entry.pending_submit.take(),
                 run_id: entry.run.as_ref().map(|run| run.id()),
+                devshard: entry
+                    .devshard
+                    .as_ref()
+                    .map(|work| (Arc::clone(&work.job), work.deadline, work.excluded.clone())),
                 first_wait,
                 permit: SlotPermit { scheduler: Arc::clone(self), key: Some(key) },
             };
@@ -439,7 +528,7 @@ impl Scheduler {
     /// and a full 100 buys recovery the next one.
     fn pick(&self, state: &mut State) -> Option<Lane> {
         let recovery_ready = !state.ready[Lane::Recovery.index()].is_empty();
-        let higher = [Lane::Revalidation, Lane::Live]
+        let higher = [Lane::Challenged, Lane::Revalidation, Lane::Live]
             .into_iter()
             .find(|lane| !state.ready[lane.index()].is_empty());
         match (higher, recovery_ready) {
@@ -464,7 +553,9 @@ impl Scheduler {
         state.in_use = state.in_use.saturating_sub(1);
         let in_use = state.in_use;
         let terminal = match step {
-            Step::Retry { stage, delay, attempts, pending_submit, .. } if state.open => {
+            Step::Retry { stage, delay, attempts, pending_submit, exclude, wants_room, .. }
+                if state.open =>
+            {
                 metrics::counter!("validator_retries_total", "stage" => stage.as_str())
                     .increment(1);
                 let due = Instant::now() + delay;
@@ -474,6 +565,15 @@ impl Scheduler {
                     entry.phase = Phase::Delayed;
                     entry.attempts = attempts;
                     entry.pending_submit = pending_submit;
+                    entry.delay_seq = seq;
+                    if let (Some(work), Some(node)) = (entry.devshard.as_mut(), exclude) {
+                        if !work.excluded.contains(&node) && work.excluded.len() < MAX_EXCLUDED {
+                            work.excluded.push(node);
+                        }
+                    }
+                    if wants_room {
+                        state.room_waiters.push(key.clone());
+                    }
                     state.delayed.push(Reverse(Delayed { due, seq, key }));
                 }
                 None
@@ -489,20 +589,51 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// One of our leases ended, so ML capacity may be free: keys waiting for room go back to
+    /// the front of their lanes, so the highest lane gets the room first.
+    pub(crate) fn room_freed(&self) {
+        let mut state = self.lock();
+        if state.room_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut state.room_waiters);
+        let mut readied = false;
+        for key in waiters.into_iter().rev() {
+            let Some(entry) = state.entries.get_mut(&key) else { continue };
+            if entry.phase != Phase::Delayed {
+                continue;
+            }
+            entry.phase = Phase::Ready;
+            // Invalidates the key's entry in the delayed heap.
+            entry.delay_seq = u64::MAX;
+            let lane = entry.lane;
+            state.ready[lane.index()].push_front(key);
+            readied = true;
+        }
+        drop(state);
+        if readied {
+            self.wake.notify_one();
+        }
+    }
+
     /// Removes `key` and records its outcome; the caller publishes it once the lock is released.
     fn end(&self, state: &mut State, key: Key, outcome: Outcome) -> Option<Finished> {
         let entry = state.entries.remove(&key)?;
         state.pending[entry.lane.index()] -= 1;
         let kind = outcome.kind();
         state.counts.add(kind);
+        if let Outcome::Judged { verdict } = &outcome {
+            state.verdicts.add(verdict.reason);
+        }
         if matches!(outcome, Outcome::Submitted { .. } | Outcome::Invalidated { .. }) {
             state.recent.insert(key.clone());
         }
         Some(Finished {
             depth: state.pending[entry.lane.index()],
+            reply: entry.devshard.map(|work| work.reply),
             event: OutcomeEvent {
-                inference_id: key.0,
-                revalidation: key.1,
+                inference_id: key.journal_id(),
+                revalidation: key.revalidation(),
                 lane: entry.lane,
                 run_id: entry.run.as_ref().map(|run| run.id()),
                 outcome,
@@ -515,7 +646,11 @@ impl Scheduler {
     }
 
     fn publish(&self, finished: Finished) {
-        let Finished { event, run, depth } = finished;
+        let Finished { event, run, depth, reply } = finished;
+        if let Some(reply) = reply {
+            // No receiver left is fine: every caller stopped waiting, the outcome still counts.
+            reply.send_replace(Some(event.outcome.clone()));
+        }
         let kind = event.outcome.kind();
         metrics::counter!("validator_outcomes_total", "outcome" => kind.as_str()).increment(1);
         gauge_depth(event.lane, depth);
@@ -546,6 +681,7 @@ impl Scheduler {
             .collect();
         state.ready = Default::default();
         state.delayed.clear();
+        state.room_waiters.clear();
         let finished: Vec<Finished> = idle
             .into_iter()
             .filter_map(|key| self.end(&mut state, key, Outcome::Cancelled))
@@ -567,11 +703,12 @@ impl Scheduler {
             in_use: state.in_use,
             capacity: self.capacity,
             peak: state.peak,
-            ready: [state.ready[0].len(), state.ready[1].len(), state.ready[2].len()],
+            ready: std::array::from_fn(|lane| state.ready[lane].len()),
             pending: state.pending,
-            delayed: state.delayed.len(),
+            delayed: state.entries.values().filter(|entry| entry.phase == Phase::Delayed).count(),
             dispatched: state.dispatched,
             counts: state.counts,
+            verdicts: state.verdicts,
             admitted: state.admitted,
             sample_keys: state.entries.keys().take(sample).cloned().collect(),
         }
@@ -588,6 +725,7 @@ struct Finished {
     event: OutcomeEvent,
     run: Option<Arc<RunTracker>>,
     depth: usize,
+    reply: Option<watch::Sender<Option<Outcome>>>,
 }
 
 fn gauge_depth(lane: Lane, depth: usize) {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::{sync::Notify, time::Instant};
 
+use crate::devshard::DevshardJob;
 use crate::ports::{
     chain::{
         ChainClient, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
@@ -78,6 +79,9 @@ fn completion(positions: &[(String, Vec<String>)]) -> Value {
         "usage": {"prompt_tokens": 12, "completion_tokens": positions.len()},
     })
 }
+
+/// The validation threshold [`MemoryChain::set_epoch_models`] gives each model.
+pub const THRESHOLD: rust_decimal::Decimal = rust_decimal::Decimal::from_parts(90, 0, 0, false, 2);
 
 /// The token ids of the original [`payloads_for`] makes (Qwen's ids for "Okay", ",", " the",
 /// " answer", "."): the executor asks for token ids, and classic validation refuses text.
@@ -254,6 +258,7 @@ impl MemoryChain {
                     model: (*model).to_owned(),
                     validation_weights: vec![SELF_ADDRESS.into(), EXECUTOR.into()],
                     has_model_snapshot: true,
+                    validation_threshold: Some(THRESHOLD),
                     ..EpochGroup::default()
                 },
             );
@@ -518,7 +523,18 @@ impl MemoryPayloads {
 #[async_trait]
 impl PayloadSource for MemoryPayloads {
     async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
-        let id = &inference.inference_id;
+        self.serve(&inference.inference_id).await
+    }
+
+    /// Serves the job under its [`journal_id`](crate::devshard::DevshardKey::journal_id), so
+    /// [`set`](MemoryPayloads::set) and [`script`](MemoryPayloads::script) address it by that.
+    async fn fetch_devshard(&self, job: &DevshardJob) -> Result<Payloads, PayloadError> {
+        self.serve(&job.key.journal_id()).await
+    }
+}
+
+impl MemoryPayloads {
+    async fn serve(&self, id: &InferenceId) -> Result<Payloads, PayloadError> {
         let result = {
             let mut state = lock(&self.state);
             state.calls.entry(id.clone()).or_default().push(Instant::now());
@@ -613,6 +629,10 @@ impl ModelLockBroker for MemoryBroker {
 
     fn serves(&self, model: &str) -> bool {
         lock(&self.shared.models).contains(model)
+    }
+
+    fn has_room(&self, model: &str) -> bool {
+        self.serves(model) && self.shared.held.load(Ordering::SeqCst) < self.shared.max_concurrent
     }
 }
 

@@ -78,6 +78,9 @@ pub struct DemoOptions {
     /// Metrics address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub metrics_addr: SocketAddr,
+    /// Validation service (gRPC) address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub service_addr: SocketAddr,
     /// Admin token file (default: a file in the system's temporary directory).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl Default for DemoOptions {
             hold: false,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            service_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token_file: None,
             json: false,
         }
@@ -195,6 +199,7 @@ pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: b
     settings.chain.payloads.allow = vec!["127.0.0.0/8".into()];
     settings.admin.listen = options.admin_addr;
     settings.metrics.listen = options.metrics_addr;
+    settings.service.listen = options.service_addr.to_string();
     settings.metrics.refresh_interval = Duration::from_millis(500);
     let dir = std::env::temp_dir().join(format!("validator-demo-{}", std::process::id()));
     settings.admin.token_file =
@@ -501,7 +506,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                             bars.live.inc(1);
                             live_waits.push(event.wait.unwrap_or_default());
                         }
-                        Lane::Revalidation => bars.revalidation.inc(1),
+                        // The classic scenario has no devshard votes; they would count as votes.
+                        Lane::Revalidation | Lane::Challenged => bars.revalidation.inc(1),
                     }
                     done_by_lane[event.lane.index_for_demo()] += 1;
                 }
@@ -696,7 +702,7 @@ trait LaneIndex {
 impl LaneIndex for Lane {
     fn index_for_demo(self) -> usize {
         match self {
-            Lane::Revalidation => 0,
+            Lane::Revalidation | Lane::Challenged => 0,
             Lane::Live => 1,
             Lane::Recovery => 2,
         }

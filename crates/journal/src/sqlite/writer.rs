@@ -357,6 +357,11 @@ fn finish(conn: &Connection, event: &OutcomeEvent, at: SystemTime) -> rusqlite::
         Outcome::GaveUp { stage, error } => {
             (None, None, None, None, Some(stage.as_str()), Some(error))
         }
+        // A devshard verdict is kept with its reason tag as the verdict and its similarity as
+        // the value; nothing of it went to the chain.
+        Outcome::Judged { verdict } => {
+            (Some(verdict.reason.as_str()), verdict.similarity, None, None, None, None)
+        }
         Outcome::Skipped { .. } | Outcome::Cancelled => (None, None, None, None, None, None),
     };
     conn.prepare_cached(

@@ -27,34 +27,49 @@ use crate::{
         model_lock::{LeaseRequest, LockError, NodeHealth},
         payload_source::{PayloadError, Payloads},
     },
-    scheduler::{Attempts, Job, PendingSubmit, Step},
+    scheduler::{Attempts, Job, Key, PendingSubmit, Step},
     scoring,
 };
 
 /// Runs one dispatched job to its step and hands the slot back.
 pub(super) async fn run(inner: Arc<Inner>, job: Job) {
-    let Job { key, lane, attempts, pending_submit, run_id, first_wait, permit } = job;
+    let Job { key, lane, attempts, pending_submit, run_id, devshard, first_wait, permit } = job;
     if let Some(wait) = first_wait {
         metrics::histogram!("validator_lane_wait_seconds", "lane" => lane.as_str())
             .record(wait.as_secs_f64());
     }
-    let span = info_span!("validation", inference_id = %key.0, lane = lane.as_str(), revalidation = key.1, run_id);
-    let attempt = Attempt { inner: &inner, id: &key.0, revalidation: key.1, lane, attempts };
+    let journal_id = key.journal_id();
     let started = Instant::now();
-    let work = AssertUnwindSafe(attempt.run(pending_submit)).catch_unwind();
+    let work = match (&key, devshard) {
+        (Key::Classic(id, revalidation), _) => {
+            let span = info_span!("validation", inference_id = %id, lane = lane.as_str(), revalidation, run_id);
+            let attempt =
+                Attempt { inner: &inner, id, revalidation: *revalidation, lane, attempts };
+            attempt.run(pending_submit).instrument(span).boxed()
+        }
+        (Key::Devshard(devshard_key), Some((job, deadline, excluded))) => {
+            let span = info_span!("devshard", escrow_id = %devshard_key.escrow_id, inference_id = devshard_key.inference_id, lane = lane.as_str());
+            let attempt = super::devshard::Attempt::new(&inner, job, deadline, excluded, attempts);
+            attempt.run().instrument(span).boxed()
+        }
+        (Key::Devshard(_), None) => {
+            let error = "devshard key without its job".to_owned();
+            async move { Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error }) }.boxed()
+        }
+    };
     let step = tokio::select! {
         biased;
         _ = inner.cancel.cancelled() => Step::Terminal(Outcome::Cancelled),
-        result = work.instrument(span) => result.unwrap_or_else(|panic| {
+        result = AssertUnwindSafe(work).catch_unwind() => result.unwrap_or_else(|panic| {
             let error = panic_message(&panic);
-            warn!(inference_id = %key.0, %error, "validation attempt panicked");
+            warn!(inference_id = %journal_id, %error, "validation attempt panicked");
             Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
         }),
     };
     if let Step::Retry { stage, error, .. } = &step {
         inner.ports.journal.record(JournalEntry::Attempt {
-            inference_id: key.0.clone(),
-            revalidation: key.1,
+            inference_id: journal_id,
+            revalidation: key.revalidation(),
             stage: *stage,
             error: error.clone(),
             duration: started.elapsed(),
@@ -64,7 +79,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
     permit.finish(step);
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -372,6 +387,8 @@ impl Attempt<'_> {
                         attempts: self.attempts,
                         pending_submit: Some(Box::new(pending)),
                         error,
+                        exclude: None,
+                        wants_room: false,
                     }
                 } else {
                     Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
@@ -405,6 +422,8 @@ impl Attempt<'_> {
                 attempts,
                 pending_submit: None,
                 error,
+                exclude: None,
+                wants_room: false,
             }
         } else {
             warn!(%error, "lock or replay failed on every attempt; giving up");
@@ -419,6 +438,8 @@ impl Attempt<'_> {
             attempts: self.attempts,
             pending_submit: None,
             error,
+            exclude: None,
+            wants_room: false,
         }
     }
 }
@@ -440,7 +461,7 @@ fn skip(reason: SkipReason) -> Step {
     Step::Terminal(Outcome::Skipped { reason })
 }
 
-fn observe(stage: Stage, started: Instant) {
+pub(super) fn observe(stage: Stage, started: Instant) {
     metrics::histogram!("validator_stage_duration_seconds", "stage" => stage.as_str())
         .record(started.elapsed().as_secs_f64());
 }

@@ -21,7 +21,7 @@ use crate::{
     },
     recovery::{RunClaim, RunState, RunTracker, Trigger},
     sampling,
-    scheduler::Admission,
+    scheduler::{Admission, Key},
     Error,
 };
 
@@ -154,7 +154,7 @@ async fn detect(
                     tracker.record(OutcomeKind::SkippedModelNotServed);
                     continue;
                 }
-                let key = (details.inference_id.clone(), false);
+                let key = Key::Classic(details.inference_id.clone(), false);
                 match inner.scheduler.admit_recovery(key, tracker, &inner.cancel).await {
                     Ok(Admission::Admitted | Admission::Joined) => {
                         tracker.detected();

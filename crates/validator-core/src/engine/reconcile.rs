@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::Inner;
 use crate::{
     ports::journal::{Intent, JournalEntry, SubmissionResult},
-    scheduler::PendingSubmit,
+    scheduler::{Key, PendingSubmit},
 };
 
 /// The first pause after a failed journal read or chain query; doubled up to [`MAX_PAUSE`].
@@ -88,7 +88,7 @@ pub(super) async fn run(inner: &Inner) {
 
 /// Admits the intent's message for submission as it was built.
 fn resend(inner: &Inner, intent: &Intent) {
-    let key = (intent.msg.inference_id.clone(), intent.msg.revalidation);
+    let key = Key::Classic(intent.msg.inference_id.clone(), intent.msg.revalidation);
     let pending = PendingSubmit {
         msg: intent.msg.clone(),
         outcome: intent.outcome.clone(),

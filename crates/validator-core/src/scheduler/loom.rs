@@ -32,7 +32,7 @@ fn scheduler(slots: usize, floor: u8) -> Arc<Scheduler> {
 }
 
 fn key(id: &str) -> Key {
-    (InferenceId::from(id), false)
+    Key::Classic(InferenceId::from(id), false)
 }
 
 fn done() -> Step {

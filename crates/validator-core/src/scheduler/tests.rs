@@ -11,7 +11,7 @@ fn scheduler(slots: usize, floor: u8) -> Arc<Scheduler> {
 }
 
 fn key(id: &str) -> Key {
-    (InferenceId::from(id), false)
+    Key::Classic(InferenceId::from(id), false)
 }
 
 fn admit_all(scheduler: &Scheduler, lane: Lane, prefix: &str, n: usize) {
@@ -85,7 +85,7 @@ async fn a_key_is_in_flight_once_and_recent_submissions_are_not_redone() {
         Admission::AlreadyInFlight
     );
     // The revalidation of the same inference is a different key.
-    let revalidation = (InferenceId::from("a"), true);
+    let revalidation = Key::Classic(InferenceId::from("a"), true);
     assert_eq!(
         scheduler.admit(revalidation, Lane::Revalidation, None).unwrap(),
         Admission::Admitted
@@ -119,6 +119,8 @@ async fn a_retrying_key_holds_no_slot_and_comes_back_when_due() {
         attempts: Attempts { payload: 1, total: 1, ..Attempts::default() },
         pending_submit: None,
         error: "failed".into(),
+        exclude: None,
+        wants_room: false,
     });
     // The slot went to the other key at once.
     let (mut jobs, next_due) = scheduler.dispatch(Instant::now());
@@ -198,6 +200,8 @@ async fn close_cancels_idle_keys_and_running_ones_end_once() {
         attempts: Attempts::default(),
         pending_submit: None,
         error: "failed".into(),
+        exclude: None,
+        wants_room: false,
     });
     let snapshot = scheduler.snapshot(10);
     assert_eq!(snapshot.counts.get(OutcomeKind::Cancelled), 3);

@@ -2,6 +2,8 @@
 //! run on paused tokio time; tests await signals (outcomes, submissions), never sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Devshard jobs: verdicts to the caller, joins, the challenged lane, ML capacity waits.
+mod devshard;
 // The journal: write-ahead intents, reconciliation after a crash, history.
 mod journal;
 // Payload retrieval: retries, back-off, invalidations, legacy payloads, staleness.

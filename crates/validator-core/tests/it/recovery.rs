@@ -3,7 +3,7 @@ use std::time::Duration;
 use testkit::memory::{MemoryPorts, MODEL};
 use validator_core::{
     ports::chain::{ValidationDetails, ValidatorPower},
-    sampling, OutcomeKind, RecoveryStart, RunState,
+    sampling, Lane, OutcomeKind, RecoveryStart, RunState,
 };
 
 use crate::{config, Harness};
@@ -200,7 +200,8 @@ async fn the_recovery_lane_never_exceeds_its_window() {
     let mut max_in_flight = 0;
     for _ in 0..1_000 {
         h.next_outcome().await;
-        max_in_flight = max_in_flight.max(h.engine.status().lanes[2].in_flight);
+        max_in_flight =
+            max_in_flight.max(h.engine.status().lane(Lane::Recovery).unwrap().in_flight);
     }
     assert!(max_in_flight <= 64, "{max_in_flight}");
     assert_eq!(run.wait().await.outcomes.get(OutcomeKind::Submitted), 1_000);

@@ -64,7 +64,11 @@ async fn entry_points_do_not_wait_for_slots() {
     assert_eq!(h.engine.revalidate("d".into()).unwrap(), Admission::Admitted);
     let status = h.engine.status();
     assert_eq!(status.slots_in_use, 2);
-    assert_eq!(status.lanes[0].ready, 1, "the revalidation waits for a slot, queued");
+    assert_eq!(
+        status.lane(Lane::Revalidation).unwrap().ready,
+        1,
+        "the revalidation waits for a slot, queued"
+    );
 }
 
 /// The live lane goes before a recovery backlog: a live item admitted behind 1,000 recovery
@@ -79,7 +83,7 @@ async fn live_work_is_not_starved_by_a_backlog() {
     h.fakes.chain.add_inference("live", 10);
     let run = h.engine.recover(9, 1).unwrap().handle().clone();
     // Wait until the backlog is queued and running.
-    settle(|| h.engine.status().lanes[2].ready >= 100).await;
+    settle(|| h.engine.status().lane(Lane::Recovery).unwrap().ready >= 100).await;
     h.engine.validate("live".into()).unwrap();
     let mut before_live = 0;
     let live = loop {

@@ -1,0 +1,343 @@
+//! One devshard validation attempt, run while it owns a slot (LIVE-NETWORK.md 2.2): room on an
+//! ML node, payloads from the executor's session route, the model's threshold, the replay and
+//! the verdict, which goes back to the caller. Like the classic attempt, a failure gives the
+//! slot back and requeues the key with a due time; nothing here sleeps or waits for capacity.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use rust_decimal::Decimal;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{attempt::observe, Inner};
+use crate::{
+    completion::{self, CompletionResponse},
+    devshard::{DevshardJob, DevshardVerdict, VerdictReason},
+    outcome::{Outcome, SkipReason, Stage},
+    ports::{
+        chain::{ChainError, InferenceId},
+        ml_node::{ReplayError, ReplayRequest, ReplayResponse},
+        model_lock::{LeaseRequest, LockError, NodeHealth},
+        payload_source::{PayloadError, Payloads},
+    },
+    scheduler::{Attempts, Step},
+    scoring,
+};
+
+/// What a devshard replay needs from the chain besides the job, read at most once per TTL.
+#[derive(Default)]
+pub(crate) struct ChainParamsCache {
+    thresholds: Mutex<HashMap<ThresholdKey, (Instant, Decimal)>>,
+    logprobs_mode: Mutex<Option<(Instant, Arc<str>)>>,
+}
+
+/// (epoch, model).
+type ThresholdKey = (u64, Arc<str>);
+
+/// How many (epoch, model) thresholds are kept; older epochs are never asked about again.
+const MAX_THRESHOLDS: usize = 256;
+
+impl ChainParamsCache {
+    /// The model's validation threshold for the epoch (`EpochGroupData(epoch, model)`).
+    async fn threshold(&self, inner: &Inner, job: &DevshardJob) -> Result<Decimal, String> {
+        let key = (job.epoch_id, Arc::clone(&job.model));
+        let ttl = inner.config.chain_params_ttl;
+        {
+            let cached = self.thresholds.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, threshold)) = cached.get(&key) {
+                if at.elapsed() < ttl {
+                    return Ok(*threshold);
+                }
+            }
+        }
+        let group = inner
+            .chain_call(inner.ports.chain.epoch_group(job.epoch_id, &job.model))
+            .await
+            .map_err(|err| format!("epoch group of {} for {}: {err}", job.epoch_id, job.model))?;
+        let threshold = group.validation_threshold.ok_or_else(|| {
+            format!("no validation threshold for epoch {} model {}", job.epoch_id, job.model)
+        })?;
+        let mut cached = self.thresholds.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.len() >= MAX_THRESHOLDS {
+            cached.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if cached.len() < MAX_THRESHOLDS {
+            cached.insert(key, (Instant::now(), threshold));
+        }
+        Ok(threshold)
+    }
+
+    /// The chain's `ValidationParams.logprobs_mode`; empty for the node's default.
+    async fn logprobs_mode(&self, inner: &Inner) -> Result<Arc<str>, ChainError> {
+        {
+            let cached = self.logprobs_mode.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, mode)) = cached.as_ref() {
+                if at.elapsed() < inner.config.chain_params_ttl {
+                    return Ok(Arc::clone(mode));
+                }
+            }
+        }
+        let params = inner.chain_call(inner.ports.chain.validation_params()).await?;
+        let mode: Arc<str> = params.logprobs_mode.into();
+        *self.logprobs_mode.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), Arc::clone(&mode)));
+        Ok(mode)
+    }
+}
+
+pub(super) struct Attempt<'a> {
+    inner: &'a Inner,
+    job: Arc<DevshardJob>,
+    deadline: Instant,
+    excluded: Vec<Arc<str>>,
+    attempts: Attempts,
+}
+
+impl<'a> Attempt<'a> {
+    pub(super) fn new(
+        inner: &'a Inner,
+        job: Arc<DevshardJob>,
+        deadline: Instant,
+        excluded: Vec<Arc<str>>,
+        attempts: Attempts,
+    ) -> Self {
+        Self { inner, job, deadline, excluded, attempts }
+    }
+
+    pub(super) async fn run(mut self) -> Step {
+        if Instant::now() >= self.deadline {
+            return gave_up(Stage::Lock, "the job's deadline passed without a verdict".into());
+        }
+        // Payloads are fetched only once a replay could run: a job waiting for ML capacity
+        // holds neither a slot nor the executor's payloads.
+        if !self.inner.ports.broker.has_room(&self.job.model) {
+            return self.wait_for_room();
+        }
+        let payloads = match self.fetch_payloads().await {
+            Ok(payloads) => payloads,
+            Err(step) => return step,
+        };
+        let started = Instant::now();
+        let threshold = match self.inner.devshard_params.threshold(self.inner, &self.job).await {
+            Ok(threshold) => threshold,
+            Err(error) => return self.retry_chain(error),
+        };
+        let logprobs_mode = match self.inner.devshard_params.logprobs_mode(self.inner).await {
+            Ok(mode) => mode,
+            Err(err) => return self.retry_chain(format!("validation params: {err}")),
+        };
+        observe(Stage::Chain, started);
+        let built = CompletionResponse::from_payload(&payloads.response).and_then(|original| {
+            let body = completion::build_devshard_replay(
+                &payloads.prompt,
+                &original,
+                self.job.key.inference_id,
+                &logprobs_mode,
+            )?;
+            Ok((original, body))
+        });
+        let (original, body) = match built {
+            Ok(built) => built,
+            Err(invalid) => {
+                debug!(%invalid, "the executor's payloads cannot be replayed");
+                return judged(DevshardVerdict::new(VerdictReason::InvalidInference));
+            }
+        };
+        // The payloads are dropped here: only the parsed original and the body go on.
+        drop(payloads);
+        let request = ReplayRequest {
+            inference_id: InferenceId::new(self.job.key.inference_id.to_string()),
+            body: Bytes::from(body),
+        };
+        self.replay(&original, &request, threshold).await
+    }
+
+    async fn fetch_payloads(&mut self) -> Result<Payloads, Step> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let fetched = self
+            .inner
+            .bounded(config.payload_timeout, self.inner.ports.payloads.fetch_devshard(&self.job))
+            .await
+            .unwrap_or_else(|| Err(PayloadError::Unavailable("payload fetch timed out".into())));
+        observe(Stage::Payload, started);
+        let err = match fetched {
+            Ok(payloads) => return Ok(payloads),
+            Err(PayloadError::Gone) => {
+                return Err(Step::Terminal(Outcome::Skipped { reason: SkipReason::Gone }));
+            }
+            Err(PayloadError::HashMismatch(detail)) => {
+                debug!(%detail, "devshard payload hash mismatch");
+                let mut verdict = DevshardVerdict::new(VerdictReason::HashMismatch);
+                verdict.details.push(("detail".into(), detail));
+                return Err(judged(verdict));
+            }
+            Err(err) => err,
+        };
+        let side = if err.is_local() { "validator" } else { "executor" };
+        metrics::counter!("validator_payload_failures_total", "side" => side).increment(1);
+        self.attempts.payload += 1;
+        if self.attempts.payload < config.payload_retry.attempts {
+            debug!(%err, attempt = self.attempts.payload, "devshard payload fetch failed; will retry");
+            return Err(self.retry(
+                Stage::Payload,
+                self.inner.backoff(&config.payload_retry),
+                err.to_string(),
+                None,
+            ));
+        }
+        // Upstream votes nothing when the payloads cannot be had; neither do we.
+        warn!(%err, "devshard payloads unavailable after every attempt; no verdict");
+        Err(gave_up(Stage::Payload, err.to_string()))
+    }
+
+    async fn replay(
+        &mut self,
+        original: &CompletionResponse,
+        request: &ReplayRequest,
+        threshold: Decimal,
+    ) -> Step {
+        let started = Instant::now();
+        let wanted = LeaseRequest {
+            model: &self.job.model,
+            excluded_nodes: &self.excluded,
+            escrow_id: Some(&self.job.key.escrow_id),
+        };
+        let acquired = self
+            .inner
+            .bounded(self.inner.config.lock_timeout, self.inner.ports.broker.acquire(&wanted))
+            .await
+            .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
+        let lease = match acquired {
+            Ok(lease) => lease,
+            Err(LockError::NoNode { .. }) => return self.wait_for_room(),
+            Err(err) => return self.retry_replay(err.to_string(), None),
+        };
+        observe(Stage::Lock, started);
+        let started = Instant::now();
+        let answer = self
+            .inner
+            .bounded(
+                self.inner.config.replay_timeout,
+                self.inner.ports.ml.replay(lease.node(), request),
+            )
+            .await
+            .unwrap_or(Err(ReplayError::Timeout));
+        observe(Stage::Replay, started);
+        let node = Arc::clone(&lease.node().id);
+        let (health, step) = match answer {
+            Ok(ReplayResponse::Completed(body)) => {
+                match scoring::judge_devshard(
+                    original,
+                    &body,
+                    self.job.input_tokens,
+                    self.job.output_tokens,
+                    threshold,
+                ) {
+                    Ok(verdict) => (NodeHealth::Healthy, judged(verdict)),
+                    Err(err) => (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None)),
+                }
+            }
+            Ok(ReplayResponse::Rejected { status }) => {
+                debug!(status, "ML node rejected the replay: valid, as upstream counts it");
+                let mut verdict = DevshardVerdict::new(VerdictReason::MlRejected);
+                verdict.details.push(("ml_status".into(), status.to_string()));
+                (NodeHealth::Healthy, judged(verdict))
+            }
+            Err(ReplayError::Timeout) => {
+                (NodeHealth::TimedOut, self.retry_replay("replay timed out".into(), None))
+            }
+            Err(err @ ReplayError::Transport(_)) => {
+                (NodeHealth::Failed, self.retry_replay(err.to_string(), Some(node)))
+            }
+            Err(err @ ReplayError::BadResponse(_)) => {
+                (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None))
+            }
+        };
+        lease.release(health);
+        self.inner.scheduler.room_freed();
+        step
+    }
+
+    /// No ML capacity now: wait, holding nothing, until one of our leases ends or `lock_wait`
+    /// passes. Not a failure: no retry budget is spent, the deadline bounds it.
+    fn wait_for_room(&self) -> Step {
+        metrics::counter!("validator_lock_waits_total").increment(1);
+        let delay = self.until_deadline(self.inner.config.lock_wait);
+        Step::Retry {
+            stage: Stage::Lock,
+            delay,
+            attempts: self.attempts,
+            pending_submit: None,
+            error: format!("no ML capacity for model {}", self.job.model),
+            exclude: None,
+            wants_room: true,
+        }
+    }
+
+    /// A failed chain read, counted against the payload budget as the classic path does.
+    fn retry_chain(&mut self, error: String) -> Step {
+        self.attempts.payload += 1;
+        if self.attempts.payload < self.inner.config.payload_retry.attempts {
+            let delay = self.inner.backoff(&self.inner.config.payload_retry);
+            self.retry(Stage::Chain, delay, error, None)
+        } else {
+            gave_up(Stage::Chain, error)
+        }
+    }
+
+    /// A failed lease or replay, counted against the replay budget.
+    fn retry_replay(&mut self, error: String, exclude: Option<Arc<str>>) -> Step {
+        self.attempts.replay += 1;
+        if self.attempts.replay < self.inner.config.replay_retry.attempts {
+            debug!(%error, failures = self.attempts.replay, "devshard lock or replay failed; will retry");
+            let delay = self.inner.backoff(&self.inner.config.replay_retry);
+            self.retry(Stage::Replay, delay, error, exclude)
+        } else {
+            warn!(%error, "devshard lock or replay failed on every attempt; no verdict");
+            gave_up(Stage::Replay, error)
+        }
+    }
+
+    fn retry(
+        &self,
+        stage: Stage,
+        delay: Duration,
+        error: String,
+        exclude: Option<Arc<str>>,
+    ) -> Step {
+        Step::Retry {
+            stage,
+            delay: self.until_deadline(delay),
+            attempts: self.attempts,
+            pending_submit: None,
+            error,
+            exclude,
+            wants_room: false,
+        }
+    }
+
+    /// `delay`, cut short at the deadline so a job never outlives it waiting.
+    fn until_deadline(&self, delay: Duration) -> Duration {
+        delay.min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+fn judged(verdict: DevshardVerdict) -> Step {
+    metrics::counter!(
+        "validator_devshard_verdicts_total",
+        "verdict" => if verdict.valid() { "valid" } else { "invalid" },
+        "reason" => verdict.reason.as_str()
+    )
+    .increment(1);
+    Step::Terminal(Outcome::Judged { verdict })
+}
+
+fn gave_up(stage: Stage, error: String) -> Step {
+    Step::Terminal(Outcome::GaveUp { stage, error })
+}
