@@ -21,13 +21,19 @@ use std::{
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::time::{Instant, MissedTickBehavior};
-use validator_core::devshard::{DevshardJob, DevshardKey};
+use tokio_util::task::TaskTracker;
+use validator_bin::service::ValidationHandler;
+use validator_core::{
+    devshard::{DevshardJob, DevshardKey},
+    Config, Engine, Lane,
+};
+use validator_proto::validator::v1::{validate_response::Verdict, ValidateRequest};
 
 use crate::{
     devshardd::{self, Answer, AnswerSink, Devshardd, Timing},
     fakes::{mix, replayed_job, Faults, NodeManager, Rig, TimedMlNode, ESCROW_PREFIX, LIVE_EPOCH},
     scenarios::{round, run_child, runtime, secs, status_kib, Sizes, TaskSampler, REPLAY},
-    strategy::{BoxError, Strategy},
+    strategy::{BoxError, Policy, Strategy},
 };
 
 /// Locks of the NodeManager's one node.
@@ -46,7 +52,20 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 const EXECUTOR: &str = "gonka1qypqxpq9qcrsszg2pvxq6rs0zqg3yyc50htqp7";
 
 /// The strategies this scenario compares.
-pub(crate) const STRATEGIES: [Strategy; 1] = [Strategy::Devshardd];
+pub(crate) const STRATEGIES: [Strategy; 2] = [Strategy::Ours, Strategy::Devshardd];
+
+/// The engine's configuration here: the classic scenarios' scaled policy with K =
+/// [`NODE_CAPACITY`] slots (slots match the node, as K slots match K node slots there), and the
+/// devshard settings scaled the same way, one minute to 10 ms: `lock_wait` 2 s, the deadline
+/// 30 min, the chain parameters' TTL 10 min.
+pub(crate) fn engine_config() -> Config {
+    Config {
+        lock_wait: Duration::from_micros(333),
+        devshard_deadline: Duration::from_millis(300),
+        chain_params_ttl: Duration::from_millis(100),
+        ..Policy::scaled(NODE_CAPACITY).engine_config()
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -78,6 +97,23 @@ fn job(session: usize, id: u64) -> DevshardJob {
     }
 }
 
+/// The service request a host sends for `job`.
+fn request(job: &DevshardJob) -> ValidateRequest {
+    ValidateRequest {
+        inference_id: job.key.inference_id,
+        model: job.model.to_string(),
+        prompt_hash: job.prompt_hash.to_vec(),
+        response_hash: job.response_hash.to_vec(),
+        input_tokens: job.input_tokens,
+        output_tokens: job.output_tokens,
+        escrow_id: job.key.escrow_id.to_string(),
+        epoch_id: job.epoch_id,
+        executor_address: job.executor_address.to_string(),
+        runtime_version: job.runtime_version.to_string(),
+        challenged: job.challenged,
+    }
+}
+
 /// Draws a Poisson count of mean `mean` (Knuth's method; the means here are below 1).
 fn poisson(rng: &mut rand::rngs::SmallRng, mean: f64) -> u64 {
     let limit = (-mean).exp();
@@ -100,7 +136,11 @@ struct Hosts {
     challenged_arrivals: Mutex<HashMap<(usize, u64), Instant>>,
     /// Challenged jobs' waits from first collection to the start of their first replay.
     challenged_waits: Mutex<Vec<Duration>>,
-    admitted: AtomicU64,
+    /// Jobs handed to the strategy (calls made, jobs offered to a queue).
+    handed: AtomicU64,
+    /// Of those, the ones that came back: an answer, or a refusal.
+    returned: AtomicU64,
+    /// Answers, with or without a vote.
     answered: AtomicU64,
     refused: AtomicU64,
     valid: AtomicU64,
@@ -117,7 +157,8 @@ impl Hosts {
             again: (0..sessions).map(|_| Mutex::default()).collect(),
             challenged_arrivals: Mutex::default(),
             challenged_waits: Mutex::default(),
-            admitted: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             valid: AtomicU64::new(0),
@@ -138,6 +179,7 @@ impl Hosts {
 
     /// The strategy did not take `job`: collected again at the next diff.
     fn refused(&self, session: usize, job: DevshardJob) {
+        self.returned.fetch_add(1, Ordering::Relaxed);
         self.refused.fetch_add(1, Ordering::Relaxed);
         self.collect_again(session, job);
     }
@@ -155,6 +197,7 @@ impl Hosts {
 
 impl AnswerSink for Hosts {
     fn answered(&self, session: usize, job: &DevshardJob, answer: Answer) {
+        self.returned.fetch_add(1, Ordering::Relaxed);
         self.answered.fetch_add(1, Ordering::Relaxed);
         let counter = match answer {
             Answer::Verdict { valid: true } => &self.valid,
@@ -175,6 +218,13 @@ impl AnswerSink for Hosts {
 
 /// A strategy started on the scenario's ports.
 enum Design {
+    /// The engine behind the validation service's handler; one task per call in flight, as
+    /// the gRPC server runs one per request.
+    Ours {
+        engine: Engine,
+        handler: ValidationHandler,
+        calls: TaskTracker,
+    },
     Devshardd(Arc<Devshardd>),
 }
 
@@ -186,6 +236,11 @@ impl Design {
         hosts: &Arc<Hosts>,
     ) -> Result<Self, BoxError> {
         match strategy {
+            Strategy::Ours => {
+                let engine = Engine::start(engine_config(), rig.ports())?;
+                let handler = ValidationHandler::new(engine.clone(), "bench".into());
+                Ok(Design::Ours { engine, handler, calls: TaskTracker::new() })
+            }
             Strategy::Devshardd => Ok(Design::Devshardd(Devshardd::start(
                 sessions,
                 rig.ports(),
@@ -199,18 +254,44 @@ impl Design {
     /// The host hands `job` over.
     fn submit(&self, hosts: &Arc<Hosts>, session: usize, job: DevshardJob) {
         match self {
-            Design::Devshardd(devshardd) => match devshardd.enqueue(session, job) {
-                Ok(()) => {
-                    hosts.admitted.fetch_add(1, Ordering::Relaxed);
+            Design::Ours { handler, calls, .. } => {
+                hosts.handed.fetch_add(1, Ordering::Relaxed);
+                let (handler, hosts) = (handler.clone(), Arc::clone(hosts));
+                calls.spawn(async move {
+                    let answer = match handler.validate(request(&job)).await {
+                        Ok(response) => match Verdict::try_from(response.verdict) {
+                            Ok(Verdict::Valid) => Answer::Verdict { valid: true },
+                            Ok(Verdict::Invalid) => Answer::Verdict { valid: false },
+                            _ => Answer::Skipped,
+                        },
+                        // The lane is full: not admitted, collected again at the next diff.
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            hosts.refused(session, job);
+                            return;
+                        }
+                        Err(_) => Answer::Failed,
+                    };
+                    hosts.answered(session, &job, answer);
+                });
+            }
+            Design::Devshardd(devshardd) => {
+                hosts.handed.fetch_add(1, Ordering::Relaxed);
+                if let Err(job) = devshardd.enqueue(session, job) {
+                    // A full queue drops the job at once.
+                    hosts.refused(session, job);
                 }
-                Err(job) => hosts.refused(session, job),
-            },
+            }
         }
     }
 
     /// Stops the strategy and gives it `grace` to answer what it admitted.
     async fn stop(&self, grace: Duration) -> bool {
         match self {
+            Design::Ours { engine, calls, .. } => {
+                let drained = engine.shutdown(grace).await.drained;
+                calls.close();
+                drained && tokio::time::timeout(grace, calls.wait()).await.is_ok()
+            }
             Design::Devshardd(devshardd) => devshardd.close(grace).await,
         }
     }
@@ -218,6 +299,16 @@ impl Design {
     /// The design's own counts.
     fn details(&self) -> Value {
         match self {
+            Design::Ours { engine, .. } => {
+                let status = engine.status();
+                let dispatched = |lane: Lane| status.lane(lane).map_or(0, |lane| lane.dispatched);
+                json!({
+                    "slots_peak": status.slots_peak,
+                    "challenged_dispatched": dispatched(Lane::Challenged),
+                    "live_dispatched": dispatched(Lane::Live),
+                    "in_flight_at_stop": status.lanes.iter().map(|lane| lane.in_flight).sum::<usize>(),
+                })
+            }
             Design::Devshardd(devshardd) => {
                 let counts = devshardd.counts();
                 json!({
@@ -232,6 +323,7 @@ impl Design {
     /// Validation workers or slots.
     fn workers(&self, sessions: usize) -> usize {
         match self {
+            Design::Ours { .. } => NODE_CAPACITY,
             Design::Devshardd(_) => devshardd::WORKERS_PER_SESSION * sessions,
         }
     }
@@ -410,9 +502,9 @@ async fn run(
         "skipped": count(&hosts.skipped),
         "answers_without_vote": count(&hosts.without_vote),
         "refused": count(&hosts.refused),
-        "admitted": count(&hosts.admitted),
+        "handed": count(&hosts.handed),
         "answered": count(&hosts.answered),
-        "lost": count(&hosts.admitted).saturating_sub(count(&hosts.answered)),
+        "lost": count(&hosts.handed).saturating_sub(count(&hosts.returned)),
         "stopped_in_grace": stopped,
         "completed_share": round(count(&hosts.settled) as f64 / generated.max(1) as f64),
         "settled_s": settled_at.map(secs),
