@@ -313,6 +313,7 @@ impl Design {
                 let counts = devshardd.counts();
                 json!({
                     "gave_up_on_node": counts.gave_up_on_node,
+                    "peak_validating": counts.peak_validating,
                     "queue_drops": counts.dropped,
                     "queued_at_stop": counts.queued,
                 })

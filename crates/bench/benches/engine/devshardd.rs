@@ -141,6 +141,8 @@ impl Queue {
 #[derive(Default)]
 struct Stats {
     dropped: AtomicU64,
+    validating: AtomicU64,
+    peak_validating: AtomicU64,
     gave_up_on_node: AtomicU64,
 }
 
@@ -149,6 +151,8 @@ struct Stats {
 pub(crate) struct DevsharddCounts {
     /// Jobs a full queue refused.
     pub(crate) dropped: u64,
+    /// Most workers inside a validation at once (each holds its payloads from the fetch on).
+    pub(crate) peak_validating: u64,
     /// Validations that ran out of `AcquireMLNode` attempts.
     pub(crate) gave_up_on_node: u64,
     /// Jobs still queued.
@@ -194,7 +198,10 @@ impl Devshardd {
                 let (this_, queue) = (Arc::clone(&this), Arc::clone(queue));
                 this.workers.spawn(async move {
                     while let Some(Queued { session, job }) = queue.pop().await {
+                        let validating = this_.stats.validating.fetch_add(1, Ordering::Relaxed) + 1;
+                        this_.stats.peak_validating.fetch_max(validating, Ordering::Relaxed);
                         let answer = this_.validate(&job).await;
+                        this_.stats.validating.fetch_sub(1, Ordering::Relaxed);
                         this_.sink.answered(session, &job, answer);
                     }
                 });
@@ -236,6 +243,7 @@ impl Devshardd {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         DevsharddCounts {
             dropped: load(&self.stats.dropped),
+            peak_validating: load(&self.stats.peak_validating),
             gave_up_on_node: load(&self.stats.gave_up_on_node),
             queued: self.queues.iter().map(|queue| queue.len() as u64).sum(),
         }
