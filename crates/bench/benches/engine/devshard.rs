@@ -276,7 +276,7 @@ impl Design {
             }
             Design::Devshardd(devshardd) => {
                 hosts.handed.fetch_add(1, Ordering::Relaxed);
-                if let Err(job) = devshardd.enqueue(session, job) {
+                if let Some(job) = devshardd.enqueue(session, job) {
                     // A full queue drops the job at once.
                     hosts.refused(session, job);
                 }

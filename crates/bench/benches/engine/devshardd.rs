@@ -114,15 +114,15 @@ impl Queue {
     }
 
     /// Go's `select { case q <- job: ... default: }`: the job back when the queue is full.
-    fn try_push(&self, queued: Queued) -> Result<(), Queued> {
+    fn try_push(&self, queued: Queued) -> Option<Queued> {
         let mut jobs = lock(&self.jobs);
         if jobs.len() >= QUEUE_PER_SESSION {
-            return Err(queued);
+            return Some(queued);
         }
         jobs.push_back(queued);
         drop(jobs);
         self.ready.add_permits(1);
-        Ok(())
+        None
     }
 
     /// The next job; `None` once the queue is closed and empty (`for job := range q`).
@@ -211,21 +211,19 @@ impl Devshardd {
         this
     }
 
-    /// The host's `enqueueValidation`: the job back if the queue was full (or closed) and
-    /// dropped it.
-    pub(crate) fn enqueue(&self, session: usize, job: DevshardJob) -> Result<(), DevshardJob> {
-        let Some(queue) = self.queues.get(session) else { return Err(job) };
-        if self.closed.load(Ordering::Relaxed) {
+    /// The host's `enqueueValidation`: `None` once queued, or the job back if the queue was
+    /// full (or closed) and dropped it.
+    pub(crate) fn enqueue(&self, session: usize, job: DevshardJob) -> Option<DevshardJob> {
+        let Some(queue) = self.queues.get(session) else { return Some(job) };
+        let dropped = if self.closed.load(Ordering::Relaxed) {
+            Some(job)
+        } else {
+            queue.try_push(Queued { session, job }).map(|queued| queued.job)
+        };
+        if dropped.is_some() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(job);
         }
-        match queue.try_push(Queued { session, job }) {
-            Ok(()) => Ok(()),
-            Err(Queued { job, .. }) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                Err(job)
-            }
-        }
+        dropped
     }
 
     /// The hosts' `Close`: queues close, workers finish what is queued, then end. Waits at most
