@@ -140,7 +140,7 @@ fn main() -> Result<(), BoxError> {
             "replay_ms": scenarios::REPLAY.as_millis() as u64,
             "sizes": sizes.to_json(),
             "engine_recovery_window": policy.engine_config().recovery_window,
-            "devshard_node_capacity": devshard::NODE_CAPACITY,
+            "devshard": devshard::meta(),
             "policy": policy.to_json(),
             "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "wall_s": scenarios::round(wall.elapsed().as_secs_f64()),

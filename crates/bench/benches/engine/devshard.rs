@@ -330,6 +330,24 @@ impl Design {
     }
 }
 
+/// The scenario's set-up, for the report's `meta`.
+pub(crate) fn meta() -> Value {
+    let config = engine_config();
+    json!({
+        "node_capacity": NODE_CAPACITY,
+        "load": LOAD,
+        "challenged_per_mille": CHALLENGED_PER_MILLE,
+        "diff_every_ms": DIFF_EVERY.as_secs_f64() * 1e3,
+        "engine_slots": config.slots,
+        "engine_lock_wait_ms": config.lock_wait.as_secs_f64() * 1e3,
+        "engine_deadline_ms": config.devshard_deadline.as_secs_f64() * 1e3,
+        "devshardd_workers_per_session": devshardd::WORKERS_PER_SESSION,
+        "devshardd_queue_per_session": devshardd::QUEUE_PER_SESSION,
+        "devshardd_acquire_attempts": devshardd::ACQUIRE_ATTEMPTS,
+        "devshardd_acquire_interval_ms": Timing::scaled().acquire_interval.as_secs_f64() * 1e3,
+    })
+}
+
 // === Parent ===
 
 /// Runs every S in a child process and compares the smallest with the largest.
