@@ -1,7 +1,8 @@
 //! `cargo bench -p bench --bench engine`: the engine against models of the upstream designs
-//! (PR #1277's shared semaphore and the unbounded pre-fix design on the classic path, `devshardd`'s
-//! per-session workers on the devshard path), scenario by scenario, on the same in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live`
-//! chart `docs/benchmarks-live.svg`. `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`
+//! (PR #1277's shared semaphore and the unbounded pre-fix design on the classic path,
+//! `devshardd`'s per-session workers on the devshard path), scenario by scenario, on the same
+//! in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live` chart
+//! `docs/benchmarks-live.svg`. `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`
 //! (comma-separated) runs a subset. See `docs/benchmarks.md` for what each figure means.
 
 #[path = "engine/baseline.rs"]

@@ -57,13 +57,20 @@ pub(crate) const STRATEGIES: [Strategy; 2] = [Strategy::Ours, Strategy::Devshard
 /// The engine's configuration here: the classic scenarios' scaled policy with K =
 /// [`NODE_CAPACITY`] slots (slots match the node, as K slots match K node slots there), and the
 /// devshard settings scaled the same way, one minute to 10 ms: `lock_wait` 2 s, the deadline
-/// 30 min, the chain parameters' TTL 10 min.
+/// 30 min, the chain parameters' TTL 10 min. `BENCH_DEVSHARD_SLOTS` sets other slots, to see
+/// the engine with more slots than the node has locks free (as when inference traffic holds
+/// some of them).
 pub(crate) fn engine_config() -> Config {
+    let slots = std::env::var("BENCH_DEVSHARD_SLOTS")
+        .ok()
+        .and_then(|slots| slots.trim().parse().ok())
+        .filter(|&slots| slots > 0)
+        .unwrap_or(NODE_CAPACITY);
     Config {
         lock_wait: Duration::from_micros(333),
         devshard_deadline: Duration::from_millis(300),
         chain_params_ttl: Duration::from_millis(100),
-        ..Policy::scaled(NODE_CAPACITY).engine_config()
+        ..Policy::scaled(slots).engine_config()
     }
 }
 
@@ -302,11 +309,12 @@ impl Design {
             Design::Ours { engine, .. } => {
                 let status = engine.status();
                 let dispatched = |lane: Lane| status.lane(lane).map_or(0, |lane| lane.dispatched);
+                let in_flight: usize = status.lanes.iter().map(|lane| lane.in_flight).sum();
                 json!({
                     "slots_peak": status.slots_peak,
                     "challenged_dispatched": dispatched(Lane::Challenged),
                     "live_dispatched": dispatched(Lane::Live),
-                    "in_flight_at_stop": status.lanes.iter().map(|lane| lane.in_flight).sum::<usize>(),
+                    "in_flight_at_stop": in_flight,
                 })
             }
             Design::Devshardd(devshardd) => {
@@ -324,7 +332,7 @@ impl Design {
     /// Validation workers or slots.
     fn workers(&self, sessions: usize) -> usize {
         match self {
-            Design::Ours { .. } => NODE_CAPACITY,
+            Design::Ours { .. } => engine_config().slots,
             Design::Devshardd(_) => devshardd::WORKERS_PER_SESSION * sessions,
         }
     }
@@ -509,6 +517,8 @@ async fn run(
     let votes = count(&hosts.valid) + count(&hosts.invalid);
     let fetches = rig.payloads.devshard_fetches();
     let refusals = node_manager.refusals();
+    let efficiency =
+        replays as f64 * service.as_secs_f64() / (NODE_CAPACITY as f64 * elapsed.as_secs_f64());
     Ok(json!({
         "sessions": sessions,
         "workers": design.workers(sessions),
@@ -528,7 +538,7 @@ async fn run(
         "completed_share": round(count(&hosts.settled) as f64 / generated.max(1) as f64),
         "settled_s": settled_at.map(secs),
         "elapsed_s": secs(elapsed),
-        "efficiency": round(replays as f64 * service.as_secs_f64() / (NODE_CAPACITY as f64 * elapsed.as_secs_f64())),
+        "efficiency": round(efficiency),
         "peak_tasks": peak_tasks,
         "peak_rss_kib": status_kib("/proc/self/status", "VmHWM:"),
         "replays": replays,

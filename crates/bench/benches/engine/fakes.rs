@@ -283,8 +283,8 @@ impl ChainClient for SynthChain {
 
 // === BenchPayloads ===
 
-/// Serves validator-core's [`payloads_for`] for every id; items picked by [`Faults`] fail their first
-/// fetch with a transient error. Devshard jobs get [`devshard_prompt`] and the response of
+/// Serves validator-core's [`payloads_for`] for every id; items picked by [`Faults`] fail their
+/// first fetch with a transient error. Devshard jobs get [`devshard_prompt`] and the response of
 /// [`payloads_for`], in fresh buffers each time, as a real fetch would; the hash check is the
 /// adapter's, and passes here.
 pub(crate) struct BenchPayloads {
