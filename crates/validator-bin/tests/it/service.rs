@@ -44,6 +44,9 @@ fn request() -> ValidateRequest {
     }
 }
 
+/// Makes a well-formed request malformed in one way.
+type Spoil = fn(&mut ValidateRequest);
+
 fn authorized(token: &str, body: ValidateRequest) -> Request<ValidateRequest> {
     let mut request = Request::new(body);
     let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
@@ -62,7 +65,7 @@ async fn the_service_wants_the_token_and_names_each_malformed_field() {
     let status = client.validate(authorized("wrong", request())).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    let rows: Vec<(&str, fn(&mut ValidateRequest))> = vec![
+    let rows: Vec<(&str, Spoil)> = vec![
         ("prompt_hash", |r| r.prompt_hash = vec![0; 31]),
         ("response_hash", |r| r.response_hash = vec![0; 33]),
         ("escrow_id", |r| r.escrow_id.clear()),
