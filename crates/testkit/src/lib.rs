@@ -7,12 +7,14 @@
 //!   HTTP adapter's tests, the demo and benchmarks;
 //! - [`LoopbackExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
 //!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
+//! - [`LoopbackNodeManager`]: the API node's NodeManager gRPC service on loopback: nodes, locks
+//!   with a TTL, capacity listing and runtime configuration, with fault switches and counters;
 //! - [`LoopbackChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
 //!   `abci_query` queries, signed transactions), scriptable with accounts, inferences, epochs and
 //!   blocks, and able to drop its websockets, skip heights, stall and send raw frames;
 //! - [`TestCa`]: a certificate authority made up in the test, whose server certificates (valid,
-//!   expired, self-signed, for any names) put the three loopback servers above on TLS
-//!   (`start_tls`);
+//!   expired, self-signed, for any names) put the ML node, the executor and the chain node on
+//!   TLS (`start_tls`; the NodeManager is plain HTTP/2, as upstream serves it);
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only;
 //! - [`process`]: temporary paths and bounded waits for tests that run a built binary.
 
@@ -21,6 +23,7 @@ pub mod chain_node;
 pub mod executor;
 pub mod ml_node;
 pub mod mocks;
+pub mod node_manager;
 pub mod process;
 
 pub use ca::{public_tls, Leaf, ServerTls, TestCa};
@@ -30,6 +33,7 @@ pub use executor::{
     StaticDirectory,
 };
 pub use ml_node::{peak_held, Latency, LoopbackMlNode, RecordedRequest, Reply, Stay};
+pub use node_manager::{LoopbackNodeManager, NodeManagerStats};
 
 /// The in-memory fakes of every port.
 pub mod memory {
