@@ -5,8 +5,9 @@
 //!   `test-util` feature), with inspectable state and scripted failures;
 //! - [`LoopbackMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
 //!   HTTP adapter's tests, the demo and benchmarks;
-//! - [`LoopbackExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
-//!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
+//! - [`LoopbackExecutor`]: an executor's payload endpoints (classic and devshard session) over real
+//!   HTTP on loopback, scriptable per request or inference, with [`StaticDirectory`], an
+//!   in-memory executor directory;
 //! - [`LoopbackNodeManager`]: the API node's NodeManager gRPC service on loopback: nodes, locks
 //!   with a TTL, capacity listing and runtime configuration, with fault switches and counters;
 //! - [`LoopbackChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
@@ -29,8 +30,8 @@ pub mod process;
 pub use ca::{public_tls, Leaf, ServerTls, TestCa};
 pub use chain_node::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 pub use executor::{
-    fixture_payloads, ExecutorReply, ExecutorRequest, LoopbackExecutor, OnChainHashes,
-    StaticDirectory,
+    devshard_key, devshard_payloads, fixture_payloads, DevshardHashes, ExecutorReply,
+    ExecutorRequest, LoopbackExecutor, OnChainHashes, StaticDirectory, DEVSHARD_RUNTIME,
 };
 pub use ml_node::{peak_held, Latency, LoopbackMlNode, RecordedRequest, Reply, Stay};
 pub use node_manager::{LoopbackNodeManager, NodeManagerStats};
