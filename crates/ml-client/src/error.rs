@@ -42,7 +42,10 @@ pub enum Error {
     },
     /// The NodeManager granted a lock on a node whose endpoint is no absolute `http` or `https`
     /// URL without query or fragment; the lock was given back at once.
-    #[error("NodeManager answered a malformed endpoint {endpoint:?} for node {node_id:?}: expected {allowed}")]
+    #[error(
+        "NodeManager answered a malformed endpoint {endpoint:?} for node {node_id:?}: \
+         expected {allowed}"
+    )]
     BadEndpoint {
         /// The node the lock was on.
         node_id: String,

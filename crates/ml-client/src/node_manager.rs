@@ -489,8 +489,11 @@ impl Shared {
             state.releasing.insert(number);
             number
         };
+        // Made before the task, so that a task dropped unpolled (a runtime shutting down) still
+        // ends the release for whoever waits on it.
+        let done = Releasing { shared: Arc::clone(&shared), number };
         let release = async move {
-            let _done = Releasing { shared: &shared, number };
+            let _done = done;
             let message = ReleaseMlNodeRequest { lock_id, outcome: outcome.into() };
             let lock_id = message.lock_id.clone();
             let answer = shared
@@ -498,28 +501,28 @@ impl Shared {
                     client.release_ml_node(request).await
                 })
                 .await;
-            let outcome_name = outcome.as_str_name().to_ascii_lowercase();
-            let mut state = lock(&shared.state);
-            match answer {
+            let failure = match answer {
                 Ok(_) => {
-                    state.counters.releases += 1;
-                    metrics::counter!("validator_node_manager_releases_total", "outcome" => outcome_name)
-                        .increment(1);
                     debug!(%lock_id, ?outcome, "lock released");
+                    let name = outcome.as_str_name().to_ascii_lowercase();
+                    metrics::counter!("validator_node_manager_releases_total", "outcome" => name)
+                        .increment(1);
+                    lock(&shared.state).counters.releases += 1;
+                    return;
                 }
                 Err(Error::Rpc { code: tonic::Code::NotFound, .. }) => {
-                    state.counters.lost_locks += 1;
-                    metrics::counter!("validator_node_manager_release_failures_total", "reason" => "lost")
-                        .increment(1);
-                    warn!(%lock_id, "the NodeManager no longer knew the lock (evicted after its TTL?)");
+                    warn!(%lock_id, "the NodeManager no longer knew the lock (evicted?)");
+                    lock(&shared.state).counters.lost_locks += 1;
+                    "lost"
                 }
                 Err(err) => {
-                    state.counters.release_failures += 1;
-                    metrics::counter!("validator_node_manager_release_failures_total", "reason" => "failed")
-                        .increment(1);
-                    warn!(%lock_id, %err, "release failed; the NodeManager evicts the lock after its TTL");
+                    warn!(%lock_id, %err, "release failed; the lock lives until its TTL");
+                    lock(&shared.state).counters.release_failures += 1;
+                    "failed"
                 }
-            }
+            };
+            metrics::counter!("validator_node_manager_release_failures_total", "reason" => failure)
+                .increment(1);
         };
         self.runtime.spawn(release);
     }
@@ -569,12 +572,12 @@ impl Drop for Waiting<'_> {
 }
 
 /// Marks a release ended however its task ends, and wakes whoever waits for it.
-struct Releasing<'a> {
-    shared: &'a Shared,
+struct Releasing {
+    shared: Arc<Shared>,
     number: u64,
 }
 
-impl Drop for Releasing<'_> {
+impl Drop for Releasing {
     fn drop(&mut self) {
         lock(&self.shared.state).releasing.remove(&self.number);
         self.shared.released.notify_waiters();

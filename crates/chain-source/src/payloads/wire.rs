@@ -16,7 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const PAYLOADS_PATH: &str = "v1/inference/payloads";
 
 /// The devshard session route's path under an executor's `inference_url`, as upstream's
-/// `VersionedSessionPayloadPath` builds it: `devshard/{runtime_version}/sessions/{escrow_id}/payloads`.
+/// `VersionedSessionPayloadPath` builds it:
+/// `devshard/{runtime_version}/sessions/{escrow_id}/payloads`.
 pub fn devshard_path(runtime_version: &str, escrow_id: &str) -> String {
     format!("devshard/{runtime_version}/sessions/{escrow_id}/payloads")
 }
