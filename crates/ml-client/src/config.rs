@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The ML nodes leases are taken on. Empty means no model is served.
+    /// Where leases on ML nodes come from: the local `nodes` pool, or the API node's
+    /// NodeManager (`node_manager.url`).
+    pub broker: Broker,
+    /// The ML nodes leases are taken on with the `pool` broker. Empty means no model is served.
     pub nodes: Vec<NodeConfig>,
     /// Bound of one replay, from connecting until the last byte of the answer, in milliseconds.
     /// Upstream's shared client uses 5 min (DOMAIN.md 2.6).
@@ -27,6 +30,18 @@ pub struct Config {
     pub node_manager: NodeManagerConfig,
 }
 
+/// Which broker hands out leases on ML nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Broker {
+    /// The local [`NodePool`](crate::NodePool) over `nodes`.
+    #[default]
+    Pool,
+    /// The API node's NodeManager, shared with its own inference traffic
+    /// ([`NodeManagerBroker`](crate::NodeManagerBroker)).
+    NodeManager,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -38,6 +53,7 @@ impl Default for Config {
             max_response_bytes: 64 * 1024 * 1024,
             health: HealthConfig::default(),
             node_manager: NodeManagerConfig::default(),
+            broker: Broker::Pool,
         }
     }
 }
@@ -213,6 +229,9 @@ impl Config {
             if !path.starts_with('/') {
                 return bad("health.probe_path".to_owned(), "a path starting with `/`");
             }
+        }
+        if self.broker == Broker::NodeManager && self.node_manager.url.is_none() {
+            return bad("node_manager.url".to_owned(), "a URL when `broker` is `node_manager`");
         }
         if let Some(url) = &self.node_manager.url {
             if let Err(allowed) = check_url(url) {

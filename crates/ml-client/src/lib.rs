@@ -21,7 +21,7 @@ pub mod node_manager;
 pub mod pool;
 
 pub use client::HttpMlNodeClient;
-pub use config::{Config, HealthConfig, NodeConfig, NodeManagerConfig};
+pub use config::{Broker, Config, HealthConfig, NodeConfig, NodeManagerConfig};
 pub use error::{Error, Result};
 pub use node_manager::{NodeManagerBroker, NodeManagerStatus};
 pub use pool::{Availability, NodePool, NodeStatus};

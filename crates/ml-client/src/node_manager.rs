@@ -5,7 +5,7 @@
 //! A lease is one `AcquireMLNode` call; giving it back is one `ReleaseMLNode` call with the
 //! outcome of the replay, sent from a task of its own so that releasing never blocks. A
 //! background task lists the nodes' capacity (`ListNodeCapacity`) every `capacity_refresh`, so
-//! that [`ModelLockBroker::has_room`] answers without a call.
+//! that [`ModelLockBroker::free_slots`] answers without a call.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -97,6 +97,9 @@ struct Listing {
     /// The leases numbered up to this one were granted before the listing was asked for, so its
     /// lock counts may include them; later ones are not in it.
     leases_before: u64,
+    /// Per node, our leases of before the listing given back since it arrived: its lock counts
+    /// still hold them, though the locks are free.
+    returned: HashMap<Arc<str>, i64>,
 }
 
 #[derive(Debug)]
@@ -380,9 +383,9 @@ impl ModelLockBroker for NodeManagerBroker {
         state.listing.as_ref().is_none_or(|listing| listing.nodes.iter().any(|n| n.model == model))
     }
 
-    /// Whether [`NodeManagerBroker::room`] is above 0; true before the first listing.
-    fn has_room(&self, model: &str) -> bool {
-        self.room(model).is_none_or(|room| room > 0)
+    /// [`NodeManagerBroker::room`]; unknown before the first listing.
+    fn free_slots(&self, model: &str) -> Option<usize> {
+        self.room(model).map(|room| usize::try_from(room).unwrap_or(usize::MAX))
     }
 }
 
@@ -436,8 +439,12 @@ impl Shared {
                         status: entry.status,
                     })
                     .collect();
-                state.listing =
-                    Some(Listing { nodes, listed_at: SystemTime::now(), leases_before });
+                state.listing = Some(Listing {
+                    nodes,
+                    listed_at: SystemTime::now(),
+                    leases_before,
+                    returned: HashMap::new(),
+                });
                 state.counters.listings += 1;
                 Ok(())
             }
@@ -541,8 +548,9 @@ fn room(listing: &Listing, held: &HashMap<u64, Held>, model: &str) -> u64 {
                     **lease > listing.leases_before && *held.node_id == *node.node_id
                 })
                 .count();
-            let free = i64::from(node.max_concurrent)
-                - i64::from(node.lock_count)
+            let returned = listing.returned.get(node.node_id.as_str()).copied().unwrap_or(0);
+            let free = (i64::from(node.max_concurrent) - i64::from(node.lock_count) + returned)
+                .min(i64::from(node.max_concurrent))
                 - i64::try_from(ours).unwrap_or(i64::MAX);
             u64::try_from(free).unwrap_or(0)
         })
@@ -597,6 +605,11 @@ impl LeaseRelease for NodeManagerRelease {
             let mut state = lock(&self.shared.state);
             let held = state.held.remove(&self.lease);
             metrics::gauge!("validator_node_manager_locks_held").set(state.held.len() as f64);
+            if let (Some(held), Some(listing)) = (&held, state.listing.as_mut()) {
+                if self.lease <= listing.leases_before {
+                    *listing.returned.entry(Arc::clone(&held.node_id)).or_default() += 1;
+                }
+            }
             held
         };
         if let Some(held) = held {
@@ -657,6 +670,7 @@ mod tests {
             ],
             listed_at: SystemTime::now(),
             leases_before: 10,
+            returned: HashMap::from([(Arc::from("d"), 5)]),
         };
         let mut leases = HashMap::new();
         assert_eq!(room(&listing, &leases, "m"), 3 + 2);
