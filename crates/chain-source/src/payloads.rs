@@ -1,5 +1,9 @@
 //! [`HttpPayloadSource`]: one signed, verified, bounded fetch of an inference's payloads from
-//! its executor (DOMAIN.md 2.3, 6.1-6.3), as upstream's `RetrievePayloadsFromExecutor` does it.
+//! its executor (DOMAIN.md 2.3, 6.1-6.3), as upstream's `RetrievePayloadsFromExecutor` does it,
+//! or of a devshard inference's from its executor's session route (LIVE-NETWORK.md 2.2 item 1),
+//! as upstream's `FetchPayloadsFromExecutor` does it. The two differ in the path, the id signed
+//! (the devshard inference id in decimal) and the hash check (raw SHA-256 of the bytes, against
+//! the job's hashes, for devshard); everything else is shared.
 //!
 //! - [`wire`]: the URL, headers, signed byte strings and the answer's JSON;
 //! - [`hash`]: the prompt and response commitments, byte for byte as upstream computes them;
@@ -29,10 +33,14 @@ use std::{
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
 use tokio::time::{timeout_at, Instant};
-use validator_core::ports::{
-    chain::Inference,
-    payload_source::{PayloadError, PayloadSource, Payloads},
+use validator_core::{
+    devshard::DevshardJob,
+    ports::{
+        chain::Inference,
+        payload_source::{PayloadError, PayloadSource, Payloads},
+    },
 };
 
 use self::{
@@ -120,16 +128,19 @@ impl HttpPayloadSource {
         })
     }
 
-    /// One fetch bounded by `deadline`. The chain lookups (URL and signing keys, together) come
-    /// first, so running out of time in them is the validator's side, and the executor has the
-    /// rest of the time: running out while it answers is the executor's.
+    /// One signed GET of `url` (made from the executor's `inference_url`) for `id` of
+    /// `epoch_id`, bounded by `deadline`, whose 200 answer `verify` checks against the keys that
+    /// may sign for `executor`. The chain lookups (URL and signing keys, together) come first,
+    /// so running out of time in them is the validator's side, and the executor has the rest of
+    /// the time: running out while it answers is the executor's.
     async fn fetch_once(
         &self,
-        inference: &Inference,
+        target: Target<'_>,
+        url: impl FnOnce(&str) -> crate::Result<reqwest::Url>,
+        verify: impl FnOnce(&[Vec<u8>], &[u8]) -> Result<Payloads, PayloadError>,
         deadline: Instant,
     ) -> Result<Payloads, PayloadError> {
-        let id = inference.inference_id.as_str();
-        let executor = inference.executed_by.as_str();
+        let Target { executor, id, epoch_id } = target;
         let lookups = async {
             tokio::join!(
                 self.directory.inference_url(executor),
@@ -149,20 +160,19 @@ impl HttpPayloadSource {
         if base.trim().is_empty() {
             return Err(unavailable(format!("executor {executor} has no inference URL")));
         }
-        let url = wire::request_url(&base, id).map_err(|err| unavailable(err.to_string()))?;
+        let url = url(&base).map_err(|err| unavailable(err.to_string()))?;
         self.guard.check_url(&url).map_err(|err| local(err.to_string()))?;
         let keys = keys.map_err(|err| local(format!("no signing keys for {executor}: {err}")))?;
 
         let timestamp = unix_nanos();
-        let message =
-            wire::request_signed_bytes(id, inference.epoch_id, timestamp, &self.account_address);
+        let message = wire::request_signed_bytes(id, epoch_id, timestamp, &self.account_address);
         let signature = wire::encode_base64(&self.signer.sign(&message));
         let request = self
             .http
             .get(url)
             .header(wire::HEADER_VALIDATOR_ADDRESS, &self.account_address)
             .header(wire::HEADER_TIMESTAMP, timestamp.to_string())
-            .header(wire::HEADER_EPOCH_ID, inference.epoch_id.to_string())
+            .header(wire::HEADER_EPOCH_ID, epoch_id.to_string())
             .header(wire::HEADER_AUTHORIZATION, signature);
         let answered = async {
             let response = request.send().await.map_err(from_reqwest)?;
@@ -181,7 +191,7 @@ impl HttpPayloadSource {
         let body = timeout_at(deadline, answered).await.unwrap_or_else(|_| {
             Err(unavailable(format!("executor did not answer within {:?}", self.timeout)))
         })?;
-        match verify_response(inference, &keys.keys, &body) {
+        match verify(&keys.keys, &body) {
             Err(PayloadError::BadSignature) if keys.incomplete.is_some() => Err(local(format!(
                 "the signature verifies with none of the keys looked up ({})",
                 keys.incomplete.unwrap_or_default()
@@ -191,10 +201,56 @@ impl HttpPayloadSource {
     }
 }
 
+/// Whose payloads one fetch asks for: the executor, the id the request and the answer sign,
+/// and the epoch the request signs and names in its header.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    executor: &'a str,
+    id: &'a str,
+    epoch_id: u64,
+}
+
 #[async_trait]
 impl PayloadSource for HttpPayloadSource {
     async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
-        self.fetch_once(inference, Instant::now() + self.timeout).await
+        let id = inference.inference_id.as_str();
+        let target = Target { executor: &inference.executed_by, id, epoch_id: inference.epoch_id };
+        self.fetch_once(
+            target,
+            |base| wire::request_url(base, id),
+            |keys, body| verify_response(inference, keys, body),
+            Instant::now() + self.timeout,
+        )
+        .await
+    }
+
+    /// The session route (LIVE-NETWORK.md 2.2 item 1): the inference id in decimal is what the
+    /// request and the executor's answer sign, as upstream's devshardd signs it; the job's
+    /// epoch is the request's.
+    async fn fetch_devshard(&self, job: &DevshardJob) -> Result<Payloads, PayloadError> {
+        // The job's segments were checked on the way in; `.` and `..` pass that check but would
+        // be resolved away in the path, asking for another route than the session's.
+        for segment in [&*job.runtime_version, &*job.key.escrow_id] {
+            if matches!(segment, "" | "." | "..") || segment.contains('/') {
+                return Err(local(format!("{segment:?} cannot be a path segment")));
+            }
+        }
+        let id = job.key.inference_id.to_string();
+        let target = Target { executor: &job.executor_address, id: &id, epoch_id: job.epoch_id };
+        self.fetch_once(
+            target,
+            |base| {
+                wire::devshard_request_url(
+                    base,
+                    &job.runtime_version,
+                    &job.key.escrow_id,
+                    job.key.inference_id,
+                )
+            },
+            |keys, body| verify_devshard_response(job, keys, body),
+            Instant::now() + self.timeout,
+        )
+        .await
     }
 }
 
@@ -206,26 +262,48 @@ pub fn verify_response(
     keys: &[Vec<u8>],
     body: &[u8],
 ) -> Result<Payloads, PayloadError> {
+    let answer =
+        decode_signed(body, inference.inference_id.as_str(), &inference.executed_by, keys)?;
+    check_hashes(inference, &answer.prompt_payload, &answer.response_payload)?;
+    Ok(Payloads { prompt: answer.prompt_payload, response: answer.response_payload })
+}
+
+/// Verifies an executor's 200 answer `body` for devshard `job`: decodes it, checks the inference
+/// id (decimal), the executor signature against `keys` (any one suffices), then the raw SHA-256
+/// of each payload against the job's hashes.
+pub fn verify_devshard_response(
+    job: &DevshardJob,
+    keys: &[Vec<u8>],
+    body: &[u8],
+) -> Result<Payloads, PayloadError> {
+    let id = job.key.inference_id.to_string();
+    let answer = decode_signed(body, &id, &job.executor_address, keys)?;
+    check_devshard_hashes(job, &answer.prompt_payload, &answer.response_payload)?;
+    Ok(Payloads { prompt: answer.prompt_payload, response: answer.response_payload })
+}
+
+/// Decodes an answer for `id` and checks that `executor`, or one of its grantees, signed it:
+/// the payloads of another inference, or a signature by none of `keys`, are refused.
+fn decode_signed(
+    body: &[u8],
+    id: &str,
+    executor: &str,
+    keys: &[Vec<u8>],
+) -> Result<PayloadResponse, PayloadError> {
     let answer: PayloadResponse = serde_json::from_slice(body)
         .map_err(|err| unavailable(format!("malformed payload answer: {err}")))?;
-    let id = inference.inference_id.as_str();
     if answer.inference_id != id {
         return Err(unavailable(format!(
             "answer is for inference {:?}, not {id:?}",
             answer.inference_id
         )));
     }
-    let message = wire::executor_signed_bytes(
-        id,
-        &answer.prompt_payload,
-        &answer.response_payload,
-        &inference.executed_by,
-    );
+    let message =
+        wire::executor_signed_bytes(id, &answer.prompt_payload, &answer.response_payload, executor);
     if !verify_executor_signature(keys, &message, &answer.executor_signature) {
         return Err(PayloadError::BadSignature);
     }
-    check_hashes(inference, &answer.prompt_payload, &answer.response_payload)?;
-    Ok(Payloads { prompt: answer.prompt_payload, response: answer.response_payload })
+    Ok(answer)
 }
 
 /// Compares the payloads with the inference's on-chain commitment (upstream
@@ -253,6 +331,28 @@ pub fn check_hashes(
             return Err(PayloadError::HashMismatch(format!(
                 "response hash {actual}, on chain {}",
                 inference.response_hash
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compares the raw SHA-256 of each payload's bytes with the devshard job's, byte for byte, as
+/// upstream's `FetchPayloadsFromExecutor` does: no canonical JSON, nothing skipped.
+pub fn check_devshard_hashes(
+    job: &DevshardJob,
+    prompt: &[u8],
+    response: &[u8],
+) -> Result<(), PayloadError> {
+    for (what, payload, expected) in
+        [("prompt", prompt, &job.prompt_hash), ("response", response, &job.response_hash)]
+    {
+        let actual: [u8; 32] = Sha256::digest(payload).into();
+        if actual != *expected {
+            return Err(PayloadError::HashMismatch(format!(
+                "{what} sha256 {}, expected {}",
+                crate::hex::encode(&actual),
+                crate::hex::encode(expected)
             )));
         }
     }

@@ -4,12 +4,15 @@ use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-/// Configuration of the [`HttpMlNodeClient`](crate::HttpMlNodeClient) and the
-/// [`NodePool`](crate::NodePool).
+/// Configuration of the [`HttpMlNodeClient`](crate::HttpMlNodeClient), the
+/// [`NodePool`](crate::NodePool) and the [`NodeManagerBroker`](crate::NodeManagerBroker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The ML nodes leases are taken on. Empty means no model is served.
+    /// Where leases on ML nodes come from: the local `nodes` pool, or the API node's
+    /// NodeManager (`node_manager.url`).
+    pub broker: Broker,
+    /// The ML nodes leases are taken on with the `pool` broker. Empty means no model is served.
     pub nodes: Vec<NodeConfig>,
     /// Bound of one replay, from connecting until the last byte of the answer, in milliseconds.
     /// Upstream's shared client uses 5 min (DOMAIN.md 2.6).
@@ -23,6 +26,20 @@ pub struct Config {
     pub max_response_bytes: u64,
     /// Per-node health tracking and the optional background probe.
     pub health: HealthConfig,
+    /// The API node's NodeManager, the broker of the live path's leases.
+    pub node_manager: NodeManagerConfig,
+}
+
+/// Which broker hands out leases on ML nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Broker {
+    /// The local [`NodePool`](crate::NodePool) over `nodes`.
+    #[default]
+    Pool,
+    /// The API node's NodeManager, shared with its own inference traffic
+    /// ([`NodeManagerBroker`](crate::NodeManagerBroker)).
+    NodeManager,
 }
 
 impl Default for Config {
@@ -35,6 +52,8 @@ impl Default for Config {
             // room for larger answers while bounding what one replay may hold in memory.
             max_response_bytes: 64 * 1024 * 1024,
             health: HealthConfig::default(),
+            node_manager: NodeManagerConfig::default(),
+            broker: Broker::Pool,
         }
     }
 }
@@ -133,6 +152,33 @@ impl Default for HealthConfig {
     }
 }
 
+/// The API node's NodeManager gRPC service (LIVE-NETWORK.md 2.2 item 3), which hands out locks
+/// on the ML nodes the API node owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeManagerConfig {
+    /// The service's URL, `http://host:port` (upstream's compose network serves it on port 9400,
+    /// without TLS). Unset: no NodeManager.
+    pub url: Option<String>,
+    /// Bound of each call (acquire, release, capacity listing), in milliseconds, connecting
+    /// included. Upstream bounds each acquire by 2 s.
+    #[serde(with = "validator_core::config::duration_ms")]
+    pub timeout: Duration,
+    /// Time between two capacity listings, in milliseconds. Upstream polls every 5 s.
+    #[serde(with = "validator_core::config::duration_ms")]
+    pub capacity_refresh: Duration,
+}
+
+impl Default for NodeManagerConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(2),
+            capacity_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
 impl Config {
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> crate::Result<()> {
@@ -163,6 +209,8 @@ impl Config {
             ("health.cooldown_base", self.health.cooldown_base),
             ("health.probe_interval", self.health.probe_interval),
             ("health.probe_timeout", self.health.probe_timeout),
+            ("node_manager.timeout", self.node_manager.timeout),
+            ("node_manager.capacity_refresh", self.node_manager.capacity_refresh),
         ] {
             if timeout.is_zero() {
                 return bad(key.to_owned(), "a positive duration");
@@ -182,11 +230,27 @@ impl Config {
                 return bad("health.probe_path".to_owned(), "a path starting with `/`");
             }
         }
+        if self.broker == Broker::NodeManager && self.node_manager.url.is_none() {
+            return bad("node_manager.url".to_owned(), "a URL when `broker` is `node_manager`");
+        }
+        if let Some(url) = &self.node_manager.url {
+            if let Err(allowed) = check_url(url) {
+                return bad("node_manager.url".to_owned(), allowed);
+            }
+            if !url.starts_with("http://") {
+                return bad(
+                    "node_manager.url".to_owned(),
+                    "an http:// URL (the service has no TLS)",
+                );
+            }
+        }
         Ok(())
     }
 }
 
-fn check_url(url: &str) -> Result<(), &'static str> {
+/// Checks an ML node's base URL: absolute, `http` or `https`, with a host, without query or
+/// fragment. On failure, what is allowed.
+pub(crate) fn check_url(url: &str) -> Result<(), &'static str> {
     let parsed = reqwest::Url::parse(url).map_err(|_| "an absolute http:// or https:// URL")?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("an http:// or https:// URL");
@@ -233,7 +297,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Change = fn(&mut Config);
-        let cases: [(Change, &str); 11] = [
+        let cases: [(Change, &str); 14] = [
             (|c| c.nodes[0].max_concurrent = 0, "nodes[0].max_concurrent"),
             (|c| c.nodes[0].url = "10.0.0.1:5000".into(), "nodes[0].url"),
             (|c| c.nodes[0].url = "ftp://10.0.0.1".into(), "nodes[0].url"),
@@ -245,9 +309,13 @@ mod tests {
             (|c| c.health.failure_threshold = 0, "health.failure_threshold"),
             (|c| c.health.cooldown_max = Duration::from_millis(1), "health.cooldown_max"),
             (|c| c.health.probe_path = Some("health".into()), "health.probe_path"),
+            (|c| c.node_manager.url = Some("https://dapi:9400".into()), "node_manager.url"),
+            (|c| c.node_manager.url = Some("dapi:9400".into()), "node_manager.url"),
+            (|c| c.node_manager.timeout = Duration::ZERO, "node_manager.timeout"),
         ];
         for (change, key) in cases {
             let mut config = Config { nodes: vec![node()], ..Config::default() };
+            config.node_manager.url = Some("http://dapi:9400".into());
             config.validate().unwrap();
             change(&mut config);
             let err = config.validate().unwrap_err();

@@ -329,6 +329,26 @@ impl ModelLockBroker for NodePool {
     fn serves(&self, model: &str) -> bool {
         self.shared.models.contains(model)
     }
+
+    /// Free slots on the nodes serving `model` that would be leased now: up nodes' free slots,
+    /// and one on a half-open node that is idle.
+    fn free_slots(&self, model: &str) -> Option<usize> {
+        let now = Instant::now();
+        let state = lock(&self.shared.state);
+        let free = self
+            .shared
+            .nodes
+            .iter()
+            .zip(&state.nodes)
+            .filter(|(node, _)| node.models.contains(model))
+            .map(|(node, node_state)| match node_state.availability(now) {
+                Availability::Up => node.max_concurrent.saturating_sub(node_state.in_use),
+                Availability::HalfOpen => usize::from(node_state.in_use == 0),
+                Availability::Down => 0,
+            })
+            .sum();
+        Some(free)
+    }
 }
 
 impl NodePool {

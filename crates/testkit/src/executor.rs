@@ -1,14 +1,24 @@
-//! [`LoopbackExecutor`]: the executor side of the payload endpoint (DOMAIN.md 2.3, 6.1) over real
-//! HTTP on loopback, and [`StaticDirectory`], an in-memory [`ExecutorDirectory`].
+//! [`LoopbackExecutor`]: the executor side of the payload endpoints (DOMAIN.md 2.3, 6.1, and
+//! LIVE-NETWORK.md 2.2 item 1) over real HTTP on loopback, and [`StaticDirectory`], an in-memory
+//! [`ExecutorDirectory`].
 //!
 //! The fake answers `GET …/v1/inference/payloads?inference_id=…` as an executor's API node does:
 //! it requires the four headers (400, or 401 for `Authorization`), refuses timestamps older than
 //! 60 s or more than 10 s ahead (400), checks the requester's signature over the inference's
 //! real epoch (not the header's) against the requester's registered keys (401), looks the
 //! payloads up under that epoch, then epoch-1, then epoch+1 (404 when absent), and signs its
-//! answer with the executor key. Scripted [`ExecutorReply`]s, per inference id or for the next
-//! requests, make it serve tampered payloads, foreign signatures, errors, stalls, oversize
-//! bodies or redirects.
+//! answer with the executor key.
+//!
+//! It answers `GET …/devshard/{version}/sessions/{escrow}/payloads?inference_id={decimal}` as
+//! upstream's devshard host does: the same headers and timestamp rules, the requester's
+//! signature over the decimal id and the header's epoch, the payloads stored under
+//! `devshard:{escrow}:{id}` looked up under the header's epoch and its neighbours, then the
+//! escrow's epoch and its neighbours, then epoch 0 (404 when absent), and the answer signed over
+//! the decimal id. Payloads are stored as the devshard host stores them: the prompt as canonical
+//! JSON without a trailing newline, the response as the completion's bytes.
+//!
+//! Scripted [`ExecutorReply`]s, per inference or for the next requests on either route, make it
+//! serve tampered payloads, foreign signatures, errors, stalls, oversize bodies or redirects.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -36,8 +46,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::{ca::ServerTls, serve::percent_decode, watched::Watched};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use validator_core::{
+    devshard::{DevshardJob, DevshardKey},
     ports::{
         chain::{Inference, InferenceStatus},
         payload_source::Payloads,
@@ -50,6 +62,9 @@ pub const MAX_REQUEST_AGE: Duration = Duration::from_secs(60);
 
 /// Furthest a request timestamp may lie ahead (upstream: 10 s).
 pub const MAX_REQUEST_LEAD: Duration = Duration::from_secs(10);
+
+/// The devshard runtime the fake's sessions run, a segment of their payload path.
+pub const DEVSHARD_RUNTIME: &str = "v4";
 
 /// Size of the chunks of an oversize body.
 const FILLER_CHUNK: usize = 64 * 1024;
@@ -113,6 +128,48 @@ impl OnChainHashes {
             prompt_hash: hash::prompt_hash(&payloads.prompt).expect("the prompt is JSON"),
             response_hash: hash::response_hash(&payloads.response).expect("the response is JSON"),
         }
+    }
+}
+
+/// What a devshard job carries about stored payloads: the raw SHA-256 of their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevshardHashes {
+    /// SHA-256 of the prompt's bytes.
+    pub prompt_hash: [u8; 32],
+    /// SHA-256 of the response's bytes.
+    pub response_hash: [u8; 32],
+}
+
+impl DevshardHashes {
+    /// The hashes of `payloads`.
+    pub fn of(payloads: &Payloads) -> Self {
+        Self {
+            prompt_hash: Sha256::digest(&payloads.prompt).into(),
+            response_hash: Sha256::digest(&payloads.response).into(),
+        }
+    }
+}
+
+/// Where a devshard host stores an inference's payloads (upstream's `PayloadKey`):
+/// `devshard:{escrow}:{inference_id}`.
+pub fn devshard_key(escrow: &str, inference_id: u64) -> String {
+    format!("devshard:{escrow}:{inference_id}")
+}
+
+/// The generated payloads of [`payloads_for`]`(devshard_key(escrow, inference_id))` as a devshard
+/// host stores them: the prompt canonicalised (keys sorted, no whitespace, no trailing newline),
+/// the response as the completion's bytes.
+///
+/// # Panics
+///
+/// Never: the generated prompt is JSON.
+#[allow(clippy::expect_used)]
+pub fn devshard_payloads(escrow: &str, inference_id: u64) -> Payloads {
+    let generated = payloads_for(&devshard_key(escrow, inference_id));
+    let canonical = hash::canonical_json(&generated.prompt).expect("the prompt is JSON");
+    Payloads {
+        prompt: Bytes::from(canonical.trim_end_matches('\n').to_owned()),
+        response: generated.response,
     }
 }
 
@@ -314,6 +371,87 @@ impl LoopbackExecutor {
         })
     }
 
+    /// Stores `payloads` for devshard inference `inference_id` of `escrow`, whose epoch is
+    /// `epoch`, under that epoch; returns what its job carries.
+    pub fn insert_devshard(
+        &self,
+        escrow: &str,
+        inference_id: u64,
+        epoch: u64,
+        payloads: Payloads,
+    ) -> DevshardHashes {
+        self.insert_devshard_at(escrow, inference_id, epoch, epoch, payloads)
+    }
+
+    /// Stores `payloads` for devshard inference `inference_id` of `escrow` (whose epoch is
+    /// `escrow_epoch`) under `storage_epoch`.
+    pub fn insert_devshard_at(
+        &self,
+        escrow: &str,
+        inference_id: u64,
+        escrow_epoch: u64,
+        storage_epoch: u64,
+        payloads: Payloads,
+    ) -> DevshardHashes {
+        let hashes = DevshardHashes::of(&payloads);
+        let stored = Stored { inference_epoch: escrow_epoch, storage_epoch, payloads };
+        let key = devshard_key(escrow, inference_id);
+        self.shared.watched.update(|state| state.stored.insert(key, stored));
+        hashes
+    }
+
+    /// Stores the generated [`devshard_payloads`] of `escrow` and `inference_id`.
+    pub fn insert_devshard_generated(
+        &self,
+        escrow: &str,
+        inference_id: u64,
+        epoch: u64,
+    ) -> DevshardHashes {
+        self.insert_devshard(escrow, inference_id, epoch, devshard_payloads(escrow, inference_id))
+    }
+
+    /// Forgets the devshard payloads of `escrow` and `inference_id`.
+    pub fn remove_devshard(&self, escrow: &str, inference_id: u64) {
+        self.remove(&devshard_key(escrow, inference_id));
+    }
+
+    /// The job a session host hands the engine for the stored devshard inference: executed by
+    /// this executor on the fakes' model in runtime [`DEVSHARD_RUNTIME`], with the stored
+    /// payloads' hashes, the escrow's epoch and the response's usage as the claimed tokens.
+    pub fn devshard_job(&self, escrow: &str, inference_id: u64) -> Option<DevshardJob> {
+        let state = self.shared.watched.lock();
+        let stored = state.stored.get(&devshard_key(escrow, inference_id))?;
+        let hashes = DevshardHashes::of(&stored.payloads);
+        let usage = serde_json::from_slice::<serde_json::Value>(&stored.payloads.response)
+            .ok()
+            .and_then(|response| response.get("usage").cloned())
+            .unwrap_or_default();
+        let tokens = |field: &str| usage.get(field).and_then(serde_json::Value::as_u64);
+        Some(DevshardJob {
+            key: DevshardKey { escrow_id: escrow.into(), inference_id },
+            model: MODEL.into(),
+            prompt_hash: hashes.prompt_hash,
+            response_hash: hashes.response_hash,
+            input_tokens: tokens("prompt_tokens").unwrap_or(0),
+            output_tokens: tokens("completion_tokens").unwrap_or(0),
+            epoch_id: stored.inference_epoch,
+            executor_address: self.shared.address.as_str().into(),
+            runtime_version: DEVSHARD_RUNTIME.into(),
+            challenged: false,
+        })
+    }
+
+    /// Queues replies for the next authorised requests for devshard inference `inference_id` of
+    /// `escrow`, one each, in order.
+    pub fn script_devshard(
+        &self,
+        escrow: &str,
+        inference_id: u64,
+        replies: impl IntoIterator<Item = ExecutorReply>,
+    ) {
+        self.script(&devshard_key(escrow, inference_id), replies);
+    }
+
     /// Queues replies for the next authorised requests for inference `id`, one each, in order.
     pub fn script(&self, id: &str, replies: impl IntoIterator<Item = ExecutorReply>) {
         self.shared
@@ -321,8 +459,8 @@ impl LoopbackExecutor {
             .update(|state| state.scripted.entry(id.to_owned()).or_default().extend(replies));
     }
 
-    /// Queues replies for the next authorised requests for an inference without replies of its
-    /// own.
+    /// Queues replies for the next authorised requests, on either route, for an inference
+    /// without replies of its own.
     pub fn script_next(&self, replies: impl IntoIterator<Item = ExecutorReply>) {
         self.shared.watched.update(|state| state.next.extend(replies));
     }
@@ -498,15 +636,41 @@ fn text(status: StatusCode, message: &str) -> Plan {
     (status, BodyPlan::Whole(Bytes::from(format!("{{\"message\":\"{message}\"}}"))), Vec::new())
 }
 
+/// Which payload route a path is, under any prefix of the executor's `inference_url`.
+enum Route {
+    Classic,
+    Devshard { escrow: String },
+}
+
+fn route(path: &str) -> Option<Route> {
+    if path.ends_with(&format!("/{}", wire::PAYLOADS_PATH)) {
+        return Some(Route::Classic);
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    match segments.as_slice() {
+        [.., "devshard", version, "sessions", escrow, "payloads"]
+            if !version.is_empty() && !escrow.is_empty() =>
+        {
+            Some(Route::Devshard { escrow: percent_decode(escrow, false) })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `storage` is `epoch` or next to it.
+fn adjacent(storage: u64, epoch: u64) -> bool {
+    storage == epoch || Some(storage) == epoch.checked_sub(1) || storage == epoch + 1
+}
+
 fn answer(
     shared: &Shared,
     path: &str,
     inference_id: Option<&str>,
     headers: &BTreeMap<String, String>,
 ) -> (Plan, bool) {
-    if !path.ends_with(&format!("/{}", wire::PAYLOADS_PATH)) {
+    let Some(route) = route(path) else {
         return (text(StatusCode::NOT_FOUND, "not found"), false);
-    }
+    };
     let header = |name: &str| headers.get(&name.to_ascii_lowercase()).filter(|v| !v.is_empty());
     let Some(id) = inference_id.filter(|id| !id.is_empty()) else {
         return (text(StatusCode::BAD_REQUEST, "inference_id required"), false);
@@ -536,8 +700,14 @@ fn answer(
     }
 
     let mut state = shared.watched.lock();
-    // The inference's real epoch authorises the request, whatever the header says.
-    let epoch = state.stored.get(id).map_or(header_epoch, |stored| stored.inference_epoch);
+    let (key, epoch) = match &route {
+        // The inference's real epoch authorises the request, whatever the header says.
+        Route::Classic => {
+            (id.to_owned(), state.stored.get(id).map_or(header_epoch, |s| s.inference_epoch))
+        }
+        // A devshard host checks the header's epoch.
+        Route::Devshard { escrow } => (format!("devshard:{escrow}:{id}"), header_epoch),
+    };
     let Some(keys) = state.requesters.get(requester) else {
         return (text(StatusCode::UNAUTHORIZED, "validator not found"), false);
     };
@@ -547,14 +717,24 @@ fn answer(
     if !valid {
         return (text(StatusCode::UNAUTHORIZED, "invalid signature"), false);
     }
+    if matches!(route, Route::Devshard { .. }) && id.parse::<u64>().is_err() {
+        return (text(StatusCode::INTERNAL_SERVER_ERROR, "invalid inference_id"), false);
+    }
 
-    let reply = match state.scripted.get_mut(id).and_then(VecDeque::pop_front) {
+    let reply = match state.scripted.get_mut(&key).and_then(VecDeque::pop_front) {
         Some(reply) => reply,
         None => state.next.pop_front().unwrap_or(ExecutorReply::Serve),
     };
-    let found = state.stored.get(id).filter(|stored| {
+    let found = state.stored.get(&key).filter(|stored| {
         let storage = stored.storage_epoch;
-        storage == epoch || Some(storage) == epoch.checked_sub(1) || storage == epoch + 1
+        match route {
+            Route::Classic => adjacent(storage, epoch),
+            Route::Devshard { .. } => {
+                adjacent(storage, epoch)
+                    || adjacent(storage, stored.inference_epoch)
+                    || storage == 0
+            }
+        }
     });
     let (mut prompt, mut response) = match (&reply, found) {
         (ExecutorReply::Hang, _) => return (text(StatusCode::OK, ""), true),

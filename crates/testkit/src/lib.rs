@@ -5,14 +5,17 @@
 //!   `test-util` feature), with inspectable state and scripted failures;
 //! - [`LoopbackMlNode`]: an ML node over real HTTP on loopback, scriptable per request, for the
 //!   HTTP adapter's tests, the demo and benchmarks;
-//! - [`LoopbackExecutor`]: an executor's payload endpoint over real HTTP on loopback, scriptable per
-//!   request or inference, with [`StaticDirectory`], an in-memory executor directory;
+//! - [`LoopbackExecutor`]: an executor's payload endpoints (classic and devshard session) over real
+//!   HTTP on loopback, scriptable per request or inference, with [`StaticDirectory`], an
+//!   in-memory executor directory;
+//! - [`LoopbackNodeManager`]: the API node's NodeManager gRPC service on loopback: nodes, locks
+//!   with a TTL, capacity listing and runtime configuration, with fault switches and counters;
 //! - [`LoopbackChainNode`]: a chain node over real HTTP and websocket on loopback (CometBFT RPC,
 //!   `abci_query` queries, signed transactions), scriptable with accounts, inferences, epochs and
 //!   blocks, and able to drop its websockets, skip heights, stall and send raw frames;
 //! - [`TestCa`]: a certificate authority made up in the test, whose server certificates (valid,
-//!   expired, self-signed, for any names) put the three loopback servers above on TLS
-//!   (`start_tls`);
+//!   expired, self-signed, for any names) put the ML node, the executor and the chain node on
+//!   TLS (`start_tls`; the NodeManager is plain HTTP/2, as upstream serves it);
 //! - [`devshard_host`]: session hosts calling the validation service over gRPC as upstream's
 //!   devshard hosts do (S sessions, 20 workers each);
 //! - [`mocks`]: mockall mocks of the ports, for "called exactly N times" checks only;
@@ -24,15 +27,17 @@ pub mod devshard_host;
 pub mod executor;
 pub mod ml_node;
 pub mod mocks;
+pub mod node_manager;
 pub mod process;
 
 pub use ca::{public_tls, Leaf, ServerTls, TestCa};
 pub use chain_node::{LoopbackChainNode, Submitted, SubmittedMsg, TxEvent};
 pub use executor::{
-    fixture_payloads, ExecutorReply, ExecutorRequest, LoopbackExecutor, OnChainHashes,
-    StaticDirectory,
+    devshard_key, devshard_payloads, fixture_payloads, DevshardHashes, ExecutorReply,
+    ExecutorRequest, LoopbackExecutor, OnChainHashes, StaticDirectory, DEVSHARD_RUNTIME,
 };
 pub use ml_node::{peak_held, Latency, LoopbackMlNode, RecordedRequest, Reply, Stay};
+pub use node_manager::{LoopbackNodeManager, NodeManagerStats};
 
 /// The in-memory fakes of every port.
 pub mod memory {

@@ -52,7 +52,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
-use validator_core::{Engine, Error as EngineError, RecoveryStart, Trigger};
+use validator_core::{Engine, Error as EngineError, Lane, OutcomeKind, RecoveryStart, Trigger};
 
 use crate::claim::{ClaimState, Claimer};
 
@@ -63,6 +63,8 @@ pub struct AdminState {
     pub engine: Engine,
     /// The ML node pool.
     pub pool: NodePool,
+    /// The NodeManager broker, when leases come from the API node.
+    pub node_manager: Option<ml_client::NodeManagerBroker>,
     /// Recovery-then-claim and the claimed-epochs record.
     pub claimer: Arc<Claimer>,
     /// The journal's history.
@@ -180,10 +182,19 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {
     let engine = state.engine.status();
+    let devshard = json!({
+        "challenged": engine.lane(Lane::Challenged),
+        "live": engine.lane(Lane::Live),
+        "verdicts": engine.devshard_verdicts,
+        "judged_valid": engine.outcomes.get(OutcomeKind::JudgedValid),
+        "judged_invalid": engine.outcomes.get(OutcomeKind::JudgedInvalid),
+    });
     Json(json!({
         "current_run": engine.current_run,
         "engine": engine,
+        "devshard": devshard,
         "nodes": state.pool.status(),
+        "node_manager": state.node_manager.as_ref().map(ml_client::NodeManagerBroker::status),
         "claims": state.claimer.records(),
     }))
 }

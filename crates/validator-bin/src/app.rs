@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 use chain_source::{events::HeightStore, ChainNodeClient, HttpPayloadSource, Signer};
 use journal::{DataDirLock, SqliteJournal};
-use ml_client::{HttpMlNodeClient, NodePool};
+use ml_client::{Broker, HttpMlNodeClient, NodeManagerBroker, NodePool};
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -56,8 +56,10 @@ impl Identity {
 pub struct AppHandle {
     /// The engine.
     pub engine: Engine,
-    /// The ML node pool.
+    /// The ML node pool (empty unless `ml.broker` is `pool`).
     pub pool: NodePool,
+    /// The NodeManager broker, when `ml.broker` is `node_manager`.
+    pub node_manager: Option<NodeManagerBroker>,
     /// Recovery-then-claim and the claimed-epochs record.
     pub claimer: Arc<Claimer>,
     /// The chain client.
@@ -137,12 +139,22 @@ impl App {
         )
         .context("building the payload source")?;
         let pool = NodePool::new(&settings.ml).context("building the ML node pool")?;
+        let node_manager = match settings.ml.broker {
+            Broker::Pool => None,
+            Broker::NodeManager => Some(
+                NodeManagerBroker::new(&settings.ml).context("building the NodeManager broker")?,
+            ),
+        };
+        let broker: Arc<dyn validator_core::ports::ModelLockBroker> = match &node_manager {
+            Some(node_manager) => Arc::new(node_manager.clone()),
+            None => Arc::new(pool.clone()),
+        };
         let ml_client =
             HttpMlNodeClient::new(&settings.ml, &tls).context("building the ML client")?;
         let ports = Ports {
             chain: Arc::new(chain.clone()),
             payloads: Arc::new(payloads),
-            broker: Arc::new(pool.clone()),
+            broker,
             ml: Arc::new(ml_client.clone()),
             journal: Arc::clone(&journal) as Arc<dyn validator_core::ports::Journal>,
         };
@@ -174,6 +186,7 @@ impl App {
         let handle = AppHandle {
             engine,
             pool,
+            node_manager,
             claimer,
             chain,
             admin_addr: admin_listener.local_addr()?,
@@ -225,6 +238,7 @@ impl App {
         let admin = crate::admin::router(AdminState {
             engine: handle.engine.clone(),
             pool: handle.pool.clone(),
+            node_manager: handle.node_manager.clone(),
             claimer: Arc::clone(&handle.claimer),
             journal: Arc::clone(&handle.journal),
             token: Arc::clone(&handle.token),
@@ -267,6 +281,9 @@ impl App {
             }
         });
         let _probe = handle.pool.spawn_probe(&ml_client, cancel.clone());
+        if let Some(node_manager) = &handle.node_manager {
+            tasks.spawn(node_manager.spawn_capacity_refresh(cancel.clone()));
+        }
         let heights = Arc::new(JournalHeights(Arc::clone(&handle.journal)));
         let events =
             chain_source::events::spawn(&settings.chain.events, &tls, heights, cancel.clone())

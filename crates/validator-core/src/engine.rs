@@ -69,6 +69,7 @@ pub(crate) struct Inner {
     /// Set once the chain is known to refuse classic validations: why.
     pub(crate) retired: std::sync::OnceLock<String>,
     pub(crate) devshard_params: devshard::ChainParamsCache,
+    pub(crate) room_claims: devshard::RoomClaims,
     intake: mpsc::Sender<Vec<InferenceId>>,
 }
 
@@ -176,6 +177,7 @@ impl Engine {
             jitter: std::sync::Mutex::new(jitter),
             retired: std::sync::OnceLock::new(),
             devshard_params: devshard::ChainParamsCache::default(),
+            room_claims: devshard::RoomClaims::default(),
             config,
             ports,
             guard: Arc::new(RecoveryGuard::after(last_run_id)),

@@ -631,8 +631,11 @@ impl ModelLockBroker for MemoryBroker {
         lock(&self.shared.models).contains(model)
     }
 
-    fn has_room(&self, model: &str) -> bool {
-        self.serves(model) && self.shared.held.load(Ordering::SeqCst) < self.shared.max_concurrent
+    fn free_slots(&self, model: &str) -> Option<usize> {
+        if !self.serves(model) {
+            return Some(0);
+        }
+        Some(self.shared.max_concurrent.saturating_sub(self.shared.held.load(Ordering::SeqCst)))
     }
 }
 

@@ -9,6 +9,8 @@
 //! them, then claims; the demo ends when the claim is done and every live validation and
 //! revalidation has an outcome. Retry back-offs are scaled from minutes to milliseconds.
 
+pub mod devshard;
+
 use std::{
     collections::BTreeMap,
     io::IsTerminal as _,
@@ -87,6 +89,19 @@ pub struct DemoOptions {
     /// No progress bars; a `listening` JSON line at start and one summary JSON line at the end.
     #[arg(long)]
     pub json: bool,
+    /// Run the devshard scenario instead: session hosts calling the gRPC validation service,
+    /// ML nodes leased through a NodeManager.
+    #[arg(long)]
+    pub devshard: bool,
+    /// Devshard sessions (with `--devshard`).
+    #[arg(long, default_value_t = 10)]
+    pub sessions: usize,
+    /// Inferences per devshard session (with `--devshard`).
+    #[arg(long, default_value_t = 40)]
+    pub inferences_per_session: usize,
+    /// Locks the fake NodeManager's one ML node grants at once (with `--devshard`).
+    #[arg(long, default_value_t = 4)]
+    pub node_capacity: usize,
 }
 
 impl Default for DemoOptions {
@@ -104,6 +119,10 @@ impl Default for DemoOptions {
             service_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token_file: None,
             json: false,
+            devshard: false,
+            sessions: 10,
+            inferences_per_session: 40,
+            node_capacity: 4,
         }
     }
 }
@@ -419,6 +438,9 @@ impl Bars {
 
 /// Runs the demo to its end (and, with `--hold`, until SIGINT or SIGTERM).
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    if options.devshard {
+        return devshard::run(options).await;
+    }
     let (scenario, app) = Scenario::build(&options).await?;
     let Scenario { chain, executor, ml, data_dir, .. } = scenario;
     let chain = Arc::new(chain);

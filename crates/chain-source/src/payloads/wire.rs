@@ -1,5 +1,7 @@
-//! The executor's payload endpoint on the wire (DOMAIN.md 6.1): the request URL, the headers,
-//! the signed byte strings, and the answer's JSON with Go's `[]byte` base64 fields.
+//! The executor's payload endpoints on the wire (DOMAIN.md 6.1, LIVE-NETWORK.md 2.2 item 1): the
+//! request URLs of the classic route and of a devshard session's, the headers, the signed byte
+//! strings, and the answer's JSON with Go's `[]byte` base64 fields. Both routes share everything
+//! but the path.
 
 use base64::{
     alphabet,
@@ -12,6 +14,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The endpoint's path under an executor's `inference_url` (upstream joins it with
 /// `url.JoinPath`).
 pub const PAYLOADS_PATH: &str = "v1/inference/payloads";
+
+/// The devshard session route's path under an executor's `inference_url`, as upstream's
+/// `VersionedSessionPayloadPath` builds it:
+/// `devshard/{runtime_version}/sessions/{escrow_id}/payloads`.
+pub fn devshard_path(runtime_version: &str, escrow_id: &str) -> String {
+    format!("devshard/{runtime_version}/sessions/{escrow_id}/payloads")
+}
 
 /// The requester's account address.
 pub const HEADER_VALIDATOR_ADDRESS: &str = "X-Validator-Address";
@@ -88,16 +97,37 @@ pub fn executor_signed_bytes(
     signed_bytes(&payload, 0, 0, executor_address)
 }
 
-/// The request URL as upstream's `BuildPayloadRequestURL` makes it: the base's path joined with
-/// [`PAYLOADS_PATH`] and cleaned (`url.JoinPath`), and `inference_id` set in the query, whose
-/// pairs are then encoded sorted by key with Go's `url.QueryEscape`.
+/// The classic request URL: [`payload_url`] with [`PAYLOADS_PATH`].
 pub fn request_url(inference_url: &str, inference_id: &str) -> crate::Result<reqwest::Url> {
+    payload_url(inference_url, PAYLOADS_PATH, inference_id)
+}
+
+/// A devshard session's request URL: [`payload_url`] with [`devshard_path`] and the inference id
+/// in decimal.
+pub fn devshard_request_url(
+    inference_url: &str,
+    runtime_version: &str,
+    escrow_id: &str,
+    inference_id: u64,
+) -> crate::Result<reqwest::Url> {
+    let path = devshard_path(runtime_version, escrow_id);
+    payload_url(inference_url, &path, &inference_id.to_string())
+}
+
+/// A request URL as upstream's `BuildPayloadRequestURL` makes it: the base's path joined with
+/// `path` and cleaned (`url.JoinPath`), and `inference_id` set in the query, whose pairs are then
+/// encoded sorted by key with Go's `url.QueryEscape`.
+pub fn payload_url(
+    inference_url: &str,
+    path: &str,
+    inference_id: &str,
+) -> crate::Result<reqwest::Url> {
     let bad = |why: &str| crate::Error::Decode(format!("inference URL {inference_url:?}: {why}"));
     let mut url = reqwest::Url::parse(inference_url.trim()).map_err(|err| bad(&err.to_string()))?;
     if url.cannot_be_a_base() {
         return Err(bad("not a base URL"));
     }
-    let path = join_path(url.path(), PAYLOADS_PATH);
+    let path = join_path(url.path(), path);
     url.set_path(&path);
     let mut pairs: Vec<(String, String)> = url
         .query_pairs()
@@ -211,6 +241,21 @@ mod tests {
         }
         assert!(request_url("not a url", "abc").is_err());
         assert!(request_url("mailto:x@y", "abc").is_err());
+    }
+
+    #[test]
+    fn devshard_urls_put_version_and_escrow_in_the_path_and_the_decimal_id_in_the_query() {
+        let cases = [
+            ("http://h:8080", "http://h:8080/devshard/v4/sessions/42/payloads?inference_id=7"),
+            ("http://h/api/", "http://h/api/devshard/v4/sessions/42/payloads?inference_id=7"),
+            ("https://h/?z=1", "https://h/devshard/v4/sessions/42/payloads?inference_id=7&z=1"),
+        ];
+        for (base, expected) in cases {
+            assert_eq!(devshard_request_url(base, "v4", "42", 7).unwrap().as_str(), expected);
+        }
+        let url = devshard_request_url("http://h", "v12", "escrow-1.a_b", u64::MAX).unwrap();
+        assert_eq!(url.path(), "/devshard/v12/sessions/escrow-1.a_b/payloads");
+        assert_eq!(url.query(), Some("inference_id=18446744073709551615"));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 // address guard, and the engine end to end over HTTP.
 mod payloads;
 
+// Devshard payload retrieval against the session route of `testkit::LoopbackExecutor`: the
+// request, the decimal id signed, raw hash checks, and the same failure mapping and bounds.
+mod devshard;
+
 // Chain queries, the directory, the seed and transaction submission against
 // `testkit::LoopbackChainNode`, and the engine end to end through the chain client.
 mod chain;

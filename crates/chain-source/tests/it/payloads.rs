@@ -37,7 +37,7 @@ pub(crate) fn executor_key() -> Signer {
     Signer::from_bytes(&[0x21; 32]).unwrap()
 }
 
-fn grantee_key() -> Signer {
+pub(crate) fn grantee_key() -> Signer {
     Signer::from_bytes(&[0x22; 32]).unwrap()
 }
 
@@ -46,7 +46,7 @@ pub(crate) fn warm_key() -> Signer {
     Signer::from_bytes(&[0x23; 32]).unwrap()
 }
 
-fn loopback_config(timeout: Duration, cap: u64) -> PayloadsConfig {
+pub(crate) fn loopback_config(timeout: Duration, cap: u64) -> PayloadsConfig {
     PayloadsConfig { timeout, max_response_bytes: cap, allow: vec!["127.0.0.0/8".into()] }
 }
 
@@ -86,7 +86,7 @@ impl Setup {
     }
 }
 
-fn unix_nanos() -> i64 {
+pub(crate) fn unix_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
 }
 
@@ -186,7 +186,7 @@ async fn key_and_url_lookup_failures_are_the_validators_side() {
 }
 
 /// A directory whose chain queries time out.
-struct FailingDirectory;
+pub(crate) struct FailingDirectory;
 
 #[async_trait::async_trait]
 impl ExecutorDirectory for FailingDirectory {

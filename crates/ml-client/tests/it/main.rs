@@ -10,6 +10,10 @@ mod client;
 mod engine;
 // Least-busy leases, health, cool-down, probe and lease release on every path.
 mod pool;
+// NodeManagerBroker against testkit::LoopbackNodeManager over gRPC: leases and release outcomes,
+// RESOURCE_EXHAUSTED, excluded nodes, a hanging or unreachable service, malformed endpoints,
+// lost locks, the capacity listing behind has_room, and the engine end to end.
+mod node_manager;
 
 use std::time::Duration;
 

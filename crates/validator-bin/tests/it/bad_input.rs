@@ -26,12 +26,18 @@ use chain_source::{
     schedule::{claim_due, reward_recovery_due, EpochSchedule},
     Error as ChainErr, HttpPayloadSource, Signer,
 };
+use ml_client::NodeManagerBroker;
 use serde_json::{json, Value};
+use testkit::LoopbackNodeManager;
 use testkit::{ExecutorReply, Reply, StaticDirectory, TxEvent};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::broadcast::error::RecvError,
+};
+use tonic::{transport::Channel, Code};
+use validator_core::ports::model_lock::{
+    LeaseRequest, LockError, ModelLockBroker as _, NodeHealth,
 };
 use validator_core::{
     ports::{
@@ -43,6 +49,10 @@ use validator_core::{
     Admission, InvalidationReason, Outcome, OutcomeEvent, RetryPolicy, RunState, SkipReason, Stage,
 };
 use validator_demo::{validator_key, DemoOptions, EPOCH_PARAMS, LIVE_EPOCH};
+use validator_proto::validator::v1::{
+    validate_response::Verdict as Answered, validation_service_client::ValidationServiceClient,
+    ValidateRequest,
+};
 
 use crate::Running;
 
@@ -93,6 +103,25 @@ enum Input {
     Epoch { poc_start: i64, params: EpochParams },
     /// A call on the app's engine.
     Engine(Call),
+    /// A `Validate` call on the app's gRPC service for a fresh devshard inference stored at
+    /// the scenario's executor: the request spoilt by `spoil`, the executor's next answer
+    /// `executor`, and our ML node answering each replay attempt with `replies`.
+    Devshard { spoil: Spoil, executor: Option<ExecutorReply>, replies: Vec<Reply> },
+    /// A lease through a `NodeManagerBroker` on a loopback NodeManager with this fault.
+    NodeManager(NodeManagerFault),
+}
+
+/// Makes a well-formed devshard request malformed in one way.
+type Spoil = fn(&mut ValidateRequest);
+
+/// What the loopback NodeManager does wrong.
+enum NodeManagerFault {
+    /// Grants locks on a node whose endpoint is not a URL.
+    MalformedEndpoint,
+    /// Never answers.
+    Hangs,
+    /// Forgets the lock it granted, as if its TTL had evicted it, before we release it.
+    LosesLock,
 }
 
 /// A request body for the admin API.
@@ -170,6 +199,15 @@ enum Expect {
     GaveUp(Stage, &'static str),
     /// Sampling accepted the ids and admitted none of them.
     NoneAdmitted,
+    /// The service answered this gRPC status, its message containing the text.
+    Grpc(Code, &'static str),
+    /// The service answered this verdict (`VALID`, `INVALID`, `SKIPPED`) with this reason.
+    Judged(Answered, &'static str),
+    /// The broker refused the lease with this error (variant), its message containing the
+    /// text.
+    Lock(LockError, &'static str),
+    /// The broker leased, and the lost lock's release was counted as lost.
+    LostRelease,
 }
 
 fn case(name: &'static str, input: Input, expect: Expect) -> Case {
@@ -699,7 +737,167 @@ fn table() -> Vec<Case> {
             Input::Engine(Call::Recover(u64::MAX)),
             Expect::Run(RunState::Failed(String::new()), "epoch group"),
         ),
+        // --- devshard: the gRPC service, the executor's session route, our ML node ---
+        devshard(
+            "devshard: a prompt hash of 31 bytes",
+            |r| r.prompt_hash.truncate(31),
+            "prompt_hash",
+        ),
+        devshard(
+            "devshard: a response hash of 64 bytes",
+            |r| r.response_hash.resize(64, 0),
+            "response_hash",
+        ),
+        devshard("devshard: an empty escrow id", |r| r.escrow_id.clear(), "escrow_id"),
+        devshard(
+            "devshard: an escrow id with a slash",
+            |r| r.escrow_id = "a/../b".into(),
+            "escrow_id",
+        ),
+        devshard("devshard: an empty model", |r| r.model.clear(), "model"),
+        devshard(
+            "devshard: an unknown model",
+            |r| r.model = "no/such-model".into(),
+            "no ML node serves",
+        ),
+        devshard(
+            "devshard: a non-bech32 executor",
+            |r| r.executor_address = "gonka1notbech32".into(),
+            "executor_address",
+        ),
+        devshard("devshard: inference id 0", |r| r.inference_id = 0, "inference_id"),
+        devshard(
+            "devshard: a 4 KiB runtime version",
+            |r| r.runtime_version = format!("v{}", "4".repeat(4096)),
+            "runtime_version",
+        ),
+        case(
+            "devshard: a 1 MiB runtime version",
+            Input::Devshard {
+                spoil: |r| r.runtime_version = "v".repeat(ONE_MIB),
+                executor: None,
+                replies: Vec::new(),
+            },
+            Expect::Grpc(Code::OutOfRange, "message length too large"),
+        ),
+        case(
+            "devshard: payloads whose hash differs from the session's",
+            Input::Devshard {
+                spoil: |r| r.prompt_hash[0] ^= 0xff,
+                executor: None,
+                replies: Vec::new(),
+            },
+            Expect::Judged(Answered::Invalid, "hash_mismatch"),
+        ),
+        case(
+            "devshard: the executor serves a flipped response",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: Some(ExecutorReply::FlipResponse),
+                replies: Vec::new(),
+            },
+            Expect::Judged(Answered::Invalid, "hash_mismatch"),
+        ),
+        case(
+            "devshard: a foreign signature on every attempt",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: Some(ExecutorReply::UnrelatedSignature),
+                replies: Vec::new(),
+            },
+            Expect::Grpc(Code::Unavailable, "signature"),
+        ),
+        case(
+            "devshard: 100 MB of payloads",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: Some(ExecutorReply::Oversize {
+                    bytes: HUNDRED_MB,
+                    content_length: false,
+                }),
+                replies: Vec::new(),
+            },
+            Expect::Grpc(Code::Unavailable, "payload"),
+        ),
+        case(
+            "devshard: a redirect",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: Some(ExecutorReply::Redirect("http://169.254.169.254/".into())),
+                replies: Vec::new(),
+            },
+            Expect::Grpc(Code::Unavailable, "payload"),
+        ),
+        case(
+            "devshard: pruned payloads (404)",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: Some(ExecutorReply::NotFound),
+                replies: Vec::new(),
+            },
+            Expect::Judged(Answered::Skipped, "payload_gone"),
+        ),
+        case(
+            "devshard: claimed completion tokens 10 above the replay's",
+            Input::Devshard {
+                spoil: |r| r.output_tokens += 10,
+                executor: None,
+                replies: Vec::new(),
+            },
+            Expect::Judged(Answered::Invalid, "inflated_tokens"),
+        ),
+        case(
+            "devshard: our ML node answers NaN logprobs",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: None,
+                replies: vec![Reply::Body(completion_with_logprob("NaN").into()); 2],
+            },
+            Expect::Grpc(Code::Unavailable, "replay"),
+        ),
+        case(
+            "devshard: our ML node answers 100 MB",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: None,
+                replies: vec![Reply::Oversize { bytes: HUNDRED_MB, content_length: false }; 2],
+            },
+            Expect::Grpc(Code::Unavailable, "larger than"),
+        ),
+        case(
+            "devshard: our ML node refuses the replay with 422",
+            Input::Devshard {
+                spoil: |_| {},
+                executor: None,
+                replies: vec![Reply::Status(422, Default::default())],
+            },
+            Expect::Judged(Answered::Valid, "ml_rejected"),
+        ),
+        // --- the NodeManager the live path leases through ---
+        case(
+            "NodeManager answers a malformed endpoint",
+            Input::NodeManager(NodeManagerFault::MalformedEndpoint),
+            Expect::Lock(LockError::Broker(String::new()), "endpoint"),
+        ),
+        case(
+            "NodeManager hangs",
+            Input::NodeManager(NodeManagerFault::Hangs),
+            Expect::Lock(LockError::Broker(String::new()), "timed out"),
+        ),
+        case(
+            "NodeManager loses a lock",
+            Input::NodeManager(NodeManagerFault::LosesLock),
+            Expect::LostRelease,
+        ),
     ]
+}
+
+fn devshard(name: &'static str, spoil: Spoil, field: &'static str) -> Case {
+    case(
+        name,
+        Input::Devshard { spoil, executor: None, replies: Vec::new() },
+        Expect::Grpc(Code::InvalidArgument, field),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,6 +929,7 @@ struct Env {
     /// The raw executor's address on the chain.
     raw_executor: String,
     rpc: RpcClient,
+    service: ValidationServiceClient<Channel>,
     next: usize,
 }
 
@@ -778,7 +977,10 @@ impl Env {
         .unwrap();
         let rpc =
             RpcClient::new(&scenario.chain.url(), &testkit::public_tls(), BOUND, 64 << 20).unwrap();
-        Self { running, outcomes, payloads, raw, raw_executor, rpc, next: 0 }
+        let service_addr = running.app.service_addr.expect("the validation service is on");
+        let service =
+            ValidationServiceClient::connect(format!("http://{service_addr}")).await.unwrap();
+        Self { running, outcomes, payloads, raw, raw_executor, rpc, service, next: 0 }
     }
 
     async fn stop(self) {
@@ -964,6 +1166,82 @@ impl Env {
                 );
                 let outcome = self.outcome_of(&id).await;
                 check_outcome(name, &outcome, expect);
+            }
+            (Input::Devshard { spoil, executor, replies }, expect) => {
+                self.next += 1;
+                let escrow = format!("bad-input-{}", self.next);
+                let scenario = &self.running.scenario;
+                scenario.executor.insert_devshard_generated(&escrow, 1, LIVE_EPOCH);
+                let job = scenario.executor.devshard_job(&escrow, 1).unwrap();
+                if let Some(reply) = executor {
+                    let replies = std::iter::repeat_n(reply.clone(), usize::from(ATTEMPTS));
+                    scenario.executor.script_devshard(&escrow, 1, replies);
+                }
+                scenario.ml.as_ref().unwrap().script(replies.iter().cloned());
+                let mut request = validator_demo::devshard::request(job);
+                spoil(&mut request);
+                let mut call = tonic::Request::new(request);
+                let token = format!("Bearer {}", self.running.app.token);
+                call.metadata_mut().insert("authorization", token.parse().unwrap());
+                let Ok(answer) = tokio::time::timeout(BOUND, self.service.validate(call)).await
+                else {
+                    panic!("{name}: no answer");
+                };
+                match (answer, expect) {
+                    (Err(status), Expect::Grpc(code, message)) => {
+                        assert_eq!(status.code(), *code, "{name}: {}", excerpt(status.message()));
+                        assert!(
+                            status.message().contains(message),
+                            "{name}: {}",
+                            excerpt(status.message())
+                        );
+                    }
+                    (Ok(response), Expect::Judged(verdict, reason)) => {
+                        let response = response.into_inner();
+                        assert_eq!(response.verdict(), *verdict, "{name}: {response:?}");
+                        assert_eq!(response.reason, *reason, "{name}");
+                    }
+                    (answer, _) => panic!("{name}: {}", excerpt(&format!("{answer:?}"))),
+                }
+            }
+            (Input::NodeManager(fault), expect) => {
+                let node_manager = LoopbackNodeManager::start().await;
+                node_manager.add_node("bad-input-node", MODEL, "http://127.0.0.1:9", 2);
+                let mut config = ml_client::Config {
+                    broker: ml_client::Broker::NodeManager,
+                    ..ml_client::Config::default()
+                };
+                config.node_manager.url = Some(node_manager.url());
+                config.node_manager.timeout = Duration::from_millis(300);
+                let broker = NodeManagerBroker::new(&config).unwrap();
+                let wanted = LeaseRequest::model(MODEL);
+                match (fault, expect) {
+                    (NodeManagerFault::LosesLock, Expect::LostRelease) => {
+                        let lease = broker.acquire(&wanted).await.unwrap();
+                        assert_eq!(node_manager.lose_all_locks(), 1, "{name}");
+                        lease.release(NodeHealth::Healthy);
+                        broker.drain_releases().await;
+                        assert_eq!(broker.status().counters.lost_locks, 1, "{name}");
+                    }
+                    (fault, Expect::Lock(expected, message)) => {
+                        match fault {
+                            NodeManagerFault::MalformedEndpoint => {
+                                node_manager.answer_endpoint(Some("not a url"));
+                            }
+                            NodeManagerFault::Hangs => node_manager.set_hang(true),
+                            NodeManagerFault::LosesLock => unreachable!("{name}"),
+                        }
+                        let err = broker.acquire(&wanted).await.unwrap_err();
+                        assert_eq!(discriminant(&err), discriminant(expected), "{name}: {err}");
+                        assert!(err.to_string().contains(message), "{name}: {err}");
+                        node_manager.answer_endpoint(None);
+                        node_manager.set_hang(false);
+                    }
+                    _ => panic!("{name}: the fault and the expectation do not go together"),
+                }
+                // The broker goes on leasing once the NodeManager behaves.
+                let lease = broker.acquire(&wanted).await;
+                assert!(lease.is_ok(), "{name}: {lease:?}");
             }
             (Input::Replay(replies), expect) => {
                 let id = self.add_inference("replay");

@@ -13,6 +13,8 @@ mod config;
 // `validator run` as a process on the loopback fakes: it follows the chain, recovers, claims
 // and stops on SIGTERM.
 mod process;
+// The gRPC validation service: token, statuses, joins.
+mod service;
 // `validator score` on the recorded vLLM fixtures.
 mod score;
 // The recovery triggers: the claim trigger, the reward check, the admin claim.

@@ -90,6 +90,45 @@ impl ChainParamsCache {
     }
 }
 
+/// Room on ML nodes that attempts have claimed and not yet turned into leases, per model: an
+/// attempt claims one of the broker's free slots before it fetches payloads, so concurrent
+/// attempts never count the same free slot twice.
+#[derive(Default)]
+pub(crate) struct RoomClaims(Mutex<HashMap<Arc<str>, usize>>);
+
+impl RoomClaims {
+    /// Claims one of `free` slots for `model`, unless every one is claimed; `free` of `None`
+    /// (the broker cannot tell) always leaves room.
+    fn claim(&self, model: &Arc<str>, free: Option<usize>) -> Option<RoomClaim<'_>> {
+        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let claimed = claims.entry(Arc::clone(model)).or_default();
+        if free.is_some_and(|free| *claimed >= free) {
+            return None;
+        }
+        *claimed += 1;
+        Some(RoomClaim { claims: self, model: Arc::clone(model) })
+    }
+}
+
+/// One claimed slot, given back when dropped: once the lease is taken (the broker then counts
+/// it) or the attempt ends without one.
+struct RoomClaim<'a> {
+    claims: &'a RoomClaims,
+    model: Arc<str>,
+}
+
+impl Drop for RoomClaim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(claimed) = claims.get_mut(&self.model) {
+            *claimed = claimed.saturating_sub(1);
+            if *claimed == 0 {
+                claims.remove(&self.model);
+            }
+        }
+    }
+}
+
 pub(super) struct Attempt<'a> {
     inner: &'a Inner,
     job: Arc<DevshardJob>,
@@ -115,9 +154,10 @@ impl<'a> Attempt<'a> {
         }
         // Payloads are fetched only once a replay could run: a job waiting for ML capacity
         // holds neither a slot nor the executor's payloads.
-        if !self.inner.ports.broker.has_room(&self.job.model) {
+        let free = self.inner.ports.broker.free_slots(&self.job.model);
+        let Some(claim) = self.inner.room_claims.claim(&self.job.model, free) else {
             return self.wait_for_room();
-        }
+        };
         let payloads = match self.fetch_payloads().await {
             Ok(payloads) => payloads,
             Err(step) => return step,
@@ -154,7 +194,7 @@ impl<'a> Attempt<'a> {
             inference_id: InferenceId::new(self.job.key.inference_id.to_string()),
             body: Bytes::from(body),
         };
-        self.replay(&original, &request, threshold).await
+        self.replay(&original, &request, threshold, claim).await
     }
 
     async fn fetch_payloads(&mut self) -> Result<Payloads, Step> {
@@ -201,6 +241,7 @@ impl<'a> Attempt<'a> {
         original: &CompletionResponse,
         request: &ReplayRequest,
         threshold: Decimal,
+        claim: RoomClaim<'_>,
     ) -> Step {
         let started = Instant::now();
         let wanted = LeaseRequest {
@@ -213,6 +254,7 @@ impl<'a> Attempt<'a> {
             .bounded(self.inner.config.lock_timeout, self.inner.ports.broker.acquire(&wanted))
             .await
             .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
+        drop(claim);
         let lease = match acquired {
             Ok(lease) => lease,
             Err(LockError::NoNode { .. }) => return self.wait_for_room(),

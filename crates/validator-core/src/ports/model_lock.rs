@@ -125,10 +125,21 @@ pub trait ModelLockBroker: Send + Sync + 'static {
     /// Whether any node serves `model` at all (the live path's model filter).
     fn serves(&self, model: &str) -> bool;
 
-    /// Whether a lease for `model` would likely be granted now, from what the broker already
-    /// knows, without any call. The engine asks before it fetches a devshard job's payloads, so
-    /// that no payloads are fetched, and no slot spent, for a replay that could not run.
+    /// How many more leases for `model` would likely be granted now, from what the broker
+    /// already knows, without any call; `None` when it cannot tell. The engine claims one of
+    /// them before it fetches a devshard job's payloads, so that no payloads are fetched, and no
+    /// slot spent, for a replay that could not run, and so that concurrent attempts do not all
+    /// race for the same free slot.
+    fn free_slots(&self, model: &str) -> Option<usize> {
+        let _ = model;
+        None
+    }
+
+    /// Whether a lease for `model` would likely be granted now ([`free_slots`] above 0 or
+    /// unknown).
+    ///
+    /// [`free_slots`]: ModelLockBroker::free_slots
     fn has_room(&self, model: &str) -> bool {
-        self.serves(model)
+        self.free_slots(model).is_none_or(|free| free > 0)
     }
 }
