@@ -486,7 +486,8 @@ impl MlNodeClient for TimedMlNode {
 
 /// The API node's NodeManager as the devshard path sees it (LIVE-NETWORK.md 2.2 item 3): one
 /// node serving [`MODEL`] with a fixed number of locks, `AcquireMLNode` refused when they are all
-/// held. Counts grants, refusals and the most locks held at once.
+/// held, and its free locks known without a call (as the NodeManager's capacity listing tells
+/// them). Counts grants, refusals and the most locks held at once.
 #[derive(Clone)]
 pub(crate) struct NodeManager {
     shared: Arc<NodeManagerShared>,
@@ -568,8 +569,9 @@ impl ModelLockBroker for NodeManager {
         model == MODEL
     }
 
-    fn has_room(&self, model: &str) -> bool {
-        self.serves(model) && self.shared.held.load(Ordering::Acquire) < self.shared.capacity
+    fn free_slots(&self, model: &str) -> Option<usize> {
+        let free = self.shared.capacity.saturating_sub(self.shared.held.load(Ordering::Acquire));
+        Some(if self.serves(model) { free } else { 0 })
     }
 }
 
