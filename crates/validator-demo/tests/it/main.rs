@@ -106,3 +106,36 @@ async fn an_external_ml_node_never_sees_more_than_the_slots_even_when_replays_ha
         assert!(!summary[key].is_null(), "{key} in {summary}");
     }
 }
+
+/// The devshard scenario end to end: session hosts on the gRPC service, leases through the
+/// NodeManager. Every call is answered; the replays never exceed the NodeManager's capacity;
+/// the misbehaving executors get their verdicts.
+#[test]
+fn the_devshard_scenario_answers_every_call_within_the_node_managers_capacity() {
+    let child = Command::new(binary())
+        .args(["--devshard", "--json", "--sessions", "3", "--inferences-per-session", "40"])
+        .args(["--node-capacity", "2", "--admin-token-file"])
+        .arg(temp_path("admin.token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["event"], "devshard_summary", "{summary}");
+    assert_eq!(summary["calls"], 120, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    let verdicts = &summary["verdicts"];
+    for (key, n) in [
+        ("invalid/inflated_tokens", 6),
+        ("invalid/hash_mismatch", 3),
+        ("skipped/payload_gone", 3),
+        ("valid/similarity_pass", 108),
+    ] {
+        assert_eq!(verdicts[key], n, "{key}: {summary}");
+    }
+    assert!(summary["peak_replays"].as_u64().unwrap() <= 2, "{summary}");
+    assert!(summary["peak_locks"].as_u64().unwrap() <= 2, "{summary}");
+}
