@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::{attempt::observe, Inner};
 use crate::{
     completion::{self, CompletionResponse},
-    devshard::{DevshardJob, DevshardVerdict, VerdictReason},
+    devshard::{DevshardJob, DevshardKey, DevshardVerdict, VerdictReason},
     outcome::{Outcome, SkipReason, Stage},
     ports::{
         chain::{ChainError, InferenceId},
@@ -92,21 +92,50 @@ impl ChainParamsCache {
 
 /// Room on ML nodes that attempts have claimed and not yet turned into leases, per model: an
 /// attempt claims one of the broker's free slots before it fetches payloads, so concurrent
-/// attempts never count the same free slot twice.
+/// attempts never count the same free slot twice. Challenged votes that found no room are
+/// remembered for a while, and sampled attempts for the same model leave the next free slot to
+/// them: lanes order the ML nodes' slots, not only the engine's.
 #[derive(Default)]
-pub(crate) struct RoomClaims(Mutex<HashMap<Arc<str>, usize>>);
+pub(crate) struct RoomClaims(Mutex<Claims>);
+
+#[derive(Default)]
+struct Claims {
+    claimed: HashMap<Arc<str>, usize>,
+    /// Challenged votes waiting for room, with their model and when they last looked.
+    challenged_waiting: HashMap<DevshardKey, (Arc<str>, Instant)>,
+}
 
 impl RoomClaims {
-    /// Claims one of `free` slots for `model`, unless every one is claimed; `free` of `None`
-    /// (the broker cannot tell) always leaves room.
-    fn claim(&self, model: &Arc<str>, free: Option<usize>) -> Option<RoomClaim<'_>> {
+    /// Claims one of `free` slots for `job`'s model, unless every one is claimed, or the job is
+    /// sampled and a challenged vote for the model waits (one that looked within `patience`;
+    /// an older entry belongs to a vote that ended otherwise). `free` of `None` (the broker
+    /// cannot tell) leaves room as far as the broker is concerned.
+    fn claim(
+        &self,
+        job: &DevshardJob,
+        free: Option<usize>,
+        patience: Duration,
+    ) -> Option<RoomClaim<'_>> {
         let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let claimed = claims.entry(Arc::clone(model)).or_default();
-        if free.is_some_and(|free| *claimed >= free) {
+        let Claims { claimed, challenged_waiting } = &mut *claims;
+        if job.challenged {
+            challenged_waiting.remove(&job.key);
+        } else {
+            challenged_waiting.retain(|_, (_, at)| at.elapsed() < patience);
+            if challenged_waiting.values().any(|(model, _)| *model == job.model) {
+                return None;
+            }
+        }
+        let taken = claimed.entry(Arc::clone(&job.model)).or_default();
+        if free.is_some_and(|free| *taken >= free) {
+            if job.challenged {
+                challenged_waiting
+                    .insert(job.key.clone(), (Arc::clone(&job.model), Instant::now()));
+            }
             return None;
         }
-        *claimed += 1;
-        Some(RoomClaim { claims: self, model: Arc::clone(model) })
+        *taken += 1;
+        Some(RoomClaim { claims: self, model: Arc::clone(&job.model) })
     }
 }
 
@@ -120,10 +149,10 @@ struct RoomClaim<'a> {
 impl Drop for RoomClaim<'_> {
     fn drop(&mut self) {
         let mut claims = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(claimed) = claims.get_mut(&self.model) {
-            *claimed = claimed.saturating_sub(1);
-            if *claimed == 0 {
-                claims.remove(&self.model);
+        if let Some(taken) = claims.claimed.get_mut(&self.model) {
+            *taken = taken.saturating_sub(1);
+            if *taken == 0 {
+                claims.claimed.remove(&self.model);
             }
         }
     }
@@ -155,7 +184,10 @@ impl<'a> Attempt<'a> {
         // Payloads are fetched only once a replay could run: a job waiting for ML capacity
         // holds neither a slot nor the executor's payloads.
         let free = self.inner.ports.broker.free_slots(&self.job.model);
-        let Some(claim) = self.inner.room_claims.claim(&self.job.model, free) else {
+        // A waiting vote looks again at least every `lock_wait`; twice that without a look
+        // means it ended some other way.
+        let patience = self.inner.config.lock_wait.saturating_mul(2);
+        let Some(claim) = self.inner.room_claims.claim(&self.job, free, patience) else {
             return self.wait_for_room();
         };
         let payloads = match self.fetch_payloads().await {
@@ -382,4 +414,52 @@ fn judged(verdict: DevshardVerdict) -> Step {
 
 fn gave_up(stage: Stage, error: String) -> Step {
     Step::Terminal(Outcome::GaveUp { stage, error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devshard::DevshardRequest;
+
+    fn job(id: u64, challenged: bool) -> DevshardJob {
+        DevshardJob::new(DevshardRequest {
+            inference_id: id,
+            model: "m".into(),
+            prompt_hash: vec![0; 32],
+            response_hash: vec![0; 32],
+            escrow_id: "7".into(),
+            executor_address: "gonka1qypqxpq9qcrsszg2pvxq6rs0zqg3yyc50htqp7".into(),
+            runtime_version: "v4".into(),
+            challenged,
+            ..DevshardRequest::default()
+        })
+        .expect("a well-formed job")
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(4);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_vote_gets_the_next_free_slot_before_sampled_work() {
+        let claims = RoomClaims::default();
+        let (sampled, vote) = (job(1, false), job(2, true));
+        assert!(claims.claim(&vote, Some(0), PATIENCE).is_none(), "no room: the vote waits");
+        assert!(claims.claim(&sampled, Some(1), PATIENCE).is_none(), "room goes to the vote");
+        let held = claims.claim(&vote, Some(1), PATIENCE).expect("the vote claims it");
+        assert!(claims.claim(&sampled, Some(1), PATIENCE).is_none(), "the one slot is claimed");
+        drop(held);
+        assert!(claims.claim(&sampled, Some(1), PATIENCE).is_some(), "no vote waits any more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vote_that_stopped_looking_stops_holding_sampled_work_back() {
+        let claims = RoomClaims::default();
+        let vote = job(2, true);
+        assert!(claims.claim(&vote, Some(0), PATIENCE).is_none());
+        tokio::time::advance(PATIENCE).await;
+        assert!(claims.claim(&job(1, false), Some(1), PATIENCE).is_some());
+        let mut other_model = job(3, false);
+        other_model.model = "other".into();
+        assert!(claims.claim(&vote, Some(0), PATIENCE).is_none());
+        assert!(claims.claim(&other_model, Some(1), PATIENCE).is_some(), "votes wait per model");
+    }
 }

@@ -187,3 +187,35 @@ async fn unknown_models_and_shutdown_are_refused_and_waiting_callers_are_told() 
     assert_eq!(queued.outcome().await, Outcome::Cancelled);
     assert_eq!(h.engine.validate_devshard(job("42", 4, false)).unwrap_err(), Error::ShuttingDown);
 }
+
+#[tokio::test(start_paused = true)]
+async fn challenged_votes_get_the_next_free_ml_slot_when_slots_outnumber_it() {
+    let h = Harness::new(config(4), MemoryPorts::new(Duration::from_secs(1), 1));
+    h.fakes.chain.set_epoch_models(EPOCH, &[MODEL]);
+    let sampled: Vec<_> =
+        (1..=8).map(|id| h.engine.validate_devshard(job("42", id, false)).unwrap()).collect();
+    settle(|| h.fakes.ml.in_flight() == 1).await;
+    let challenged: Vec<_> =
+        (100..=101).map(|id| h.engine.validate_devshard(job("42", id, true)).unwrap()).collect();
+    for vote in challenged {
+        assert_eq!(reason(&vote.outcome().await), Some(VerdictReason::SimilarityPass));
+    }
+    // The sampled job that held the one ML slot, then the two votes, then the rest.
+    let order: Vec<String> = h
+        .fakes
+        .ml
+        .requests()
+        .iter()
+        .map(|request| request["messages"][0]["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let first: Vec<&str> = order.iter().take(3).map(String::as_str).collect();
+    assert_eq!(
+        first,
+        ["question devshard:42:1", "question devshard:42:100", "question devshard:42:101"],
+        "{order:?}"
+    );
+    for ticket in sampled {
+        ticket.outcome().await;
+    }
+    assert_eq!(h.fakes.ml.peak(), 1);
+}
