@@ -87,6 +87,24 @@ impl ValidationHandler {
     }
 }
 
+/// The request a caller sends for `job`: the inverse of the check [`ValidationHandler::validate`]
+/// makes, for session hosts built on this crate (the demo's, the bench's).
+pub fn validate_request(job: &DevshardJob) -> ValidateRequest {
+    ValidateRequest {
+        inference_id: job.key.inference_id,
+        model: job.model.to_string(),
+        prompt_hash: job.prompt_hash.to_vec(),
+        response_hash: job.response_hash.to_vec(),
+        input_tokens: job.input_tokens,
+        output_tokens: job.output_tokens,
+        escrow_id: job.key.escrow_id.to_string(),
+        epoch_id: job.epoch_id,
+        executor_address: job.executor_address.to_string(),
+        runtime_version: job.runtime_version.to_string(),
+        challenged: job.challenged,
+    }
+}
+
 /// Counts a refused call and returns its status.
 fn refuse(status: Status, result: &'static str) -> Status {
     metrics::counter!("validator_service_calls_total", "result" => result).increment(1);

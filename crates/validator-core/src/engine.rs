@@ -17,6 +17,8 @@ use crate::{
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent},
     ports::{
         chain::{ChainError, InferenceId},
+        ml_node::{ReplayError, ReplayRequest, ReplayResponse},
+        model_lock::{LeaseRequest, LockError, ModelLease},
         ChainClient, Journal, MlNodeClient, ModelLockBroker, PayloadSource,
     },
     recovery::{RecoveryGuard, RecoveryStart, RunHandle, RunReport, Trigger},
@@ -390,6 +392,36 @@ impl Inner {
         call: impl Future<Output = Result<T, ChainError>>,
     ) -> Result<T, ChainError> {
         self.bounded(self.config.chain_timeout, call).await.unwrap_or(Err(ChainError::Timeout))
+    }
+
+    /// One lease request to the broker, bounded by the lock timeout; a granted lease is timed as
+    /// the lock stage.
+    pub(crate) async fn lease(&self, wanted: &LeaseRequest<'_>) -> Result<ModelLease, LockError> {
+        let started = Instant::now();
+        let acquired = self
+            .bounded(self.config.lock_timeout, self.ports.broker.acquire(wanted))
+            .await
+            .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
+        if acquired.is_ok() {
+            attempt::observe(crate::Stage::Lock, started);
+        }
+        acquired
+    }
+
+    /// One replay on the leased node, bounded by the replay timeout and timed as the replay
+    /// stage.
+    pub(crate) async fn replay(
+        &self,
+        lease: &ModelLease,
+        request: &ReplayRequest,
+    ) -> Result<ReplayResponse, ReplayError> {
+        let started = Instant::now();
+        let answer = self
+            .bounded(self.config.replay_timeout, self.ports.ml.replay(lease.node(), request))
+            .await
+            .unwrap_or(Err(ReplayError::Timeout));
+        attempt::observe(crate::Stage::Replay, started);
+        answer
     }
 
     pub(crate) fn address(&self) -> &str {

@@ -13,8 +13,8 @@ use testkit::{
     devshard_host::{run_sessions, HostConfig, HostReport, WORKERS_PER_SESSION},
     node_manager::LoopbackNodeManager,
 };
-use validator_bin::settings::Settings;
-use validator_core::{devshard::DevshardJob, testing::MODEL};
+use validator_bin::{service::validate_request, settings::Settings};
+use validator_core::testing::MODEL;
 use validator_proto::validator::v1::ValidateRequest;
 
 use crate::{DemoOptions, Scenario, LIVE_EPOCH};
@@ -160,28 +160,11 @@ fn jobs(
             } else if n % PRUNED_EVERY == 0 {
                 executor.remove_devshard(&escrow, n);
             }
-            requests.push(request(job));
+            requests.push(validate_request(&job));
         }
         all.push(requests);
     }
     Ok(all)
-}
-
-/// The wire request for `job`.
-pub fn request(job: DevshardJob) -> ValidateRequest {
-    ValidateRequest {
-        inference_id: job.key.inference_id,
-        model: job.model.to_string(),
-        prompt_hash: job.prompt_hash.to_vec(),
-        response_hash: job.response_hash.to_vec(),
-        input_tokens: job.input_tokens,
-        output_tokens: job.output_tokens,
-        escrow_id: job.key.escrow_id.to_string(),
-        epoch_id: job.epoch_id,
-        executor_address: job.executor_address.to_string(),
-        runtime_version: job.runtime_version.to_string(),
-        challenged: job.challenged,
-    }
 }
 
 fn print_summary(summary: &DevshardSummary) {

@@ -22,12 +22,12 @@ use rand::{seq::SliceRandom, Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
-use validator_bin::service::ValidationHandler;
+use validator_bin::service::{validate_request, ValidationHandler};
 use validator_core::{
     devshard::{DevshardJob, DevshardKey},
     Config, Engine, Lane,
 };
-use validator_proto::validator::v1::{validate_response::Verdict, ValidateRequest};
+use validator_proto::validator::v1::validate_response::Verdict;
 
 use crate::{
     devshardd::{self, Answer, AnswerSink, Devshardd, Timing},
@@ -101,23 +101,6 @@ fn job(session: usize, id: u64) -> DevshardJob {
         executor_address: EXECUTOR.into(),
         runtime_version: "v4".into(),
         challenged: challenged(session, id),
-    }
-}
-
-/// The service request a host sends for `job`.
-fn request(job: &DevshardJob) -> ValidateRequest {
-    ValidateRequest {
-        inference_id: job.key.inference_id,
-        model: job.model.to_string(),
-        prompt_hash: job.prompt_hash.to_vec(),
-        response_hash: job.response_hash.to_vec(),
-        input_tokens: job.input_tokens,
-        output_tokens: job.output_tokens,
-        escrow_id: job.key.escrow_id.to_string(),
-        epoch_id: job.epoch_id,
-        executor_address: job.executor_address.to_string(),
-        runtime_version: job.runtime_version.to_string(),
-        challenged: job.challenged,
     }
 }
 
@@ -265,7 +248,7 @@ impl Design {
                 hosts.handed.fetch_add(1, Ordering::Relaxed);
                 let (handler, hosts) = (handler.clone(), Arc::clone(hosts));
                 calls.spawn(async move {
-                    let answer = match handler.validate(request(&job)).await {
+                    let answer = match handler.validate(validate_request(&job)).await {
                         Ok(response) => match Verdict::try_from(response.verdict) {
                             Ok(Verdict::Valid) => Answer::Verdict { valid: true },
                             Ok(Verdict::Invalid) => Answer::Verdict { valid: false },

@@ -1178,7 +1178,7 @@ impl Env {
                     scenario.executor.script_devshard(&escrow, 1, replies);
                 }
                 scenario.ml.as_ref().unwrap().script(replies.iter().cloned());
-                let mut request = validator_demo::devshard::request(job);
+                let mut request = validator_bin::service::validate_request(&job);
                 spoil(&mut request);
                 let mut call = tonic::Request::new(request);
                 let token = format!("Bearer {}", self.running.app.token);

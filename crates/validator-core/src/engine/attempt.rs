@@ -23,8 +23,8 @@ use crate::{
     ports::{
         chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
         journal::{Intent, JournalEntry, SubmissionResult},
-        ml_node::{ReplayError, ReplayRequest, ReplayResponse},
-        model_lock::{LeaseRequest, LockError, NodeHealth},
+        ml_node::{ReplayRequest, ReplayResponse},
+        model_lock::{LeaseRequest, NodeHealth},
         payload_source::{PayloadError, Payloads},
     },
     scheduler::{Attempts, Job, Key, PendingSubmit, Step},
@@ -231,28 +231,11 @@ impl Attempt<'_> {
         empty_sentinel: bool,
         request: &ReplayRequest,
     ) -> Step {
-        let started = Instant::now();
-        let wanted = LeaseRequest::model(&inference.model);
-        let acquired = self
-            .inner
-            .bounded(self.inner.config.lock_timeout, self.inner.ports.broker.acquire(&wanted))
-            .await
-            .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
-        let lease = match acquired {
+        let lease = match self.inner.lease(&LeaseRequest::model(&inference.model)).await {
             Ok(lease) => lease,
             Err(err) => return self.retry_replay(err.to_string()),
         };
-        observe(Stage::Lock, started);
-        let started = Instant::now();
-        let answer = self
-            .inner
-            .bounded(
-                self.inner.config.replay_timeout,
-                self.inner.ports.ml.replay(lease.node(), request),
-            )
-            .await
-            .unwrap_or(Err(ReplayError::Timeout));
-        observe(Stage::Replay, started);
+        let answer = self.inner.replay(&lease, request).await;
         let body = match answer {
             Ok(ReplayResponse::Completed(body)) => {
                 lease.release(NodeHealth::Healthy);

@@ -275,34 +275,19 @@ impl<'a> Attempt<'a> {
         threshold: Decimal,
         claim: RoomClaim<'_>,
     ) -> Step {
-        let started = Instant::now();
         let wanted = LeaseRequest {
             model: &self.job.model,
             excluded_nodes: &self.excluded,
             escrow_id: Some(&self.job.key.escrow_id),
         };
-        let acquired = self
-            .inner
-            .bounded(self.inner.config.lock_timeout, self.inner.ports.broker.acquire(&wanted))
-            .await
-            .unwrap_or_else(|| Err(LockError::Broker("lease request timed out".into())));
+        let acquired = self.inner.lease(&wanted).await;
         drop(claim);
         let lease = match acquired {
             Ok(lease) => lease,
             Err(LockError::NoNode { .. }) => return self.wait_for_room(),
             Err(err) => return self.retry_replay(err.to_string(), None),
         };
-        observe(Stage::Lock, started);
-        let started = Instant::now();
-        let answer = self
-            .inner
-            .bounded(
-                self.inner.config.replay_timeout,
-                self.inner.ports.ml.replay(lease.node(), request),
-            )
-            .await
-            .unwrap_or(Err(ReplayError::Timeout));
-        observe(Stage::Replay, started);
+        let answer = self.inner.replay(&lease, request).await;
         let node = Arc::clone(&lease.node().id);
         let (health, step) = match answer {
             Ok(ReplayResponse::Completed(body)) => {
