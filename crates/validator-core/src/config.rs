@@ -61,9 +61,22 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Validation attempts that may run at once across every lane: the process-wide slot count.
-    /// Upstream's `maxConcurrentValidations` is 10.
+    /// Replays that may run at once across every lane: the GPU stage's slot count, sized to the
+    /// ML nodes' capacity. Upstream's `maxConcurrentValidations` is 10.
     pub slots: usize,
+    /// Network-stage attempts (payload fetch and verification, chain reads, submissions) that
+    /// may run at once; `None` is twice `slots`, enough to keep the GPU stage fed when fetches
+    /// take on average up to twice as long as replays.
+    pub fetch_slots: Option<usize>,
+    /// Verified payloads waiting for a GPU slot, with the fetches that will add to them, held at
+    /// most; `None` is twice `slots`.
+    pub buffer_capacity: Option<usize>,
+    /// Bytes of verified payloads waiting for a GPU slot held at most; `None` is 16 MiB per
+    /// slot (two payloads of a 5,000-token answer with 20 top logprobs).
+    pub buffer_bytes: Option<usize>,
+    /// A buffered payload older than this is dropped and fetched again when its turn comes.
+    #[serde(with = "duration_ms")]
+    pub buffer_max_age: Duration,
     /// Share of dispatches, in percent, that recovery is guaranteed while it has ready work and
     /// live or revalidation work competes. 0 gives strict priority.
     pub recovery_floor_percent: u8,
@@ -125,6 +138,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             slots: 10,
+            fetch_slots: None,
+            buffer_capacity: None,
+            buffer_bytes: None,
+            buffer_max_age: Duration::from_secs(600),
             recovery_floor_percent: 25,
             live_capacity: 10_000,
             revalidation_capacity: 1_000,
@@ -149,14 +166,42 @@ impl Default for Config {
     }
 }
 
+/// The most slots of either stage: beyond any real deployment, and far below what would
+/// exhaust memory in bookkeeping.
+pub const MAX_SLOTS: usize = 100_000;
+
 impl Config {
+    /// The network stage's slot count.
+    pub fn fetch_slots(&self) -> usize {
+        self.fetch_slots.unwrap_or(self.slots.saturating_mul(2))
+    }
+
+    /// The buffer's bound in payloads (waiting and being fetched).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buffer_capacity.unwrap_or(self.slots.saturating_mul(2))
+    }
+
+    /// The buffer's bound in bytes.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes.unwrap_or(self.slots.saturating_mul(16 << 20))
+    }
+
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |key: &'static str, allowed: &'static str| {
             Err(crate::Error::InvalidConfig { key, allowed })
         };
-        if self.slots == 0 {
-            return bad("slots", "at least 1");
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return bad("slots", "1 to 100000");
+        }
+        if self.fetch_slots.is_some_and(|n| n == 0 || n > MAX_SLOTS) {
+            return bad("fetch_slots", "1 to 100000");
+        }
+        if self.buffer_capacity.is_some_and(|n| n == 0 || n > MAX_SLOTS) {
+            return bad("buffer_capacity", "1 to 100000");
+        }
+        if self.buffer_bytes.is_some_and(|n| n < 1 << 20) {
+            return bad("buffer_bytes", "at least 1048576 (1 MiB)");
         }
         if self.recovery_floor_percent > 100 {
             return bad("recovery_floor_percent", "0 to 100");
@@ -204,6 +249,7 @@ impl Config {
             ("lock_timeout", self.lock_timeout),
             ("lock_wait", self.lock_wait),
             ("devshard_deadline", self.devshard_deadline),
+            ("buffer_max_age", self.buffer_max_age),
         ] {
             if timeout.is_zero() {
                 return bad(key, "a positive duration");

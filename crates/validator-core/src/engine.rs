@@ -102,6 +102,35 @@ pub struct EngineStatus {
     pub retired: Option<String>,
     /// Devshard verdicts so far, per reason.
     pub devshard_verdicts: VerdictCounts,
+    /// The two stages and the buffer between them.
+    pub pipeline: PipelineStatus,
+}
+
+/// The network stage, the GPU stage and the buffer of verified payloads between them. The GPU
+/// stage's slots are [`EngineStatus::slots_in_use`] and [`EngineStatus::slots_capacity`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PipelineStatus {
+    /// Network-stage slots in use: payload fetches, chain reads and submissions running now.
+    pub fetch_in_use: usize,
+    /// The network stage's slot count.
+    pub fetch_capacity: usize,
+    /// The most network-stage slots ever in use at once.
+    pub fetch_peak: usize,
+    /// Verified payloads waiting for a GPU slot (queued or waiting to retry a lease).
+    pub buffered: usize,
+    /// Their bytes.
+    pub buffered_bytes: usize,
+    /// The most bytes ever buffered at once.
+    pub buffered_peak_bytes: usize,
+    /// The buffer's bound in payloads, fetches in flight included.
+    pub buffer_capacity: usize,
+    /// The buffer's bound in bytes.
+    pub buffer_bytes_capacity: usize,
+    /// Buffered payloads dropped for age, to be fetched again.
+    pub expired: u64,
+    /// GPU slot-seconds left idle while work was buffered or being fetched: how far the
+    /// network stage fell behind.
+    pub gpu_idle_slot_seconds: f64,
 }
 
 impl EngineStatus {
@@ -324,6 +353,7 @@ impl Engine {
             current_run: self.inner.guard.current().map(|run| run.report()),
             retired: self.inner.retired.get().cloned(),
             devshard_verdicts: snapshot.verdicts,
+            pipeline: PipelineStatus::default(),
         }
     }
 

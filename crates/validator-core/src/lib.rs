@@ -31,7 +31,9 @@ mod sync;
 pub mod testing;
 
 pub use config::{Config, RetryPolicy};
-pub use engine::{DevshardTicket, Engine, EngineStatus, LaneStatus, Ports, ShutdownReport};
+pub use engine::{
+    DevshardTicket, Engine, EngineStatus, LaneStatus, PipelineStatus, Ports, ShutdownReport,
+};
 pub use error::{Error, Result};
 pub use outcome::{
     InvalidationReason, Lane, Outcome, OutcomeCounts, OutcomeEvent, OutcomeKind, SkipReason, Stage,
