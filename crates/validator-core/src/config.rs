@@ -75,6 +75,8 @@ pub struct Config {
     /// slot (two payloads of a 5,000-token answer with 20 top logprobs).
     pub buffer_bytes: Option<usize>,
     /// A buffered payload older than this is dropped and fetched again when its turn comes.
+    /// The default outlasts the lock-and-replay retry schedule (4 × 4 min), so a payload is
+    /// fetched once however often its lease is refused.
     #[serde(with = "duration_ms")]
     pub buffer_max_age: Duration,
     /// Share of dispatches, in percent, that recovery is guaranteed while it has ready work and
@@ -141,7 +143,7 @@ impl Default for Config {
             fetch_slots: None,
             buffer_capacity: None,
             buffer_bytes: None,
-            buffer_max_age: Duration::from_secs(600),
+            buffer_max_age: Duration::from_secs(1800),
             recovery_floor_percent: 25,
             live_capacity: 10_000,
             revalidation_capacity: 1_000,

@@ -16,7 +16,7 @@ use crate::{
     devshard::{DevshardJob, VerdictCounts},
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent},
     ports::{
-        chain::{ChainError, InferenceId},
+        chain::{ChainError, EpochState, InferenceId},
         ml_node::{ReplayError, ReplayRequest, ReplayResponse},
         model_lock::{LeaseRequest, LockError, ModelLease},
         ChainClient, Journal, MlNodeClient, ModelLockBroker, PayloadSource,
@@ -46,6 +46,10 @@ pub struct Ports {
 /// The most ids one `GetInferenceValidationParameters` call carries (DOMAIN.md 7).
 const PARAMS_BATCH: usize = 1000;
 
+/// How long the GPU stage reuses the chain's epoch state: epochs last hours, and a replay is
+/// worth far more than the read.
+const EPOCH_STATE_TTL: Duration = Duration::from_secs(10);
+
 /// How many in-flight keys a status report lists.
 const STATUS_SAMPLE_KEYS: usize = 64;
 
@@ -72,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) retired: std::sync::OnceLock<String>,
     pub(crate) devshard_params: devshard::ChainParamsCache,
     pub(crate) room_claims: devshard::RoomClaims,
+    /// The chain's epoch state as last read, for the GPU stage's staleness check.
+    epoch_state: std::sync::Mutex<Option<(Instant, EpochState)>>,
     intake: mpsc::Sender<Vec<InferenceId>>,
 }
 
@@ -209,6 +215,7 @@ impl Engine {
             retired: std::sync::OnceLock::new(),
             devshard_params: devshard::ChainParamsCache::default(),
             room_claims: devshard::RoomClaims::default(),
+            epoch_state: std::sync::Mutex::new(None),
             config,
             ports,
             guard: Arc::new(RecoveryGuard::after(last_run_id)),
@@ -353,7 +360,7 @@ impl Engine {
             current_run: self.inner.guard.current().map(|run| run.report()),
             retired: self.inner.retired.get().cloned(),
             devshard_verdicts: snapshot.verdicts,
-            pipeline: PipelineStatus::default(),
+            pipeline: snapshot.pipeline,
         }
     }
 
@@ -452,6 +459,22 @@ impl Inner {
             .unwrap_or(Err(ReplayError::Timeout));
         attempt::observe(crate::Stage::Replay, started);
         answer
+    }
+
+    /// The chain's epoch state, read at most once per [`EPOCH_STATE_TTL`]; `None` when the
+    /// chain cannot tell (counted as not stale, as upstream).
+    pub(crate) async fn epoch_state(&self) -> Option<EpochState> {
+        {
+            let cached = self.epoch_state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, state)) = *cached {
+                if at.elapsed() < EPOCH_STATE_TTL {
+                    return Some(state);
+                }
+            }
+        }
+        let state = self.chain_call(self.ports.chain.epoch_state()).await.ok()?;
+        *self.epoch_state.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), state));
+        Some(state)
     }
 
     pub(crate) fn address(&self) -> &str {

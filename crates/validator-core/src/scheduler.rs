@@ -1,11 +1,21 @@
-//! The process-wide slot limiter with priority lanes, the delayed (retry) queue and the in-flight
-//! dedup set, in one structure so their invariants hold under one lock:
+//! The process-wide slot limiters of the two stages with priority lanes, the buffer of verified
+//! payloads between them, the delayed (retry) queue and the in-flight dedup set, in one structure
+//! so their invariants hold under one lock:
 //!
-//! - a validation attempt runs only while it owns a [`SlotPermit`]; at most `capacity` exist;
+//! - a key's work runs only while it owns a [`SlotPermit`] of one stage: the network stage
+//!   (payload fetch and verification, chain reads, submission; at most `fetch_capacity`
+//!   permits) or the GPU stage (lease, replay, scoring; at most `capacity` permits);
+//! - the network stage fetches ahead only while the buffer has room: payloads waiting for a GPU
+//!   slot plus fetches in flight stay within the buffer's count, and their bytes within its byte
+//!   bound; a quarter of either stage's room and of the buffer is kept for the challenged and
+//!   revalidation lanes;
+//! - both stages serve the highest lane first (within the recovery floor), so priority work is
+//!   fetched first and replayed first;
 //! - a key (inference id, revalidation flag) is in flight at most once, from admission to its
-//!   terminal outcome, whether it is queued, waiting to retry or running;
+//!   terminal outcome, whether it is queued, fetching, buffered, waiting to retry or replaying;
 //! - every admitted key ends in exactly one [`OutcomeEvent`];
-//! - a key waiting to retry holds no slot.
+//! - a key waiting to retry holds no slot of either stage; one waiting to retry a lease keeps
+//!   its buffered payload.
 //!
 //! The lock is a `std::sync::Mutex` that is never held across an await or while calling out,
 //! except into the journal's `record`, which only queues and never waits.
@@ -24,6 +34,7 @@ use tokio::{
 
 use crate::{
     devshard::{DevshardJob, DevshardKey, VerdictCounts},
+    engine::PipelineStatus,
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent, Stage},
     ports::{
         chain::{InferenceId, MsgValidation},
@@ -105,9 +116,39 @@ pub(crate) struct PendingSubmit {
     pub(crate) epoch: u64,
 }
 
+/// The two stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StageKind {
+    /// Payload fetch and verification, chain reads, submission.
+    Network,
+    /// Lease, replay, scoring.
+    Gpu,
+}
+
+/// What the network stage prepared for the GPU stage (a parsed original and its replay
+/// request). The scheduler only keeps it and counts its bytes; the engine knows its type.
+pub(crate) type Prepared = Box<dyn std::any::Any + Send>;
+
+/// A verified payload ready for the GPU stage, and what it weighs.
+pub(crate) struct Staged {
+    pub(crate) prepared: Prepared,
+    /// The payload's bytes, as the buffer counts them.
+    pub(crate) bytes: usize,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
+}
+
 /// What an attempt asks the scheduler to do with its key.
 #[derive(Debug)]
 pub(crate) enum Step {
+    /// The network stage verified the payload: buffer it for a GPU slot.
+    Buffer(Staged),
+    /// The GPU stage scored the replay: submit the result on the network stage.
+    Submit(Box<PendingSubmit>),
     /// Requeue after `delay`, without a slot.
     Retry {
         stage: Stage,
@@ -121,6 +162,9 @@ pub(crate) enum Step {
         /// Whether the key waits for ML capacity: it is readied early when one of our leases
         /// ends, rather than only at `delay`.
         wants_room: bool,
+        /// The GPU stage's prepared payload, kept for the next replay attempt instead of being
+        /// fetched again; it waits in the buffer.
+        keep: Option<Prepared>,
     },
     /// The key is done.
     Terminal(Outcome),
@@ -141,9 +185,22 @@ pub enum Admission {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Queued for the network stage.
     Ready,
+    /// Holding a network-stage slot.
+    Fetching,
+    /// Its payload buffered, queued for the GPU stage.
+    Buffered,
+    /// Waiting out a back-off, holding no slot (perhaps a buffered payload).
     Delayed,
+    /// Holding a GPU-stage slot.
     Running,
+}
+
+impl Phase {
+    fn holds_slot(self) -> bool {
+        matches!(self, Phase::Fetching | Phase::Running)
+    }
 }
 
 struct Entry {
@@ -158,6 +215,16 @@ struct Entry {
     devshard: Option<DevshardWork>,
     /// The sequence number of the key's live entry in the delayed heap; older ones are stale.
     delay_seq: u64,
+    /// The verified payload waiting for the GPU stage (buffered or delayed), if any.
+    staged: Option<Prepared>,
+    /// The payload's bytes, from the fetch until the GPU stage is done with it.
+    bytes: usize,
+    /// When the payload was verified.
+    staged_at: Instant,
+    /// The next network dispatch submits the GPU stage's fresh result: the same attempt.
+    fresh_submit: bool,
+    /// The next GPU dispatch replays a kept payload again: a new attempt.
+    replay_again: bool,
 }
 
 struct Delayed {
@@ -210,10 +277,28 @@ struct State {
     seq: u64,
     /// Delayed keys waiting for ML capacity, readied early by [`Scheduler::room_freed`].
     room_waiters: Vec<Key>,
+    /// Keys with a buffered payload, queued for the GPU stage, per lane.
+    staged: [VecDeque<Key>; Lane::COUNT],
     pending: [usize; Lane::COUNT],
+    /// GPU-stage slots in use.
     in_use: usize,
     peak: usize,
-    credit: u32,
+    fetch_in_use: usize,
+    fetch_peak: usize,
+    /// Network-stage attempts that may end with a payload for the buffer.
+    fetching: usize,
+    /// Keys holding a payload outside the GPU stage (buffered or delayed), and its bytes.
+    buffered: usize,
+    buffered_bytes: usize,
+    buffered_peak_bytes: usize,
+    /// The sizes of the latest payloads: the largest stands for each fetch in flight.
+    recent_sizes: SizeWindow,
+    expired: u64,
+    /// GPU slot-seconds idle while work was buffered or fetching, integrated up to `idle_mark`.
+    gpu_idle: f64,
+    idle_mark: Instant,
+    /// Recovery's floor credit, per stage.
+    credit: [u32; 2],
     dispatched: [u64; Lane::COUNT],
     counts: OutcomeCounts,
     verdicts: VerdictCounts,
@@ -221,10 +306,37 @@ struct State {
     recent: Recent,
 }
 
+/// The sizes of the last [`SIZE_WINDOW`] payloads, so one outsized payload stops weighing on
+/// the estimate once enough others followed it.
+struct SizeWindow {
+    sizes: [usize; SIZE_WINDOW],
+    next: usize,
+}
+
+/// How many payload sizes the estimate of a fetch in flight looks back over.
+const SIZE_WINDOW: usize = 32;
+
+impl SizeWindow {
+    fn new(initial: usize) -> Self {
+        Self { sizes: [initial; SIZE_WINDOW], next: 0 }
+    }
+
+    fn push(&mut self, size: usize) {
+        self.sizes[self.next] = size;
+        self.next = (self.next + 1) % SIZE_WINDOW;
+    }
+
+    fn max(&self) -> usize {
+        self.sizes.iter().copied().max().unwrap_or(0)
+    }
+}
+
 /// One dispatched attempt: the key, its carried state and the slot it runs in.
 pub(crate) struct Job {
     pub(crate) key: Key,
     pub(crate) lane: Lane,
+    /// The buffered payload: `Some` for a GPU-stage job, `None` for a network-stage one.
+    pub(crate) prepared: Option<Prepared>,
     pub(crate) attempts: Attempts,
     pub(crate) pending_submit: Option<Box<PendingSubmit>>,
     pub(crate) run_id: Option<u64>,
@@ -238,16 +350,32 @@ pub(crate) struct Job {
 /// Ownership of one slot, for one key. Dropping it without [`SlotPermit::finish`] (a panic
 /// unwinding, a dropped task) still frees the slot and ends the key as given up, so neither
 /// leaks.
+/// A job's parts before its permit is attached.
+struct JobParts {
+    key: Key,
+    lane: Lane,
+    stage: StageKind,
+    prepared: Option<Prepared>,
+    attempts: Attempts,
+    pending_submit: Option<Box<PendingSubmit>>,
+    run_id: Option<u64>,
+    devshard: Option<(Arc<DevshardJob>, Instant, Vec<Arc<str>>)>,
+    first_wait: Option<Duration>,
+}
+
 pub(crate) struct SlotPermit {
     scheduler: Arc<Scheduler>,
     key: Option<Key>,
+    stage: StageKind,
+    /// A network-stage attempt counted as a fetch in flight against the buffer's room.
+    fetching: bool,
 }
 
 impl SlotPermit {
     /// Frees the slot and applies `step` to the key.
     pub(crate) fn finish(mut self, step: Step) {
         if let Some(key) = self.key.take() {
-            self.scheduler.complete(key, step);
+            self.scheduler.complete(key, self.stage, self.fetching, step);
         }
     }
 }
@@ -259,13 +387,13 @@ impl Drop for SlotPermit {
                 stage: Stage::Chain,
                 error: "validation attempt abandoned".into(),
             });
-            self.scheduler.complete(key, step);
+            self.scheduler.complete(key, self.stage, self.fetching, step);
         }
     }
 }
 
 /// A snapshot of the scheduler, for status reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Snapshot {
     pub(crate) open: bool,
     pub(crate) in_use: usize,
@@ -279,6 +407,7 @@ pub(crate) struct Snapshot {
     pub(crate) verdicts: VerdictCounts,
     pub(crate) admitted: u64,
     pub(crate) sample_keys: Vec<Key>,
+    pub(crate) pipeline: PipelineStatus,
 }
 
 /// See the module docs.
@@ -291,6 +420,10 @@ pub(crate) struct Scheduler {
     outcomes: broadcast::Sender<OutcomeEvent>,
     journal: Arc<dyn Journal>,
     capacity: usize,
+    fetch_capacity: usize,
+    buffer_capacity: usize,
+    buffer_bytes: usize,
+    max_age: Duration,
     floor_percent: u32,
     bounds: [usize; Lane::COUNT],
 }
@@ -306,10 +439,23 @@ impl Scheduler {
                 delayed: BinaryHeap::new(),
                 seq: 0,
                 room_waiters: Vec::new(),
+                staged: Default::default(),
                 pending: [0; Lane::COUNT],
                 in_use: 0,
                 peak: 0,
-                credit: 0,
+                fetch_in_use: 0,
+                fetch_peak: 0,
+                fetching: 0,
+                buffered: 0,
+                buffered_bytes: 0,
+                buffered_peak_bytes: 0,
+                recent_sizes: SizeWindow::new(
+                    config.buffer_bytes() / config.buffer_capacity().max(1),
+                ),
+                expired: 0,
+                gpu_idle: 0.0,
+                idle_mark: Instant::now(),
+                credit: [0; 2],
                 dispatched: [0; Lane::COUNT],
                 counts: OutcomeCounts::default(),
                 verdicts: VerdictCounts::default(),
@@ -321,6 +467,10 @@ impl Scheduler {
             outcomes,
             journal,
             capacity: config.slots,
+            fetch_capacity: config.fetch_slots(),
+            buffer_capacity: config.buffer_capacity(),
+            buffer_bytes: config.buffer_bytes(),
+            max_age: config.buffer_max_age,
             floor_percent: u32::from(config.recovery_floor_percent),
             bounds: [
                 config.challenged_capacity,
@@ -424,6 +574,11 @@ impl Scheduler {
                 pending_submit,
                 devshard,
                 delay_seq: 0,
+                staged: None,
+                bytes: 0,
+                staged_at: Instant::now(),
+                fresh_submit: false,
+                replay_again: false,
             },
         );
         let depth = state.pending[lane.index()];
@@ -469,76 +624,211 @@ impl Scheduler {
         }
     }
 
-    /// Moves due retries to their lanes and hands out as many slots as are free, highest lane
-    /// first within the recovery floor. Returns the jobs and the next retry's due time.
+    /// Moves due retries to their queues, drops buffered payloads past their age, and hands out
+    /// the free slots of both stages, highest lane first within the recovery floor: GPU slots
+    /// to buffered payloads, network slots to keys that need a fetch (while the buffer has
+    /// room) or a submission. Returns the jobs and the next retry's due time.
     pub(crate) fn dispatch(self: &Arc<Self>, now: Instant) -> (Vec<Job>, Option<Instant>) {
         let mut jobs = Vec::new();
         let mut state = self.lock();
+        self.tick(&mut state, now);
         while state.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
             let Some(Reverse(delayed)) = state.delayed.pop() else { break };
             if let Some(entry) = state.entries.get_mut(&delayed.key) {
                 if entry.phase != Phase::Delayed || entry.delay_seq != delayed.seq {
                     continue;
                 }
-                entry.phase = Phase::Ready;
                 let lane = entry.lane;
-                state.ready[lane.index()].push_back(delayed.key);
+                if entry.staged.is_some() {
+                    entry.phase = Phase::Buffered;
+                    state.staged[lane.index()].push_back(delayed.key);
+                } else {
+                    entry.phase = Phase::Ready;
+                    state.ready[lane.index()].push_back(delayed.key);
+                }
             }
         }
-        while state.open && state.in_use < self.capacity {
-            let Some(lane) = self.pick(&mut state) else { break };
-            let Some(key) = state.ready[lane.index()].pop_front() else { break };
-            let Some(entry) = state.entries.get_mut(&key) else { continue };
-            entry.phase = Phase::Running;
-            entry.attempts.total += 1;
-            let first_wait = match entry.first_wait {
-                Some(_) => None,
-                None => Some(now - entry.admitted_at),
-            };
-            entry.first_wait = entry.first_wait.or(first_wait);
-            let job = Job {
-                key: key.clone(),
-                lane,
-                attempts: entry.attempts,
-                pending_submit: entry.pending_submit.take(),
-                run_id: entry.run.as_ref().map(|run| run.id()),
-                devshard: entry
-                    .devshard
-                    .as_ref()
-                    .map(|work| (Arc::clone(&work.job), work.deadline, work.excluded.clone())),
-                first_wait,
-                permit: SlotPermit { scheduler: Arc::clone(self), key: Some(key) },
-            };
-            state.in_use += 1;
-            state.peak = state.peak.max(state.in_use);
-            state.dispatched[lane.index()] += 1;
-            jobs.push(job);
+        if state.open {
+            self.expire(&mut state, now);
+            self.dispatch_gpu(&mut state, now, &mut jobs);
+            self.dispatch_network(&mut state, now, &mut jobs);
         }
         let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
-        let in_use = state.in_use;
+        let (in_use, fetch_in_use) = (state.in_use, state.fetch_in_use);
         drop(state);
         if !jobs.is_empty() {
             metrics::gauge!("validator_slots_in_use").set(in_use as f64);
+            metrics::gauge!("validator_fetch_slots_in_use").set(fetch_in_use as f64);
         }
         (jobs, next_due)
     }
 
-    /// Revalidation before live before recovery, except that recovery gets `floor_percent` of
-    /// the dispatches while it competes: each competing dispatch earns recovery that much credit,
-    /// and a full 100 buys recovery the next one.
-    fn pick(&self, state: &mut State) -> Option<Lane> {
-        let recovery_ready = !state.ready[Lane::Recovery.index()].is_empty();
+    /// Buffered payloads older than the age limit go back to the front of their lanes, to be
+    /// fetched again when their turn comes.
+    fn expire(&self, state: &mut State, now: Instant) {
+        for lane in Lane::ALL {
+            let queue = &state.staged[lane.index()];
+            let stale = |key: &Key| {
+                state.entries.get(key).is_some_and(|entry| {
+                    now.saturating_duration_since(entry.staged_at) >= self.max_age
+                })
+            };
+            if !queue.iter().any(stale) {
+                continue;
+            }
+            let (old, fresh): (VecDeque<Key>, VecDeque<Key>) =
+                std::mem::take(&mut state.staged[lane.index()]).into_iter().partition(|key| {
+                    state.entries.get(key).is_some_and(|entry| {
+                        now.saturating_duration_since(entry.staged_at) >= self.max_age
+                    })
+                });
+            state.staged[lane.index()] = fresh;
+            for key in old.into_iter().rev() {
+                let Some(entry) = state.entries.get_mut(&key) else { continue };
+                entry.staged = None;
+                entry.phase = Phase::Ready;
+                let bytes = std::mem::take(&mut entry.bytes);
+                state.buffered -= 1;
+                state.buffered_bytes -= bytes;
+                state.expired += 1;
+                state.ready[lane.index()].push_front(key);
+                metrics::counter!("validator_buffer_expired_total").increment(1);
+            }
+        }
+    }
+
+    fn dispatch_gpu(self: &Arc<Self>, state: &mut State, now: Instant, jobs: &mut Vec<Job>) {
+        while state.in_use < self.capacity {
+            let waiting = std::array::from_fn(|lane| !state.staged[lane].is_empty());
+            let Some(lane) = self.pick(waiting, &mut state.credit[1]) else { break };
+            let Some(key) = state.staged[lane.index()].pop_front() else { break };
+            let Some(entry) = state.entries.get_mut(&key) else { continue };
+            let Some(prepared) = entry.staged.take() else { continue };
+            entry.phase = Phase::Running;
+            let bytes = entry.bytes;
+            // The first replay continues the fetch's attempt; a replay of a kept payload is a
+            // new one.
+            let counts = std::mem::take(&mut entry.replay_again);
+            let job = Self::job(entry, &key, lane, now, counts, StageKind::Gpu, Some(prepared));
+            state.buffered -= 1;
+            state.buffered_bytes -= bytes;
+            state.in_use += 1;
+            state.peak = state.peak.max(state.in_use);
+            jobs.push(self.permit(job, key, false));
+        }
+    }
+
+    fn dispatch_network(self: &Arc<Self>, state: &mut State, now: Instant, jobs: &mut Vec<Job>) {
+        loop {
+            let eligible = std::array::from_fn(|lane| {
+                let lane = Lane::ALL[lane];
+                let Some(key) = state.ready[lane.index()].front() else { return false };
+                let submits = state.entries.get(key).is_some_and(|e| e.pending_submit.is_some());
+                self.network_room(state, lane, !submits)
+            });
+            let Some(lane) = self.pick(eligible, &mut state.credit[0]) else { break };
+            let Some(key) = state.ready[lane.index()].pop_front() else { break };
+            let Some(entry) = state.entries.get_mut(&key) else { continue };
+            entry.phase = Phase::Fetching;
+            // The GPU stage's fresh result is submitted as part of the same attempt.
+            let counts = !std::mem::take(&mut entry.fresh_submit);
+            let fetches = entry.pending_submit.is_none();
+            let job = Self::job(entry, &key, lane, now, counts, StageKind::Network, None);
+            state.fetch_in_use += 1;
+            state.fetch_peak = state.fetch_peak.max(state.fetch_in_use);
+            state.fetching += usize::from(fetches);
+            state.dispatched[lane.index()] += 1;
+            jobs.push(self.permit(job, key, fetches));
+        }
+    }
+
+    /// Whether a `lane` key may take a network slot now: a free slot (a quarter kept for the
+    /// priority lanes) and, for a fetch, room in the buffer for one more payload as large as the
+    /// largest of the latest ones. With nothing buffered or fetching, one fetch always goes, so
+    /// a payload larger than the whole bound is fetched alone rather than never.
+    fn network_room(&self, state: &State, lane: Lane, fetch: bool) -> bool {
+        let priority = matches!(lane, Lane::Challenged | Lane::Revalidation);
+        let quarter = |bound: usize| if priority { 0 } else { bound / 4 };
+        if state.fetch_in_use + quarter(self.fetch_capacity) >= self.fetch_capacity {
+            return false;
+        }
+        if !fetch {
+            return true;
+        }
+        if state.buffered == 0 && state.fetching == 0 {
+            return true;
+        }
+        let count = state.buffered + state.fetching;
+        let bytes = state.buffered_bytes + (state.fetching + 1) * state.recent_sizes.max();
+        // The bytes kept for the priority lanes match the payloads kept, at the bound's average.
+        let kept = quarter(self.buffer_capacity);
+        let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;
+        count + kept < self.buffer_capacity && bytes + kept_bytes <= self.buffer_bytes
+    }
+
+    /// Builds the job for `key`'s entry, counting a new attempt if `counts`, and the first wait.
+    fn job(
+        entry: &mut Entry,
+        key: &Key,
+        lane: Lane,
+        now: Instant,
+        counts: bool,
+        stage: StageKind,
+        prepared: Option<Prepared>,
+    ) -> JobParts {
+        entry.attempts.total += u32::from(counts);
+        let first_wait = match entry.first_wait {
+            Some(_) => None,
+            None => Some(now - entry.admitted_at),
+        };
+        entry.first_wait = entry.first_wait.or(first_wait);
+        JobParts {
+            key: key.clone(),
+            lane,
+            stage,
+            prepared,
+            attempts: entry.attempts,
+            pending_submit: entry.pending_submit.take(),
+            run_id: entry.run.as_ref().map(|run| run.id()),
+            devshard: entry
+                .devshard
+                .as_ref()
+                .map(|work| (Arc::clone(&work.job), work.deadline, work.excluded.clone())),
+            first_wait,
+        }
+    }
+
+    fn permit(self: &Arc<Self>, parts: JobParts, key: Key, fetching: bool) -> Job {
+        let stage = parts.stage;
+        Job {
+            key: parts.key,
+            lane: parts.lane,
+            prepared: parts.prepared,
+            attempts: parts.attempts,
+            pending_submit: parts.pending_submit,
+            run_id: parts.run_id,
+            devshard: parts.devshard,
+            first_wait: parts.first_wait,
+            permit: SlotPermit { scheduler: Arc::clone(self), key: Some(key), stage, fetching },
+        }
+    }
+
+    /// Challenged before revalidation before live before recovery, except that recovery gets
+    /// `floor_percent` of a stage's dispatches while it competes: each competing dispatch earns
+    /// recovery that much credit, and a full 100 buys recovery the next one.
+    fn pick(&self, ready: [bool; Lane::COUNT], credit: &mut u32) -> Option<Lane> {
+        let recovery_ready = ready[Lane::Recovery.index()];
         let higher = [Lane::Challenged, Lane::Revalidation, Lane::Live]
             .into_iter()
-            .find(|lane| !state.ready[lane.index()].is_empty());
+            .find(|lane| ready[lane.index()]);
         match (higher, recovery_ready) {
             (None, true) => Some(Lane::Recovery),
             (None, false) => None,
             (Some(lane), false) => Some(lane),
             (Some(lane), true) => {
-                state.credit += self.floor_percent;
-                if state.credit >= 100 {
-                    state.credit -= 100;
+                *credit += self.floor_percent;
+                if *credit >= 100 {
+                    *credit -= 100;
                     Some(Lane::Recovery)
                 } else {
                     Some(lane)
@@ -547,18 +837,74 @@ impl Scheduler {
         }
     }
 
-    /// Frees a slot and applies the attempt's step.
-    fn complete(&self, key: Key, step: Step) {
+    /// Adds the GPU slot-seconds left idle since the last mark while work was buffered or being
+    /// fetched.
+    fn tick(&self, state: &mut State, now: Instant) {
+        let elapsed = now.saturating_duration_since(state.idle_mark);
+        state.idle_mark = now.max(state.idle_mark);
+        let waiting = state.fetching > 0 || state.staged.iter().any(|queue| !queue.is_empty());
+        let idle = self.capacity.saturating_sub(state.in_use);
+        if waiting && idle > 0 && !elapsed.is_zero() {
+            let seconds = idle as f64 * elapsed.as_secs_f64();
+            state.gpu_idle += seconds;
+            metrics::counter!("validator_gpu_idle_slot_microseconds_total")
+                .increment((seconds * 1e6) as u64);
+        }
+    }
+
+    /// Frees a slot of `stage` and applies the attempt's step.
+    fn complete(&self, key: Key, stage: StageKind, fetching: bool, step: Step) {
+        let now = Instant::now();
         let mut state = self.lock();
-        state.in_use = state.in_use.saturating_sub(1);
-        let in_use = state.in_use;
+        self.tick(&mut state, now);
+        match stage {
+            StageKind::Gpu => state.in_use = state.in_use.saturating_sub(1),
+            StageKind::Network => state.fetch_in_use = state.fetch_in_use.saturating_sub(1),
+        }
+        if fetching {
+            state.fetching = state.fetching.saturating_sub(1);
+        }
+        let (in_use, fetch_in_use) = (state.in_use, state.fetch_in_use);
         let terminal = match step {
-            Step::Retry { stage, delay, attempts, pending_submit, exclude, wants_room, .. }
-                if state.open =>
-            {
+            Step::Buffer(staged) if state.open => {
+                let lane = state.entries.get(&key).map(|entry| entry.lane);
+                if let (Some(entry), Some(lane)) = (state.entries.get_mut(&key), lane) {
+                    entry.phase = Phase::Buffered;
+                    entry.staged = Some(staged.prepared);
+                    entry.bytes = staged.bytes;
+                    entry.staged_at = now;
+                    state.buffered += 1;
+                    state.buffered_bytes += staged.bytes;
+                    state.buffered_peak_bytes = state.buffered_peak_bytes.max(state.buffered_bytes);
+                    state.recent_sizes.push(staged.bytes);
+                    state.staged[lane.index()].push_back(key);
+                }
+                None
+            }
+            Step::Submit(pending) if state.open => {
+                let lane = state.entries.get(&key).map(|entry| entry.lane);
+                if let (Some(entry), Some(lane)) = (state.entries.get_mut(&key), lane) {
+                    entry.phase = Phase::Ready;
+                    entry.pending_submit = Some(pending);
+                    entry.bytes = 0;
+                    entry.fresh_submit = true;
+                    state.ready[lane.index()].push_front(key);
+                }
+                None
+            }
+            Step::Retry {
+                stage,
+                delay,
+                attempts,
+                pending_submit,
+                exclude,
+                wants_room,
+                keep,
+                ..
+            } if state.open => {
                 metrics::counter!("validator_retries_total", "stage" => stage.as_str())
                     .increment(1);
-                let due = Instant::now() + delay;
+                let due = now + delay;
                 let seq = state.seq;
                 state.seq += 1;
                 if let Some(entry) = state.entries.get_mut(&key) {
@@ -571,6 +917,19 @@ impl Scheduler {
                             work.excluded.push(node);
                         }
                     }
+                    let kept = keep.is_some();
+                    entry.staged = keep;
+                    entry.replay_again = kept;
+                    if !kept {
+                        entry.bytes = 0;
+                    }
+                    let bytes = entry.bytes;
+                    if kept {
+                        state.buffered += 1;
+                        state.buffered_bytes += bytes;
+                        state.buffered_peak_bytes =
+                            state.buffered_peak_bytes.max(state.buffered_bytes);
+                    }
                     if wants_room {
                         state.room_waiters.push(key.clone());
                     }
@@ -578,11 +937,17 @@ impl Scheduler {
                 }
                 None
             }
-            Step::Retry { .. } => self.end(&mut state, key, Outcome::Cancelled),
             Step::Terminal(outcome) => self.end(&mut state, key, outcome),
+            Step::Buffer(_) | Step::Submit(_) | Step::Retry { .. } => {
+                self.end(&mut state, key, Outcome::Cancelled)
+            }
         };
+        let (buffered, buffered_bytes) = (state.buffered, state.buffered_bytes);
         drop(state);
         metrics::gauge!("validator_slots_in_use").set(in_use as f64);
+        metrics::gauge!("validator_fetch_slots_in_use").set(fetch_in_use as f64);
+        metrics::gauge!("validator_buffer_payloads").set(buffered as f64);
+        metrics::gauge!("validator_buffer_bytes").set(buffered_bytes as f64);
         if let Some(finished) = terminal {
             self.publish(finished);
         }
@@ -596,6 +961,7 @@ impl Scheduler {
         if state.room_waiters.is_empty() {
             return;
         }
+        self.tick(&mut state, Instant::now());
         let waiters = std::mem::take(&mut state.room_waiters);
         let mut readied = false;
         for key in waiters.into_iter().rev() {
@@ -603,11 +969,16 @@ impl Scheduler {
             if entry.phase != Phase::Delayed {
                 continue;
             }
-            entry.phase = Phase::Ready;
             // Invalidates the key's entry in the delayed heap.
             entry.delay_seq = u64::MAX;
             let lane = entry.lane;
-            state.ready[lane.index()].push_front(key);
+            if entry.staged.is_some() {
+                entry.phase = Phase::Buffered;
+                state.staged[lane.index()].push_front(key);
+            } else {
+                entry.phase = Phase::Ready;
+                state.ready[lane.index()].push_front(key);
+            }
             readied = true;
         }
         drop(state);
@@ -619,6 +990,10 @@ impl Scheduler {
     /// Removes `key` and records its outcome; the caller publishes it once the lock is released.
     fn end(&self, state: &mut State, key: Key, outcome: Outcome) -> Option<Finished> {
         let entry = state.entries.remove(&key)?;
+        if entry.staged.is_some() {
+            state.buffered -= 1;
+            state.buffered_bytes -= entry.bytes;
+        }
         state.pending[entry.lane.index()] -= 1;
         let kind = outcome.kind();
         state.counts.add(kind);
@@ -668,18 +1043,20 @@ impl Scheduler {
         let _ = self.outcomes.send(event);
     }
 
-    /// Stops admission and ends every key that is not running as cancelled. Running keys end
-    /// when their attempts return.
+    /// Stops admission and ends every key that holds no slot as cancelled, buffered payloads
+    /// dropped. Keys holding a slot of either stage end when their attempts return.
     pub(crate) fn close(&self) -> usize {
         let mut state = self.lock();
+        self.tick(&mut state, Instant::now());
         state.open = false;
         let idle: Vec<Key> = state
             .entries
             .iter()
-            .filter(|(_, entry)| entry.phase != Phase::Running)
+            .filter(|(_, entry)| !entry.phase.holds_slot())
             .map(|(key, _)| key.clone())
             .collect();
         state.ready = Default::default();
+        state.staged = Default::default();
         state.delayed.clear();
         state.room_waiters.clear();
         let finished: Vec<Finished> = idle
@@ -711,6 +1088,18 @@ impl Scheduler {
             verdicts: state.verdicts,
             admitted: state.admitted,
             sample_keys: state.entries.keys().take(sample).cloned().collect(),
+            pipeline: PipelineStatus {
+                fetch_in_use: state.fetch_in_use,
+                fetch_capacity: self.fetch_capacity,
+                fetch_peak: state.fetch_peak,
+                buffered: state.buffered,
+                buffered_bytes: state.buffered_bytes,
+                buffered_peak_bytes: state.buffered_peak_bytes,
+                buffer_capacity: self.buffer_capacity,
+                buffer_bytes_capacity: self.buffer_bytes,
+                expired: state.expired,
+                gpu_idle_slot_seconds: state.gpu_idle,
+            },
         }
     }
 

@@ -1,6 +1,9 @@
-//! One validation attempt, run while it owns a slot: inference record, payloads, duplicate
-//! check, lease, replay, scoring, submission (DOMAIN.md 2.3-2.8). A failure gives the slot back
-//! and requeues the key with a due time; nothing here sleeps.
+//! One classic validation attempt, in two stages (DOMAIN.md 2.3-2.8, 5.2). On a network-stage
+//! slot: inference record, staleness, payloads and their verification, duplicate check, the
+//! replay request; the result waits in the buffer. On a GPU-stage slot: staleness again, lease,
+//! replay, scoring. The score goes back to the network stage for submission. A failure gives the
+//! slot back and requeues the key with a due time (a failed lease or replay keeps its payload);
+//! nothing here sleeps.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,13 +30,25 @@ use crate::{
         model_lock::{LeaseRequest, NodeHealth},
         payload_source::{PayloadError, Payloads},
     },
-    scheduler::{Attempts, Job, Key, PendingSubmit, Step},
+    scheduler::{Attempts, Job, Key, PendingSubmit, Prepared, Staged, Step},
     scoring,
 };
 
+/// What the classic network stage hands the GPU stage.
+struct ClassicPrepared {
+    inference: Inference,
+    original: completion::CompletionResponse,
+    request: ReplayRequest,
+    empty_sentinel: bool,
+}
+
+/// Payloads at least this large are parsed on the blocking pool, not on a runtime worker.
+const PARSE_OFF_THREAD: usize = 256 << 10;
+
 /// Runs one dispatched job to its step and hands the slot back.
 pub(super) async fn run(inner: Arc<Inner>, job: Job) {
-    let Job { key, lane, attempts, pending_submit, run_id, devshard, first_wait, permit } = job;
+    let Job { key, lane, prepared, attempts, pending_submit, run_id, devshard, first_wait, permit } =
+        job;
     if let Some(wait) = first_wait {
         metrics::histogram!("validator_lane_wait_seconds", "lane" => lane.as_str())
             .record(wait.as_secs_f64());
@@ -45,12 +60,18 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
             let span = info_span!("validation", inference_id = %id, lane = lane.as_str(), revalidation, run_id);
             let attempt =
                 Attempt { inner: &inner, id, revalidation: *revalidation, lane, attempts };
-            attempt.run(pending_submit).instrument(span).boxed()
+            match prepared {
+                None => attempt.network(pending_submit).instrument(span).boxed(),
+                Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+            }
         }
         (Key::Devshard(devshard_key), Some((job, deadline, excluded))) => {
             let span = info_span!("devshard", escrow_id = %devshard_key.escrow_id, inference_id = devshard_key.inference_id, lane = lane.as_str());
             let attempt = super::devshard::Attempt::new(&inner, job, deadline, excluded, attempts);
-            attempt.run().instrument(span).boxed()
+            match prepared {
+                None => attempt.network().instrument(span).boxed(),
+                Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+            }
         }
         (Key::Devshard(_), None) => {
             let error = "devshard key without its job".to_owned();
@@ -97,7 +118,9 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    async fn run(mut self, pending_submit: Option<Box<PendingSubmit>>) -> Step {
+    /// The network stage: a pending submission, or everything up to a verified payload and its
+    /// replay request.
+    async fn network(mut self, pending_submit: Option<Box<PendingSubmit>>) -> Step {
         if self.inner.retired.get().is_some() {
             return skip(SkipReason::ProtocolRetired);
         }
@@ -152,17 +175,23 @@ impl Attempt<'_> {
             return skip(SkipReason::AlreadyValidated);
         }
         if inference.status == InferenceStatus::Started {
-            return self.retry_replay("inference is not finished".into());
+            return self.retry_replay("inference is not finished".into(), None);
         }
         // The payload fetch may have taken long enough for the chain to be found retired.
         if self.inner.retired.get().is_some() {
             return skip(SkipReason::ProtocolRetired);
         }
-        let built =
-            completion::CompletionResponse::from_payload(&payloads.response).and_then(|original| {
-                let replay = completion::classic_replay(&payloads.prompt, &original)?;
-                Ok((original, replay))
-            });
+        let response_bytes = payloads.response.len();
+        let built = parse_off_thread(response_bytes, move || {
+            let original = completion::CompletionResponse::from_payload(&payloads.response)?;
+            let replay = completion::classic_replay(&payloads.prompt, &original)?;
+            Ok::<_, completion::InvalidInference>((original, replay))
+        })
+        .await;
+        let built = match built {
+            Ok(built) => built,
+            Err(error) => return Step::Terminal(Outcome::GaveUp { stage: Stage::Payload, error }),
+        };
         let (original, replay) = match built {
             Ok(built) => built,
             Err(invalid) => {
@@ -173,7 +202,28 @@ impl Attempt<'_> {
         };
         let request =
             ReplayRequest { inference_id: self.id.clone(), body: Bytes::from(replay.body) };
-        self.replay(&inference, &original, replay.empty_sentinel, &request).await
+        let bytes = response_bytes + request.body.len();
+        let prepared =
+            ClassicPrepared { inference, original, request, empty_sentinel: replay.empty_sentinel };
+        Step::Buffer(Staged { prepared: Box::new(prepared), bytes })
+    }
+
+    /// The GPU stage: the staleness rule again (the payload may have waited in the buffer
+    /// across an epoch), then lease, replay and scoring.
+    async fn gpu(self, prepared: Prepared) -> Step {
+        let Ok(prepared) = prepared.downcast::<ClassicPrepared>() else {
+            let error = "a classic key buffered another protocol's payload".to_owned();
+            return Step::Terminal(Outcome::GaveUp { stage: Stage::Replay, error });
+        };
+        if self.inner.retired.get().is_some() {
+            return skip(SkipReason::ProtocolRetired);
+        }
+        if let Some(epoch) = self.inner.epoch_state().await {
+            if epoch.is_stale(prepared.inference.epoch_id) {
+                return skip(SkipReason::EpochStale);
+            }
+        }
+        self.replay(prepared).await
     }
 
     /// `Ok(Some)` payloads to go on with; `Ok(None)` when every attempt failed and there is no
@@ -224,18 +274,15 @@ impl Attempt<'_> {
         Ok(None)
     }
 
-    async fn replay(
-        &mut self,
-        inference: &Inference,
-        original: &completion::CompletionResponse,
-        empty_sentinel: bool,
-        request: &ReplayRequest,
-    ) -> Step {
-        let lease = match self.inner.lease(&LeaseRequest::model(&inference.model)).await {
+    /// Lease, replay and scoring; the score goes to the network stage for submission. A failed
+    /// lease or replay keeps the payload for the next attempt.
+    async fn replay(&self, prepared: Box<ClassicPrepared>) -> Step {
+        let lease = match self.inner.lease(&LeaseRequest::model(&prepared.inference.model)).await {
             Ok(lease) => lease,
-            Err(err) => return self.retry_replay(err.to_string()),
+            Err(err) => return self.retry_replay(err.to_string(), Some(prepared)),
         };
-        let answer = self.inner.replay(&lease, request).await;
+        let answer = self.inner.replay(&lease, &prepared.request).await;
+        let inference = &prepared.inference;
         let body = match answer {
             Ok(ReplayResponse::Completed(body)) => {
                 lease.release(NodeHealth::Healthy);
@@ -245,23 +292,43 @@ impl Attempt<'_> {
                 lease.release(NodeHealth::Healthy);
                 debug!(status, "ML node rejected the replay: counted as a pass");
                 let score = scoring::Score::rejected_by_node();
-                return self.submit_score(inference, score, String::new()).await;
+                return Step::Submit(Box::new(self.scored(inference, score, String::new())));
             }
             Err(err) => {
                 let health =
                     if err.is_node_failure() { NodeHealth::Failed } else { NodeHealth::Healthy };
                 lease.release(health);
-                return self.retry_replay(err.to_string());
+                return self.retry_replay(err.to_string(), Some(prepared));
             }
         };
-        match scoring::score_classic_answer(original, empty_sentinel, &body) {
-            Ok(score) if score.verdict == scoring::Verdict::Invalid => {
-                debug!("the executor failed a prompt our node serves: submitting value 0");
-                self.submit_score(inference, score, String::new()).await
-            }
-            Ok(score) => self.submit_score(inference, score, scoring::response_hash(&body)).await,
-            Err(err) => self.retry_replay(err.to_string()),
-        }
+        let pending =
+            match scoring::score_classic_answer(&prepared.original, prepared.empty_sentinel, &body)
+            {
+                Ok(score) if score.verdict == scoring::Verdict::Invalid => {
+                    debug!("the executor failed a prompt our node serves: submitting value 0");
+                    self.scored(inference, score, String::new())
+                }
+                Ok(score) => self.scored(inference, score, scoring::response_hash(&body)),
+                Err(err) => return self.retry_replay(err.to_string(), Some(prepared)),
+            };
+        Step::Submit(Box::new(pending))
+    }
+
+    /// The message and outcome of a score, ready to submit.
+    fn scored(
+        &self,
+        inference: &Inference,
+        score: scoring::Score,
+        response_hash: String,
+    ) -> PendingSubmit {
+        let msg = self.message(response_hash, score.value);
+        let outcome = Outcome::Submitted {
+            verdict: score.verdict,
+            value: score.value,
+            msg_id: msg.id.clone(),
+            tx_hash: None,
+        };
+        PendingSubmit { msg, outcome, epoch: inference.epoch_id }
     }
 
     async fn submit_score(
@@ -270,14 +337,8 @@ impl Attempt<'_> {
         score: scoring::Score,
         response_hash: String,
     ) -> Step {
-        let msg = self.message(response_hash, score.value);
-        let outcome = Outcome::Submitted {
-            verdict: score.verdict,
-            value: score.value,
-            msg_id: msg.id.clone(),
-            tx_hash: None,
-        };
-        self.submit(PendingSubmit { msg, outcome, epoch: inference.epoch_id }).await
+        let pending = self.scored(inference, score, response_hash);
+        self.submit(pending).await
     }
 
     /// Checks the chain status, then submits value 0 unless the inference is already
@@ -372,6 +433,7 @@ impl Attempt<'_> {
                         error,
                         exclude: None,
                         wants_room: false,
+                        keep: None,
                     }
                 } else {
                     Step::Terminal(Outcome::GaveUp { stage: Stage::Submit, error })
@@ -393,8 +455,9 @@ impl Attempt<'_> {
         }
     }
 
-    /// Counts a failed lock or replay (one budget for both, as upstream's one loop around them).
-    fn retry_replay(&self, error: String) -> Step {
+    /// Counts a failed lock or replay (one budget for both, as upstream's one loop around them);
+    /// `keep` is the payload to replay again, if this was the GPU stage.
+    fn retry_replay(&self, error: String, keep: Option<Box<ClassicPrepared>>) -> Step {
         let mut attempts = self.attempts;
         attempts.replay += 1;
         if attempts.replay < self.inner.config.replay_retry.attempts {
@@ -407,6 +470,7 @@ impl Attempt<'_> {
                 error,
                 exclude: None,
                 wants_room: false,
+                keep: keep.map(|prepared| prepared as Prepared),
             }
         } else {
             warn!(%error, "lock or replay failed on every attempt; giving up");
@@ -423,8 +487,24 @@ impl Attempt<'_> {
             error,
             exclude: None,
             wants_room: false,
+            keep: None,
         }
     }
+}
+
+/// Runs `parse` on the blocking pool when the payload is large, so a multi-megabyte JSON parse
+/// never stalls a runtime worker; small ones parse in place. `Err` is the validator's own
+/// failure (the parse panicked), never the executor's.
+pub(super) async fn parse_off_thread<T: Send + 'static>(
+    bytes: usize,
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    if bytes < PARSE_OFF_THREAD {
+        return Ok(parse());
+    }
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|err| format!("payload parse did not finish: {err}"))
 }
 
 fn submission_result(

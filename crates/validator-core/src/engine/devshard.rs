@@ -1,7 +1,9 @@
-//! One devshard validation attempt, run while it owns a slot (LIVE-NETWORK.md 2.2): room on an
-//! ML node, payloads from the executor's session route, the model's threshold, the replay and
-//! the verdict, which goes back to the caller. Like the classic attempt, a failure gives the
-//! slot back and requeues the key with a due time; nothing here sleeps or waits for capacity.
+//! One devshard validation attempt in two stages (LIVE-NETWORK.md 2.2). On a network-stage
+//! slot: payloads from the executor's session route, the model's threshold and the replay
+//! request; the result waits in the buffer. On a GPU-stage slot: room on an ML node, the replay
+//! and the verdict, which goes back to the caller. Like the classic attempt, a failure gives the
+//! slot back and requeues the key with a due time (a failed lease or replay keeps its payload);
+//! nothing here sleeps or waits for capacity.
 
 use std::{
     collections::HashMap,
@@ -25,9 +27,16 @@ use crate::{
         model_lock::{LeaseRequest, LockError, NodeHealth},
         payload_source::{PayloadError, Payloads},
     },
-    scheduler::{Attempts, Step},
+    scheduler::{Attempts, Prepared, Staged, Step},
     scoring,
 };
+
+/// What the devshard network stage hands the GPU stage.
+struct DevshardPrepared {
+    original: CompletionResponse,
+    request: ReplayRequest,
+    threshold: Decimal,
+}
 
 /// What a devshard replay needs from the chain besides the job, read at most once per TTL.
 #[derive(Default)]
@@ -90,9 +99,10 @@ impl ChainParamsCache {
     }
 }
 
-/// Room on ML nodes that attempts have claimed and not yet turned into leases, per model: an
-/// attempt claims one of the broker's free slots before it fetches payloads, so concurrent
-/// attempts never count the same free slot twice. Challenged votes that found no room are
+/// Room on ML nodes that attempts have claimed and not yet turned into leases, per model: a
+/// GPU-stage attempt claims one of the broker's free slots before it asks for a lease, so
+/// concurrent attempts never count the same free slot twice (the broker's count may be lower
+/// than our GPU slots when other processes share the nodes). Challenged votes that found no room are
 /// remembered for a while, and sampled attempts for the same model leave the next free slot to
 /// them: lanes order the ML nodes' slots, not only the engine's.
 #[derive(Default)]
@@ -177,19 +187,11 @@ impl<'a> Attempt<'a> {
         Self { inner, job, deadline, excluded, attempts }
     }
 
-    pub(super) async fn run(mut self) -> Step {
+    /// The network stage: payloads, the chain's figures and the replay request.
+    pub(super) async fn network(mut self) -> Step {
         if Instant::now() >= self.deadline {
-            return gave_up(Stage::Lock, "the job's deadline passed without a verdict".into());
+            return gave_up(Stage::Payload, "the job's deadline passed without a verdict".into());
         }
-        // Payloads are fetched only once a replay could run: a job waiting for ML capacity
-        // holds neither a slot nor the executor's payloads.
-        let free = self.inner.ports.broker.free_slots(&self.job.model);
-        // A waiting vote looks again at least every `lock_wait`; twice that without a look
-        // means it ended some other way.
-        let patience = self.inner.config.lock_wait.saturating_mul(2);
-        let Some(claim) = self.inner.room_claims.claim(&self.job, free, patience) else {
-            return self.wait_for_room();
-        };
         let payloads = match self.fetch_payloads().await {
             Ok(payloads) => payloads,
             Err(step) => return step,
@@ -204,29 +206,53 @@ impl<'a> Attempt<'a> {
             Err(err) => return self.retry_chain(format!("validation params: {err}")),
         };
         observe(Stage::Chain, started);
-        let built = CompletionResponse::from_payload(&payloads.response).and_then(|original| {
+        let response_bytes = payloads.response.len();
+        let inference_id = self.job.key.inference_id;
+        let built = super::attempt::parse_off_thread(response_bytes, move || {
+            let original = CompletionResponse::from_payload(&payloads.response)?;
             let body = completion::build_devshard_replay(
                 &payloads.prompt,
                 &original,
-                self.job.key.inference_id,
+                inference_id,
                 &logprobs_mode,
             )?;
-            Ok((original, body))
-        });
+            Ok::<_, completion::InvalidInference>((original, body))
+        })
+        .await;
         let (original, body) = match built {
-            Ok(built) => built,
-            Err(invalid) => {
+            Ok(Ok(built)) => built,
+            Ok(Err(invalid)) => {
                 debug!(%invalid, "the executor's payloads cannot be replayed");
                 return judged(DevshardVerdict::new(VerdictReason::InvalidInference));
             }
+            Err(error) => return gave_up(Stage::Payload, error),
         };
-        // The payloads are dropped here: only the parsed original and the body go on.
-        drop(payloads);
         let request = ReplayRequest {
-            inference_id: InferenceId::new(self.job.key.inference_id.to_string()),
+            inference_id: InferenceId::new(inference_id.to_string()),
             body: Bytes::from(body),
         };
-        self.replay(&original, &request, threshold, claim).await
+        let bytes = response_bytes + request.body.len();
+        let prepared = DevshardPrepared { original, request, threshold };
+        Step::Buffer(Staged { prepared: Box::new(prepared), bytes })
+    }
+
+    /// The GPU stage: room on a node for the job's model, then the replay and the verdict.
+    pub(super) async fn gpu(mut self, prepared: Prepared) -> Step {
+        let Ok(prepared) = prepared.downcast::<DevshardPrepared>() else {
+            let error = "a devshard key buffered another protocol's payload".to_owned();
+            return gave_up(Stage::Replay, error);
+        };
+        if Instant::now() >= self.deadline {
+            return gave_up(Stage::Lock, "the job's deadline passed without a verdict".into());
+        }
+        let free = self.inner.ports.broker.free_slots(&self.job.model);
+        // A waiting vote looks again at least every `lock_wait`; twice that without a look
+        // means it ended some other way.
+        let patience = self.inner.config.lock_wait.saturating_mul(2);
+        let Some(claim) = self.inner.room_claims.claim(&self.job, free, patience) else {
+            return self.wait_for_room(prepared);
+        };
+        self.replay(prepared, claim).await
     }
 
     async fn fetch_payloads(&mut self) -> Result<Payloads, Step> {
@@ -261,6 +287,7 @@ impl<'a> Attempt<'a> {
                 self.inner.backoff(&config.payload_retry),
                 err.to_string(),
                 None,
+                None,
             ));
         }
         // Upstream votes nothing when the payloads cannot be had; neither do we.
@@ -268,13 +295,7 @@ impl<'a> Attempt<'a> {
         Err(gave_up(Stage::Payload, err.to_string()))
     }
 
-    async fn replay(
-        &mut self,
-        original: &CompletionResponse,
-        request: &ReplayRequest,
-        threshold: Decimal,
-        claim: RoomClaim<'_>,
-    ) -> Step {
+    async fn replay(&mut self, prepared: Box<DevshardPrepared>, claim: RoomClaim<'_>) -> Step {
         let wanted = LeaseRequest {
             model: &self.job.model,
             excluded_nodes: &self.excluded,
@@ -284,10 +305,11 @@ impl<'a> Attempt<'a> {
         drop(claim);
         let lease = match acquired {
             Ok(lease) => lease,
-            Err(LockError::NoNode { .. }) => return self.wait_for_room(),
-            Err(err) => return self.retry_replay(err.to_string(), None),
+            Err(LockError::NoNode { .. }) => return self.wait_for_room(prepared),
+            Err(err) => return self.retry_replay(err.to_string(), None, prepared),
         };
-        let answer = self.inner.replay(&lease, request).await;
+        let answer = self.inner.replay(&lease, &prepared.request).await;
+        let (original, threshold) = (&prepared.original, prepared.threshold);
         let node = Arc::clone(&lease.node().id);
         let (health, step) = match answer {
             Ok(ReplayResponse::Completed(body)) => {
@@ -299,7 +321,9 @@ impl<'a> Attempt<'a> {
                     threshold,
                 ) {
                     Ok(verdict) => (NodeHealth::Healthy, judged(verdict)),
-                    Err(err) => (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None)),
+                    Err(err) => {
+                        (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None, prepared))
+                    }
                 }
             }
             Ok(ReplayResponse::Rejected { status }) => {
@@ -309,13 +333,13 @@ impl<'a> Attempt<'a> {
                 (NodeHealth::Healthy, judged(verdict))
             }
             Err(ReplayError::Timeout) => {
-                (NodeHealth::TimedOut, self.retry_replay("replay timed out".into(), None))
+                (NodeHealth::TimedOut, self.retry_replay("replay timed out".into(), None, prepared))
             }
             Err(err @ ReplayError::Transport(_)) => {
-                (NodeHealth::Failed, self.retry_replay(err.to_string(), Some(node)))
+                (NodeHealth::Failed, self.retry_replay(err.to_string(), Some(node), prepared))
             }
             Err(err @ ReplayError::BadResponse(_)) => {
-                (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None))
+                (NodeHealth::BadAnswer, self.retry_replay(err.to_string(), None, prepared))
             }
         };
         lease.release(health);
@@ -323,9 +347,10 @@ impl<'a> Attempt<'a> {
         step
     }
 
-    /// No ML capacity now: wait, holding nothing, until one of our leases ends or `lock_wait`
-    /// passes. Not a failure: no retry budget is spent, the deadline bounds it.
-    fn wait_for_room(&self) -> Step {
+    /// No ML capacity now: wait, holding no slot but keeping the payload, until one of our
+    /// leases ends or `lock_wait` passes. Not a failure: no retry budget is spent, the deadline
+    /// bounds it.
+    fn wait_for_room(&self, prepared: Box<DevshardPrepared>) -> Step {
         metrics::counter!("validator_lock_waits_total").increment(1);
         let delay = self.until_deadline(self.inner.config.lock_wait);
         Step::Retry {
@@ -336,6 +361,7 @@ impl<'a> Attempt<'a> {
             error: format!("no ML capacity for model {}", self.job.model),
             exclude: None,
             wants_room: true,
+            keep: Some(prepared),
         }
     }
 
@@ -344,19 +370,25 @@ impl<'a> Attempt<'a> {
         self.attempts.payload += 1;
         if self.attempts.payload < self.inner.config.payload_retry.attempts {
             let delay = self.inner.backoff(&self.inner.config.payload_retry);
-            self.retry(Stage::Chain, delay, error, None)
+            self.retry(Stage::Chain, delay, error, None, None)
         } else {
             gave_up(Stage::Chain, error)
         }
     }
 
-    /// A failed lease or replay, counted against the replay budget.
-    fn retry_replay(&mut self, error: String, exclude: Option<Arc<str>>) -> Step {
+    /// A failed lease or replay, counted against the replay budget; the payload is kept for the
+    /// next attempt.
+    fn retry_replay(
+        &mut self,
+        error: String,
+        exclude: Option<Arc<str>>,
+        prepared: Box<DevshardPrepared>,
+    ) -> Step {
         self.attempts.replay += 1;
         if self.attempts.replay < self.inner.config.replay_retry.attempts {
             debug!(%error, failures = self.attempts.replay, "devshard lock or replay failed; will retry");
             let delay = self.inner.backoff(&self.inner.config.replay_retry);
-            self.retry(Stage::Replay, delay, error, exclude)
+            self.retry(Stage::Replay, delay, error, exclude, Some(prepared))
         } else {
             warn!(%error, "devshard lock or replay failed on every attempt; no verdict");
             gave_up(Stage::Replay, error)
@@ -369,6 +401,7 @@ impl<'a> Attempt<'a> {
         delay: Duration,
         error: String,
         exclude: Option<Arc<str>>,
+        keep: Option<Box<DevshardPrepared>>,
     ) -> Step {
         Step::Retry {
             stage,
@@ -378,6 +411,7 @@ impl<'a> Attempt<'a> {
             error,
             exclude,
             wants_room: false,
+            keep: keep.map(|prepared| prepared as Prepared),
         }
     }
 

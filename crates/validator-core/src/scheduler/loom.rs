@@ -10,7 +10,7 @@ use loom::{
 };
 use tokio::time::Instant;
 
-use super::{Admission, Job, Key, Scheduler, Step};
+use super::{Admission, Job, Key, Scheduler, Staged, Step};
 use crate::{
     ports::{chain::InferenceId, NoJournal},
     recovery::RecoveryGuard,
@@ -18,10 +18,12 @@ use crate::{
     Config, Lane, Outcome, SkipReason,
 };
 
+/// `slots` in each stage.
 fn scheduler(slots: usize, floor: u8) -> Arc<Scheduler> {
     Scheduler::new(
         &Config {
             slots,
+            fetch_slots: Some(slots),
             recovery_floor_percent: floor,
             // Allocated afresh on every one of the model's executions.
             outcome_buffer: 8,
@@ -243,5 +245,51 @@ fn a_recovery_run_joins_the_same_key_in_flight() {
             job.permit.finish(done());
         }
         assert_eq!(handle.report().outcomes.total(), 1);
+    });
+}
+
+/// A fetch hands its payload to the buffer while the dispatcher runs and shutdown closes the
+/// scheduler: each key ends exactly once, the payload is replayed or dropped, never kept, and
+/// both stages' slots and the buffer's counts return to zero.
+#[test]
+fn a_buffered_payload_ends_once_across_close() {
+    model(|| {
+        let scheduler = Scheduler::new(
+            &Config { slots: 1, fetch_slots: Some(2), outcome_buffer: 8, ..Config::default() },
+            Arc::new(NoJournal),
+        );
+        admit(&scheduler, "a", Lane::Live);
+        admit(&scheduler, "b", Lane::Live);
+        let (jobs, _) = scheduler.dispatch(Instant::now());
+        assert_eq!(jobs.len(), 2, "two fetches ahead of one GPU slot");
+        let mut jobs = jobs.into_iter();
+        let (a, b) = (jobs.next().unwrap(), jobs.next().unwrap());
+        let fetcher = thread::spawn(move || {
+            a.permit.finish(Step::Buffer(Staged { prepared: Box::new(()), bytes: 10 }))
+        });
+        let dispatcher = {
+            let scheduler = Arc::clone(&scheduler);
+            thread::spawn(move || {
+                let (jobs, _) = scheduler.dispatch(Instant::now());
+                assert!(jobs.len() <= 1, "one GPU slot");
+                for job in jobs {
+                    assert!(job.prepared.is_some(), "only the buffered payload can run");
+                    job.permit.finish(done());
+                }
+            })
+        };
+        let closer = {
+            let scheduler = Arc::clone(&scheduler);
+            thread::spawn(move || scheduler.close())
+        };
+        b.permit.finish(done());
+        fetcher.join().unwrap();
+        dispatcher.join().unwrap();
+        closer.join().unwrap();
+        let snapshot = scheduler.snapshot(8);
+        assert_eq!(snapshot.counts.total(), 2);
+        assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (0, 0));
+        assert_eq!((snapshot.pipeline.buffered, snapshot.pipeline.buffered_bytes), (0, 0));
+        assert!(snapshot.sample_keys.is_empty());
     });
 }

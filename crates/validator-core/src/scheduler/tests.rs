@@ -3,11 +3,18 @@ use std::time::Duration;
 use super::*;
 use crate::{Config, OutcomeKind};
 
+/// `slots` in each stage.
 fn scheduler(slots: usize, floor: u8) -> Arc<Scheduler> {
-    Scheduler::new(
-        &Config { slots, recovery_floor_percent: floor, ..Config::default() },
-        Arc::new(crate::ports::NoJournal),
-    )
+    pipeline(Config {
+        slots,
+        fetch_slots: Some(slots),
+        recovery_floor_percent: floor,
+        ..Config::default()
+    })
+}
+
+fn pipeline(config: Config) -> Arc<Scheduler> {
+    Scheduler::new(&config, Arc::new(crate::ports::NoJournal))
 }
 
 fn key(id: &str) -> Key {
@@ -27,19 +34,217 @@ fn done() -> Step {
     Step::Terminal(Outcome::Skipped { reason: crate::SkipReason::Gone })
 }
 
+/// A verified payload of `bytes`.
+fn staged(bytes: usize) -> Step {
+    Step::Buffer(Staged { prepared: Box::new(()), bytes })
+}
+
+fn retry(delay: Duration, keep: Option<Prepared>) -> Step {
+    Step::Retry {
+        stage: Stage::Replay,
+        delay,
+        attempts: Attempts::default(),
+        pending_submit: None,
+        error: "failed".into(),
+        exclude: None,
+        wants_room: false,
+        keep,
+    }
+}
+
+const MIB: usize = 1 << 20;
+
 #[tokio::test(start_paused = true)]
-async fn never_hands_out_more_slots_than_capacity() {
-    let scheduler = scheduler(3, 25);
+async fn never_hands_out_more_slots_than_capacity_and_keeps_a_quarter_for_priority() {
+    let scheduler = scheduler(4, 25);
     admit_all(&scheduler, Lane::Recovery, "r", 10);
     let (jobs, _) = scheduler.dispatch(Instant::now());
-    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs.len(), 3, "one network slot of four is kept for the priority lanes");
     assert!(scheduler.dispatch(Instant::now()).0.is_empty());
+    admit_all(&scheduler, Lane::Revalidation, "v", 2);
+    let (priority, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(priority.len(), 1);
+    assert_eq!(priority[0].lane, Lane::Revalidation);
     let mut jobs = jobs.into_iter();
     jobs.next().unwrap().permit.finish(done());
     let (more, _) = scheduler.dispatch(Instant::now());
     assert_eq!(more.len(), 1);
-    assert_eq!(scheduler.snapshot(0).in_use, 3);
-    assert_eq!(scheduler.snapshot(0).peak, 3);
+    assert_eq!(more[0].lane, Lane::Revalidation);
+    assert_eq!(scheduler.snapshot(0).pipeline.fetch_in_use, 4);
+    assert_eq!(scheduler.snapshot(0).pipeline.fetch_peak, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetched_payload_waits_in_the_buffer_for_a_gpu_slot() {
+    let scheduler = pipeline(Config { slots: 1, fetch_slots: Some(4), ..Config::default() });
+    admit_all(&scheduler, Lane::Revalidation, "v", 2);
+    let (fetches, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(fetches.len(), 2);
+    assert!(fetches.iter().all(|job| job.prepared.is_none()), "network-stage jobs");
+    for job in fetches {
+        job.permit.finish(staged(3 * MIB));
+    }
+    let (mut replays, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(replays.len(), 1, "one GPU slot");
+    let replay = replays.pop().unwrap();
+    assert!(replay.prepared.is_some());
+    let snapshot = scheduler.snapshot(0);
+    assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (1, 0));
+    assert_eq!((snapshot.pipeline.buffered, snapshot.pipeline.buffered_bytes), (1, 3 * MIB));
+    assert_eq!(snapshot.pipeline.buffered_peak_bytes, 6 * MIB);
+
+    // The score goes back to the network stage for submission, ahead of its lane.
+    let pending = PendingSubmit {
+        msg: MsgValidation {
+            id: "m".into(),
+            inference_id: replay.key.journal_id(),
+            response_hash: String::new(),
+            value_decimal: crate::scoring::value_decimal(1.0),
+            revalidation: true,
+        },
+        outcome: Outcome::Cancelled,
+        epoch: 1,
+    };
+    let scored = replay.key.clone();
+    replay.permit.finish(Step::Submit(Box::new(pending)));
+    let (jobs, _) = scheduler.dispatch(Instant::now());
+    let submit = jobs.iter().find(|job| job.key == scored).expect("the submission");
+    assert!(submit.prepared.is_none() && submit.pending_submit.is_some());
+    assert_eq!(submit.attempts.total, 1, "replay and submission are one attempt");
+    assert!(jobs.iter().any(|job| job.prepared.is_some()), "the other payload replays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetching_ahead_stops_at_the_buffers_count_and_bytes() {
+    let scheduler = pipeline(Config {
+        slots: 1,
+        fetch_slots: Some(8),
+        buffer_capacity: Some(4),
+        buffer_bytes: Some(16 * MIB),
+        ..Config::default()
+    });
+    admit_all(&scheduler, Lane::Live, "l", 20);
+    let replays = |jobs: &[Job]| jobs.iter().filter(|job| job.prepared.is_some()).count();
+    let (fetches, _) = scheduler.dispatch(Instant::now());
+    // Live work may fill three quarters of the buffer's four payloads.
+    assert_eq!(fetches.len(), 3);
+    for job in fetches {
+        job.permit.finish(staged(4 * MIB));
+    }
+    // One replays; two wait; the count has room for one more fetch, and the bytes too: 8 MiB
+    // buffered, 4 MiB (the largest recent payload) for the fetch, 4 MiB kept for priority.
+    let (jobs, _) = scheduler.dispatch(Instant::now());
+    assert_eq!((replays(&jobs), jobs.len()), (1, 2));
+    let mut jobs = jobs.into_iter();
+    let replay = jobs.next().filter(|job| job.prepared.is_some()).expect("GPU job first");
+    jobs.next().unwrap().permit.finish(staged(8 * MIB));
+    replay.permit.finish(done());
+    // Now 4 + 8 MiB wait, and a fetch counts as 8 MiB: no room until the buffer drains.
+    let (jobs, _) = scheduler.dispatch(Instant::now());
+    assert_eq!((replays(&jobs), jobs.len()), (1, 1));
+    let snapshot = scheduler.snapshot(0).pipeline;
+    assert_eq!((snapshot.buffered, snapshot.buffered_bytes), (2, 12 * MIB));
+    assert_eq!(snapshot.buffered_peak_bytes, 16 * MIB);
+    assert!(snapshot.buffered_peak_bytes <= snapshot.buffer_bytes_capacity);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffered_payload_past_its_age_is_fetched_again() {
+    let scheduler = pipeline(Config {
+        slots: 1,
+        fetch_slots: Some(4),
+        buffer_max_age: Duration::from_secs(60),
+        ..Config::default()
+    });
+    admit_all(&scheduler, Lane::Revalidation, "v", 2);
+    let (fetches, _) = scheduler.dispatch(Instant::now());
+    let (first, second) = (fetches[0].key.clone(), fetches[1].key.clone());
+    for job in fetches {
+        job.permit.finish(staged(MIB));
+    }
+    let (mut replays, _) = scheduler.dispatch(Instant::now());
+    let replay = replays.pop().unwrap();
+    assert_eq!(replay.key, first);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    replay.permit.finish(done());
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    let refetch = jobs.pop().unwrap();
+    assert_eq!(refetch.key, second);
+    assert!(refetch.prepared.is_none(), "fetched again, not replayed stale");
+    let snapshot = scheduler.snapshot(0).pipeline;
+    assert_eq!((snapshot.buffered, snapshot.buffered_bytes, snapshot.expired), (0, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_lease_waits_without_a_slot_and_keeps_its_payload() {
+    let scheduler = pipeline(Config { slots: 1, fetch_slots: Some(2), ..Config::default() });
+    admit_all(&scheduler, Lane::Live, "l", 1);
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    jobs.pop().unwrap().permit.finish(staged(2 * MIB));
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    let replay = jobs.pop().unwrap();
+    let prepared = replay.prepared.expect("a GPU-stage job");
+    let job = Job { prepared: None, ..replay };
+    let mut step = retry(Duration::from_secs(5), Some(prepared));
+    if let Step::Retry { attempts, .. } = &mut step {
+        *attempts = job.attempts;
+    }
+    job.permit.finish(step);
+    let snapshot = scheduler.snapshot(0);
+    assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (0, 0));
+    assert_eq!(snapshot.pipeline.buffered_bytes, 2 * MIB, "the payload is kept, counted");
+    assert!(scheduler.dispatch(Instant::now()).0.is_empty());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    let again = jobs.pop().unwrap();
+    assert!(again.prepared.is_some(), "replayed again without a fetch");
+    assert_eq!(again.attempts.total, 2, "fetched and replayed, then replayed again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn gpu_idle_time_counts_only_while_work_is_fetching_or_buffered() {
+    let scheduler = pipeline(Config { slots: 2, fetch_slots: Some(4), ..Config::default() });
+    tokio::time::advance(Duration::from_secs(10)).await;
+    admit_all(&scheduler, Lane::Revalidation, "v", 1);
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    tokio::time::advance(Duration::from_secs(3)).await;
+    jobs.pop().unwrap().permit.finish(staged(MIB));
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    jobs.pop().unwrap().permit.finish(done());
+    let idle = scheduler.snapshot(0).pipeline.gpu_idle_slot_seconds;
+    assert!((idle - 6.0).abs() < 1e-9, "two idle slots for the 3 s fetch: {idle}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_drops_buffered_payloads() {
+    let scheduler = pipeline(Config {
+        slots: 1,
+        fetch_slots: Some(4),
+        buffer_capacity: Some(8),
+        ..Config::default()
+    });
+    admit_all(&scheduler, Lane::Revalidation, "v", 3);
+    let (fetches, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(fetches.len(), 3);
+    let mut fetches = fetches.into_iter();
+    let fetching = fetches.next().unwrap();
+    for job in fetches {
+        job.permit.finish(staged(MIB));
+    }
+    let (mut replays, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(replays.len(), 1);
+    let replaying = replays.pop().unwrap();
+    assert!(replaying.prepared.is_some());
+    assert_eq!(scheduler.close(), 1, "the one buffered payload's key");
+    fetching.permit.finish(staged(MIB));
+    let prepared = replaying.prepared;
+    let job = Job { prepared: None, ..replaying };
+    job.permit.finish(retry(Duration::from_secs(1), prepared));
+    let snapshot = scheduler.snapshot(10);
+    assert_eq!(snapshot.counts.get(OutcomeKind::Cancelled), 3);
+    assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (0, 0));
+    assert_eq!((snapshot.pipeline.buffered, snapshot.pipeline.buffered_bytes), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -121,6 +326,7 @@ async fn a_retrying_key_holds_no_slot_and_comes_back_when_due() {
         error: "failed".into(),
         exclude: None,
         wants_room: false,
+        keep: None,
     });
     // The slot went to the other key at once.
     let (mut jobs, next_due) = scheduler.dispatch(Instant::now());
@@ -194,15 +400,7 @@ async fn close_cancels_idle_keys_and_running_ones_end_once() {
     assert_eq!(scheduler.close(), 2);
     assert_eq!(scheduler.admit(key("x"), Lane::Live, None).unwrap_err(), Error::ShuttingDown);
     // A retry asked for after close ends the key as cancelled instead.
-    running.permit.finish(Step::Retry {
-        stage: Stage::Replay,
-        delay: Duration::from_secs(1),
-        attempts: Attempts::default(),
-        pending_submit: None,
-        error: "failed".into(),
-        exclude: None,
-        wants_room: false,
-    });
+    running.permit.finish(retry(Duration::from_secs(1), None));
     let snapshot = scheduler.snapshot(10);
     assert_eq!(snapshot.counts.get(OutcomeKind::Cancelled), 3);
     assert_eq!(snapshot.in_use, 0);

@@ -94,19 +94,22 @@ async fn challenged_votes_take_the_highest_lane() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_job_waiting_for_ml_capacity_holds_no_slot_and_fetches_no_payloads() {
+async fn a_job_waiting_for_ml_capacity_holds_no_slot_and_keeps_its_payload() {
     let h = Harness::new(config(4), MemoryPorts::new(Duration::from_secs(10), 1));
     h.fakes.chain.set_epoch_models(EPOCH, &[MODEL]);
     let tickets: Vec<_> =
         (1..=3).map(|id| h.engine.validate_devshard(job("42", id, false)).unwrap()).collect();
     let payloads = h.fakes.payloads.clone();
-    settle(|| h.fakes.ml.in_flight() == 1).await;
+    settle(|| h.fakes.ml.in_flight() == 1 && h.engine.status().pipeline.buffered == 2).await;
     let status = h.engine.status();
-    assert!(status.slots_in_use <= 1, "{} slots in use", status.slots_in_use);
-    let fetched = (1..=3).filter(|id| !payloads.calls(&format!("devshard:42:{id}")).is_empty());
-    assert_eq!(fetched.count(), 1, "only the job that runs fetched its payloads");
+    assert_eq!(status.slots_in_use, 1, "the jobs without room wait holding no GPU slot");
+    assert_eq!(status.pipeline.fetch_in_use, 0);
     for ticket in tickets {
         assert_eq!(reason(&ticket.outcome().await), Some(VerdictReason::SimilarityPass));
+    }
+    for id in 1..=3 {
+        let calls = payloads.calls(&format!("devshard:42:{id}")).len();
+        assert_eq!(calls, 1, "job {id}: fetched once, kept while it waited for room");
     }
     assert_eq!(h.fakes.ml.peak(), 1);
     assert_eq!(h.fakes.broker.peak(), 1);

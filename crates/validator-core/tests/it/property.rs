@@ -1,6 +1,7 @@
 //! Random interleavings of validate / revalidate / sample / recover / failures / time / shutdown,
-//! checked against a model: permits never exceed capacity, no key is in flight twice, and every
-//! admitted validation ends in exactly one outcome.
+//! checked against a model: neither stage's permits exceed its capacity, the buffer between them
+//! stays bounded and ends empty, no key is in flight twice, and every admitted validation ends
+//! in exactly one outcome.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -14,6 +15,8 @@ use validator_core::{
 
 const KEYS: u8 = 12;
 const SLOTS: usize = 3;
+const FETCH_SLOTS: usize = 4;
+const BUFFER: usize = 4;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -72,6 +75,10 @@ impl Model {
 fn engine_config() -> Config {
     Config {
         slots: SLOTS,
+        fetch_slots: Some(FETCH_SLOTS),
+        buffer_capacity: Some(BUFFER),
+        // Within reach of the test's time steps, so payloads also expire and are fetched again.
+        buffer_max_age: Duration::from_secs(150),
         jitter_seed: Some(3),
         outcome_buffer: 1 << 14,
         replay_timeout: Duration::from_secs(30),
@@ -141,6 +148,10 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         let status = engine.status();
         prop_assert!(status.slots_in_use <= SLOTS);
+        prop_assert!(status.pipeline.fetch_in_use <= FETCH_SLOTS);
+        // Fetches start only with room; a payload back from a failed lease or replay may add one
+        // per GPU slot.
+        prop_assert!(status.pipeline.buffered <= BUFFER + SLOTS, "{:?}", status.pipeline);
     }
     if !shut_down {
         let report = engine.shutdown(Duration::from_secs(5)).await;
@@ -153,6 +164,9 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     prop_assert!(fakes.ml.peak() <= SLOTS, "ML peak {}", fakes.ml.peak());
     prop_assert!(status.slots_peak <= SLOTS);
     prop_assert_eq!(status.slots_in_use, 0);
+    prop_assert!(status.pipeline.fetch_peak <= FETCH_SLOTS);
+    prop_assert_eq!(status.pipeline.fetch_in_use, 0);
+    prop_assert_eq!((status.pipeline.buffered, status.pipeline.buffered_bytes), (0, 0));
     prop_assert!(status.lanes.iter().all(|lane| lane.in_flight == 0));
     prop_assert_eq!(fakes.broker.held(), 0);
     // Every admitted validation (by the test, the sampler or recovery) ended exactly once.
