@@ -1,8 +1,9 @@
 //! `cargo bench -p bench --bench engine`: the engine against models of the upstream designs
 //! (PR #1277's shared semaphore and the unbounded pre-fix design on the classic path,
 //! `devshardd`'s per-session workers on the devshard path), scenario by scenario, on the same
-//! in-process fakes. Prints a table, writes `target/bench/engine.json` and the `live` chart
-//! `docs/benchmarks-live.svg`. `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`
+//! in-process fakes. Prints a table, writes `target/bench/engine.json` and the charts
+//! `docs/benchmarks-live.svg` (`live`) and `docs/benchmarks-slow-executors.svg`
+//! (`slow_executors`). `BENCH_QUICK=1` runs the small sizes; `BENCH_SCENARIOS`
 //! (comma-separated) runs a subset. See `docs/benchmarks.md` for what each figure means.
 
 #[path = "engine/baseline.rs"]
@@ -17,6 +18,8 @@ mod fakes;
 mod report;
 #[path = "engine/scenarios.rs"]
 mod scenarios;
+#[path = "engine/slow_executors.rs"]
+mod slow_executors;
 #[path = "engine/strategy.rs"]
 mod strategy;
 
@@ -33,7 +36,7 @@ use crate::{
     strategy::{BoxError, Policy, Strategy},
 };
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "drain",
     "memory",
     "live",
@@ -42,6 +45,7 @@ const SCENARIOS: [&str; 8] = [
     "http_drain",
     "journal_cost",
     "devshard_sessions",
+    "slow_executors",
 ];
 
 fn main() -> Result<(), BoxError> {
@@ -51,6 +55,9 @@ fn main() -> Result<(), BoxError> {
     }
     if let Some(at) = args.iter().position(|arg| arg == "--devshard-child") {
         return devshard::devshard_child(&args[at + 1..]);
+    }
+    if let Some(at) = args.iter().position(|arg| arg == "--slow-executors-child") {
+        return slow_executors::slow_executors_child(&args[at + 1..]);
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and the benchmark takes
     // minutes even optimised, so it only runs under `cargo bench`.
@@ -129,6 +136,16 @@ fn main() -> Result<(), BoxError> {
             put(strategy, "devshard_sessions", devshard::devshard_sessions(strategy, &sizes)?);
         }
     }
+    let mut busy_series = Vec::new();
+    let mut slow_executors_meta = Value::Null;
+    if runs("slow_executors") {
+        slow_executors_meta = slow_executors::meta()?;
+        for strategy in slow_executors::STRATEGIES {
+            let (figures, series) = slow_executors::slow_executors(strategy, &sizes)?;
+            put(strategy, "slow_executors", figures);
+            busy_series.push((strategy, series));
+        }
+    }
 
     let policy = Policy::scaled(K);
     let mut document = Map::new();
@@ -142,6 +159,7 @@ fn main() -> Result<(), BoxError> {
             "sizes": sizes.to_json(),
             "engine_recovery_window": policy.engine_config().recovery_window,
             "devshard": devshard::meta(),
+            "slow_executors": slow_executors_meta,
             "policy": policy.to_json(),
             "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "wall_s": scenarios::round(wall.elapsed().as_secs_f64()),
@@ -168,6 +186,12 @@ fn main() -> Result<(), BoxError> {
         let chart_path = root.join("docs").join("benchmarks-live.svg");
         std::fs::create_dir_all(root.join("docs"))?;
         report::chart(&chart_path, &series, live_window)?;
+        println!("wrote {}", chart_path.display());
+    }
+    if !busy_series.is_empty() {
+        let chart_path = root.join("docs").join("benchmarks-slow-executors.svg");
+        std::fs::create_dir_all(root.join("docs"))?;
+        report::busy_chart(&chart_path, &busy_series)?;
         println!("wrote {}", chart_path.display());
     }
     Ok(())

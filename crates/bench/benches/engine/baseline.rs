@@ -4,8 +4,8 @@
 //! - [`Design::Pr1277`]: one FIFO semaphore of K slots shared by recovery and live work. The slot
 //!   is taken before the validation's task is spawned and held until the validation returns,
 //!   retry sleeps included. No lanes, no in-process dedup. Recovery detects the whole backlog
-//!   first, then one loop acquires a slot per item (back-pressure); each live item gets its own
-//!   dispatcher task that waits for a slot.
+//!   first, then one loop acquires a slot per item (back-pressure); each live item and each
+//!   revalidation gets its own dispatcher task that waits for a slot.
 //! - [`Design::Unbounded`]: the pre-fix design, one task per item and no limit; only the broker's
 //!   try-lock bounds the ML node.
 //!
@@ -137,7 +137,7 @@ impl Baseline {
             let Ok(permit) = self.acquire().await else { break };
             dispatched += 1;
             self.stats.recovery_dispatched.fetch_add(1, Ordering::Relaxed);
-            let validation = Arc::clone(&self).validate(summary.inference_id, permit, None);
+            let validation = Arc::clone(&self).validate(summary.inference_id, permit, false, None);
             self.tasks.spawn(run.track_future(validation));
         }
         let undispatched = total - dispatched;
@@ -213,6 +213,17 @@ impl Baseline {
 
     /// A live item arrives now.
     pub(crate) fn live(self: &Arc<Self>, id: InferenceId) {
+        self.arrive(id, false);
+    }
+
+    /// A revalidation arrives now (DOMAIN.md 3.3): the same dispatch as a live item, with no
+    /// duplicate check and the revalidation flag on the message. It counts as neither a live
+    /// nor a recovery dispatch, and its wait is not a live wait.
+    pub(crate) fn revalidate(self: &Arc<Self>, id: InferenceId) {
+        self.arrive(id, true);
+    }
+
+    fn arrive(self: &Arc<Self>, id: InferenceId, revalidation: bool) {
         let trigger = Instant::now();
         self.stats.admitted.fetch_add(1, Ordering::Relaxed);
         match self.design {
@@ -221,9 +232,12 @@ impl Baseline {
                 self.tasks.spawn(async move {
                     match this.acquire().await {
                         Ok(permit) => {
-                            this.probe.record_live_wait(trigger.elapsed());
-                            this.stats.live_dispatched.fetch_add(1, Ordering::Relaxed);
-                            let validation = Arc::clone(&this).validate(id, permit, None);
+                            if !revalidation {
+                                this.probe.record_live_wait(trigger.elapsed());
+                                this.stats.live_dispatched.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let validation =
+                                Arc::clone(&this).validate(id, permit, revalidation, None);
                             this.tasks.spawn(validation);
                         }
                         Err(Cancelled) => {
@@ -234,8 +248,11 @@ impl Baseline {
                 });
             }
             Design::Unbounded => {
-                self.stats.live_dispatched.fetch_add(1, Ordering::Relaxed);
-                self.tasks.spawn(Arc::clone(self).validate(id, None, Some(trigger)));
+                let live_trigger = (!revalidation).then_some(trigger);
+                if !revalidation {
+                    self.stats.live_dispatched.fetch_add(1, Ordering::Relaxed);
+                }
+                self.tasks.spawn(Arc::clone(self).validate(id, None, revalidation, live_trigger));
             }
         }
     }
@@ -255,6 +272,7 @@ impl Baseline {
         self: Arc<Self>,
         id: InferenceId,
         permit: Option<OwnedSemaphorePermit>,
+        revalidation: bool,
         live_trigger: Option<Instant>,
     ) {
         let running = self.stats.running.fetch_add(1, Ordering::Relaxed) + 1;
@@ -262,7 +280,7 @@ impl Baseline {
         let end = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => End::Cancelled,
-            end = self.flow(&id, live_trigger) => end,
+            end = self.flow(&id, revalidation, live_trigger) => end,
         };
         drop(permit);
         match end {
@@ -279,7 +297,12 @@ impl Baseline {
     }
 
     /// Upstream's flow for one inference (DOMAIN.md 2.3-2.8), sleeps and all.
-    async fn flow(&self, id: &InferenceId, mut live_trigger: Option<Instant>) -> End {
+    async fn flow(
+        &self,
+        id: &InferenceId,
+        revalidation: bool,
+        mut live_trigger: Option<Instant>,
+    ) -> End {
         let chain = &self.ports.chain;
         let inference = match self.chain_call(chain.inference(id)).await {
             Ok(inference) => inference,
@@ -307,18 +330,22 @@ impl Baseline {
                     break;
                 }
                 Err(PayloadError::Gone) => return End::Skipped,
-                Err(PayloadError::HashMismatch(_)) => return self.invalidate(&inference).await,
+                Err(PayloadError::HashMismatch(_)) => {
+                    return self.invalidate(&inference, revalidation).await;
+                }
                 Err(_) => {}
             }
             if attempt < policy.attempts {
                 tokio::time::sleep(backoff(policy, id, attempt)).await;
             }
         }
-        let Some(payloads) = payloads else { return self.invalidate(&inference).await };
+        let Some(payloads) = payloads else {
+            return self.invalidate(&inference, revalidation).await;
+        };
 
-        if let Ok(validated) = self.chain_call(chain.validated_inferences(inference.epoch_id)).await
-        {
-            if validated.contains(id) {
+        if !revalidation {
+            let validated = self.chain_call(chain.validated_inferences(inference.epoch_id)).await;
+            if validated.is_ok_and(|validated| validated.contains(id)) {
                 return End::Skipped;
             }
         }
@@ -329,7 +356,7 @@ impl Baseline {
                 Ok((original, body))
             });
         let Ok((original, body)) = built else {
-            return self.submit(&inference, String::new(), 0.0).await;
+            return self.submit(&inference, revalidation, String::new(), 0.0).await;
         };
         let request = ReplayRequest { inference_id: id.clone(), body: Bytes::from(body) };
 
@@ -338,7 +365,7 @@ impl Baseline {
             if let Some((value, hash)) =
                 self.lock_and_replay(&inference, &original, &request, &mut live_trigger).await
             {
-                return self.submit(&inference, hash, value).await;
+                return self.submit(&inference, revalidation, hash, value).await;
             }
             if attempt < policy.attempts {
                 tokio::time::sleep(backoff(policy, id, attempt)).await;
@@ -380,20 +407,26 @@ impl Baseline {
     }
 
     /// Re-checks the status, then submits value 0 unless already invalidated.
-    async fn invalidate(&self, inference: &Inference) -> End {
+    async fn invalidate(&self, inference: &Inference, revalidation: bool) -> End {
         match self.chain_call(self.ports.chain.inference(&inference.inference_id)).await {
             Ok(current) if current.status == InferenceStatus::Invalidated => End::Skipped,
-            _ => self.submit(inference, String::new(), 0.0).await,
+            _ => self.submit(inference, revalidation, String::new(), 0.0).await,
         }
     }
 
-    async fn submit(&self, inference: &Inference, response_hash: String, value: f64) -> End {
+    async fn submit(
+        &self,
+        inference: &Inference,
+        revalidation: bool,
+        response_hash: String,
+        value: f64,
+    ) -> End {
         let msg = MsgValidation {
             id: uuid::Uuid::new_v4().to_string(),
             inference_id: inference.inference_id.clone(),
             response_hash,
             value_decimal: scoring::value_decimal(value),
-            revalidation: false,
+            revalidation,
         };
         let submitted = tokio::time::timeout(
             self.policy.chain_timeout,

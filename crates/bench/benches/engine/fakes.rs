@@ -3,10 +3,11 @@
 //! and ML node are bench versions of validator-core's fakes that keep no per-item history
 //! (validator-core's fakes record every call for inspection, which grows with the backlog and
 //! would be measured as the design's memory), generate records from the id, inject the faults
-//! of the `faults` scenario, and time each replay.
+//! of the `faults` scenario, and time each replay. `slow_executors` adds a payload source whose
+//! fetches take time ([`TimedPayloads`]) and a [`Timeline`] of what the fakes saw.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
@@ -43,6 +44,7 @@ pub(crate) const LIVE_EPOCH: u64 = 10;
 
 const BACKLOG_PREFIX: &str = "inf-";
 const LIVE_PREFIX: &str = "live-";
+const REVALIDATION_PREFIX: &str = "reval-";
 
 pub(crate) fn backlog_id(index: u64) -> InferenceId {
     InferenceId::new(format!("{BACKLOG_PREFIX}{index:08}"))
@@ -52,10 +54,22 @@ pub(crate) fn live_id(index: u64) -> InferenceId {
     InferenceId::new(format!("{LIVE_PREFIX}{index:08}"))
 }
 
+/// An inference of the current epoch whose invalidation vote needs this validator's
+/// revalidation.
+pub(crate) fn revalidation_id(index: u64) -> InferenceId {
+    InferenceId::new(format!("{REVALIDATION_PREFIX}{index:08}"))
+}
+
+fn is_revalidation_id(id: &str) -> bool {
+    id.starts_with(REVALIDATION_PREFIX)
+}
+
 /// The epoch of a generated id, or `None` for an id the synthetic chain never made.
 fn epoch_of(id: &str) -> Option<u64> {
     let (epoch, digits) = if let Some(rest) = id.strip_prefix(BACKLOG_PREFIX) {
         (BACKLOG_EPOCH, rest)
+    } else if let Some(rest) = id.strip_prefix(REVALIDATION_PREFIX) {
+        (LIVE_EPOCH, rest)
     } else {
         (LIVE_EPOCH, id.strip_prefix(LIVE_PREFIX)?)
     };
@@ -387,6 +401,10 @@ pub(crate) struct TimedMlNode {
     faults: Faults,
     /// Called with each replay's parsed body as it arrives.
     on_start: Option<ReplayHook>,
+    /// Answers by inference id, without parsing the request.
+    answers: Option<AnswerFn>,
+    /// Records every replay's start and end.
+    timeline: Option<Arc<Timeline>>,
     hung: Mutex<HashSet<InferenceId>>,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
@@ -401,6 +419,8 @@ impl TimedMlNode {
             latency,
             faults,
             on_start: None,
+            answers: None,
+            timeline: None,
             hung: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
@@ -413,6 +433,21 @@ impl TimedMlNode {
     /// Calls `hook` with the parsed body of every replay as it arrives.
     pub(crate) fn with_start_hook(mut self, hook: ReplayHook) -> Self {
         self.on_start = Some(hook);
+        self
+    }
+
+    /// Answers each replay with `answers(inference id)` instead of echoing the parsed request:
+    /// for payloads of megabytes, whose parsing here would compete for the cores with the
+    /// design under test (a real ML node parses on its own machine). The start hook is not
+    /// called.
+    pub(crate) fn with_answers(mut self, answers: AnswerFn) -> Self {
+        self.answers = Some(answers);
+        self
+    }
+
+    /// Records every replay's start and end in `timeline`.
+    pub(crate) fn with_timeline(mut self, timeline: Arc<Timeline>) -> Self {
+        self.timeline = Some(timeline);
         self
     }
 
@@ -444,11 +479,18 @@ impl TimedMlNode {
 /// Sees each replay's body as the ML node receives it.
 pub(crate) type ReplayHook = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
 
-struct InFlight<'a>(&'a AtomicUsize);
+/// The ML node's answer to a replay of an inference.
+pub(crate) type AnswerFn = Arc<dyn Fn(&InferenceId) -> Bytes + Send + Sync>;
+
+/// One replay in flight, until it answers or its caller drops it.
+struct InFlight<'a>(&'a AtomicUsize, Option<&'a Timeline>);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(timeline) = self.1 {
+            timeline.replay_ended();
+        }
     }
 }
 
@@ -462,23 +504,149 @@ impl MlNodeClient for TimedMlNode {
         let started = Instant::now();
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
-        let _in_flight = InFlight(&self.in_flight);
         let id = &request.inference_id;
+        if let Some(timeline) = &self.timeline {
+            timeline.replay_started(id);
+        }
+        let _in_flight = InFlight(&self.in_flight, self.timeline.as_deref());
         if self.faults.replay_faulty(id.as_str()) && lock(&self.hung).insert(id.clone()) {
             self.hangs.fetch_add(1, Ordering::Relaxed);
             return std::future::pending().await;
         }
-        let body: serde_json::Value = serde_json::from_slice(&request.body)
-            .map_err(|err| ReplayError::BadResponse(err.to_string()))?;
-        if let Some(hook) = &self.on_start {
-            hook(&body);
-        }
-        tokio::time::sleep(self.latency).await;
-        let answer = echo_completion(&body);
+        let answer = if let Some(answers) = &self.answers {
+            tokio::time::sleep(self.latency).await;
+            answers(id)
+        } else {
+            let body: serde_json::Value = serde_json::from_slice(&request.body)
+                .map_err(|err| ReplayError::BadResponse(err.to_string()))?;
+            if let Some(hook) = &self.on_start {
+                hook(&body);
+            }
+            tokio::time::sleep(self.latency).await;
+            echo_completion(&body)
+        };
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.service_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
         Ok(ReplayResponse::Completed(answer))
+    }
+}
+
+// === TimedPayloads ===
+
+/// What a [`TimedPayloads`] serves for an inference: how long its fetch takes, and its payloads.
+pub(crate) type FetchPlan = Arc<dyn Fn(&InferenceId) -> (Duration, Payloads) + Send + Sync>;
+
+/// A payload source whose fetches take the time the plan gives each inference, as executors on
+/// slow links do. The plan's payloads are shared templates; each fetch copies them into fresh
+/// buffers, as a real fetch receives its bytes, so what a design holds shows in its memory.
+/// Revalidations' fetches go to the [`Timeline`].
+pub(crate) struct TimedPayloads {
+    plan: FetchPlan,
+    timeline: Arc<Timeline>,
+}
+
+impl TimedPayloads {
+    pub(crate) fn new(plan: FetchPlan, timeline: Arc<Timeline>) -> Self {
+        Self { plan, timeline }
+    }
+}
+
+#[async_trait]
+impl PayloadSource for TimedPayloads {
+    async fn fetch(&self, inference: &Inference) -> Result<Payloads, PayloadError> {
+        let id = &inference.inference_id;
+        let started = Instant::now();
+        let (latency, payloads) = (self.plan)(id);
+        tokio::time::sleep(latency).await;
+        let fetched = Payloads {
+            prompt: Bytes::copy_from_slice(&payloads.prompt),
+            response: Bytes::copy_from_slice(&payloads.response),
+        };
+        self.timeline.fetched(id, started, Instant::now());
+        Ok(fetched)
+    }
+
+    async fn fetch_devshard(&self, _job: &DevshardJob) -> Result<Payloads, PayloadError> {
+        Err(PayloadError::Unavailable("no devshard payloads here".into()))
+    }
+}
+
+// === Timeline ===
+
+/// What the fakes saw, in time: every change of the replays in flight at the ML node, and for
+/// revalidations their trigger, their payload fetch and the start of their first replay. One
+/// entry per replay start or end, one map entry per revalidation, so it costs next to nothing
+/// beside the payloads.
+#[derive(Default)]
+pub(crate) struct Timeline {
+    busy: Mutex<Busy>,
+    priority: Mutex<HashMap<InferenceId, PriorityTimes>>,
+}
+
+#[derive(Default)]
+struct Busy {
+    in_flight: usize,
+    changes: Vec<(Instant, usize)>,
+}
+
+/// When things happened to one revalidation.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PriorityTimes {
+    pub(crate) trigger: Option<Instant>,
+    /// The last payload fetch that ended before the first replay: (start, end).
+    pub(crate) fetch: Option<(Instant, Instant)>,
+    pub(crate) replay_start: Option<Instant>,
+}
+
+impl Timeline {
+    /// A revalidation of `id` is triggered at `at`.
+    pub(crate) fn triggered(&self, id: &InferenceId, at: Instant) {
+        lock(&self.priority).entry(id.clone()).or_default().trigger = Some(at);
+    }
+
+    fn fetched(&self, id: &InferenceId, started: Instant, ended: Instant) {
+        if !is_revalidation_id(id.as_str()) {
+            return;
+        }
+        let mut priority = lock(&self.priority);
+        let times = priority.entry(id.clone()).or_default();
+        if times.replay_start.is_none() {
+            times.fetch = Some((started, ended));
+        }
+    }
+
+    /// Times are taken under the lock, so the changes come in time order.
+    fn replay_started(&self, id: &InferenceId) {
+        let at = {
+            let mut busy = lock(&self.busy);
+            busy.in_flight += 1;
+            let (at, in_flight) = (Instant::now(), busy.in_flight);
+            busy.changes.push((at, in_flight));
+            at
+        };
+        if is_revalidation_id(id.as_str()) {
+            let mut priority = lock(&self.priority);
+            let times = priority.entry(id.clone()).or_default();
+            times.replay_start.get_or_insert(at);
+        }
+    }
+
+    fn replay_ended(&self) {
+        let mut busy = lock(&self.busy);
+        busy.in_flight = busy.in_flight.saturating_sub(1);
+        let in_flight = busy.in_flight;
+        busy.changes.push((Instant::now(), in_flight));
+    }
+
+    /// Every change of the replays in flight: (when, replays in flight from then on).
+    pub(crate) fn busy_changes(&self) -> Vec<(Instant, usize)> {
+        lock(&self.busy).changes.clone()
+    }
+
+    /// The revalidations' times.
+    pub(crate) fn priority(&self) -> Vec<PriorityTimes> {
+        lock(&self.priority).values().copied().collect()
     }
 }
 
@@ -587,6 +755,8 @@ pub(crate) struct Rig {
     /// `http_drain`).
     pub(crate) broker_port: Option<Arc<dyn ModelLockBroker>>,
     pub(crate) ml_port: Option<Arc<dyn MlNodeClient>>,
+    /// Replaces `payloads` in the ports ([`TimedPayloads`] in `slow_executors`).
+    pub(crate) payloads_port: Option<Arc<dyn PayloadSource>>,
     /// The journal (`NoJournal` unless a scenario measures one).
     pub(crate) journal: Arc<dyn Journal>,
 }
@@ -607,6 +777,7 @@ impl Rig {
             ml: Arc::new(TimedMlNode::new(latency, faults)),
             broker_port: None,
             ml_port: None,
+            payloads_port: None,
             journal: Arc::new(NoJournal),
         }
     }
@@ -620,9 +791,13 @@ impl Rig {
             Some(port) => Arc::clone(port),
             None => Arc::new(self.broker.clone()),
         };
+        let payloads: Arc<dyn PayloadSource> = match &self.payloads_port {
+            Some(port) => Arc::clone(port),
+            None => Arc::clone(&self.payloads) as Arc<dyn PayloadSource>,
+        };
         Ports {
             chain: Arc::clone(&self.chain) as Arc<dyn ChainClient>,
-            payloads: Arc::clone(&self.payloads) as Arc<dyn PayloadSource>,
+            payloads,
             broker,
             ml,
             journal: Arc::clone(&self.journal),

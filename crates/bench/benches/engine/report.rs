@@ -1,12 +1,13 @@
-//! The printed table, the JSON file and the `live` chart.
+//! The printed table, the JSON file and the charts of `live` and `slow_executors`.
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{coord::Shift, prelude::*};
 use serde_json::Value;
 
 use crate::{
     scenarios::{Sample, K},
+    slow_executors::BusyPoint,
     strategy::{BoxError, Strategy},
 };
 
@@ -89,7 +90,52 @@ pub(crate) fn table(results: &Value, scenarios: &[&str]) -> String {
     out
 }
 
-/// In-flight count and live wait over time, `ours` against `pr1277`.
+/// One panel of a chart: a line per strategy over the chart's x axis.
+struct Panel<'a> {
+    caption: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    y_max: f64,
+    /// A horizontal line at this height: the goal.
+    reference: Option<f64>,
+    lines: Vec<(Strategy, Vec<(f64, f64)>)>,
+}
+
+fn style(strategy: Strategy) -> ShapeStyle {
+    match strategy {
+        Strategy::Ours => BLUE.stroke_width(2),
+        Strategy::Pr1277 => RED.stroke_width(2),
+        Strategy::Unbounded | Strategy::Devshardd => BLACK.stroke_width(1),
+    }
+}
+
+fn draw(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    x_max: f64,
+    panel: &Panel<'_>,
+) -> Result<(), BoxError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..x_max, 0f64..panel.y_max)?;
+    chart.configure_mesh().x_desc(panel.x_desc).y_desc(panel.y_desc).draw()?;
+    if let Some(y) = panel.reference {
+        chart.draw_series(LineSeries::new([(0.0, y), (x_max, y)], BLACK.mix(0.4)))?;
+    }
+    for (strategy, points) in &panel.lines {
+        let color = style(*strategy);
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color))?
+            .label(strategy.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+    Ok(())
+}
+
+/// `live`: in-flight count and live wait over time, `ours` against `pr1277`.
 pub(crate) fn chart(
     path: &Path,
     series: &[(Strategy, Vec<Sample>)],
@@ -98,54 +144,69 @@ pub(crate) fn chart(
     let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(320);
-    let style = |strategy: Strategy| match strategy {
-        Strategy::Ours => BLUE.stroke_width(2),
-        Strategy::Pr1277 => RED.stroke_width(2),
-        Strategy::Unbounded | Strategy::Devshardd => BLACK.stroke_width(1),
-    };
     let x_max =
         series.iter().flat_map(|(_, samples)| samples.iter().map(|s| s.t)).fold(window_s, f64::max);
+    let x_desc = "seconds since live arrivals began";
+    let slots = Panel {
+        caption: "live: validations holding a slot",
+        x_desc,
+        y_desc: "slots",
+        y_max: K as f64 * 1.15,
+        reference: None,
+        lines: series
+            .iter()
+            .map(|(strategy, samples)| {
+                (*strategy, samples.iter().map(|s| (s.t, s.in_flight as f64)).collect())
+            })
+            .collect(),
+    };
+    draw(&top, x_max, &slots)?;
+    let waits = Panel {
+        caption: "live: latest wait for a slot / S (goal: p99 <= 1)",
+        x_desc,
+        y_desc: "wait / S",
+        y_max: series
+            .iter()
+            .flat_map(|(_, samples)| samples.iter().filter_map(|s| s.wait_over_service))
+            .fold(1.2f64, f64::max)
+            * 1.1,
+        reference: Some(1.0),
+        lines: series
+            .iter()
+            .map(|(strategy, samples)| {
+                let points =
+                    samples.iter().filter_map(|s| s.wait_over_service.map(|w| (s.t, w))).collect();
+                (*strategy, points)
+            })
+            .collect(),
+    };
+    draw(&bottom, x_max, &waits)?;
+    root.present()?;
+    Ok(())
+}
 
-    let mut slots = ChartBuilder::on(&top)
-        .caption("live: validations holding a slot", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..x_max, 0f64..(K as f64 * 1.15))?;
-    slots.configure_mesh().x_desc("seconds since live arrivals began").y_desc("slots").draw()?;
-    for (strategy, samples) in series {
-        let color = style(*strategy);
-        slots
-            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t, s.in_flight as f64)), color))?
-            .label(strategy.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    slots.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
-
-    let y_max = series
+/// `slow_executors`: the ML node's busy fraction over time, `ours` against `pr1277`.
+pub(crate) fn busy_chart(
+    path: &Path,
+    series: &[(Strategy, Vec<BusyPoint>)],
+) -> Result<(), BoxError> {
+    let root = SVGBackend::new(path, (960, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = series
         .iter()
-        .flat_map(|(_, samples)| samples.iter().filter_map(|s| s.wait_over_service))
-        .fold(1.2f64, f64::max)
-        * 1.1;
-    let mut waits = ChartBuilder::on(&bottom)
-        .caption("live: latest wait for a slot / S (goal: p99 <= 1)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-    waits.configure_mesh().x_desc("seconds since live arrivals began").y_desc("wait / S").draw()?;
-    waits.draw_series(LineSeries::new([(0.0, 1.0), (x_max, 1.0)], BLACK.mix(0.4)))?;
-    for (strategy, samples) in series {
-        let color = style(*strategy);
-        waits
-            .draw_series(LineSeries::new(
-                samples.iter().filter_map(|s| s.wait_over_service.map(|w| (s.t, w))),
-                color,
-            ))?
-            .label(strategy.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    waits.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+        .flat_map(|(_, points)| points.iter().map(|&(t, _)| t))
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.02;
+    let busy = Panel {
+        caption: "slow_executors: replays in flight / K, mean per bin (goal: ml_busy >= 0.95)",
+        x_desc: "seconds since the first admission",
+        y_desc: "busy fraction",
+        y_max: 1.1,
+        reference: Some(0.95),
+        lines: series.to_vec(),
+    };
+    draw(&root, x_max, &busy)?;
     root.present()?;
     Ok(())
 }

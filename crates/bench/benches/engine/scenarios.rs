@@ -49,6 +49,8 @@ pub(crate) struct Sizes {
     pub(crate) devshard_window: Duration,
     /// `devshard_sessions`: how long after the window every job may take to settle.
     pub(crate) devshard_drain: Duration,
+    /// `slow_executors`: backlog items (and a tenth as many revalidations).
+    pub(crate) slow_executors: u64,
 }
 
 impl Sizes {
@@ -65,6 +67,7 @@ impl Sizes {
                 devshard_sessions: vec![1, 50],
                 devshard_window: Duration::from_secs(3),
                 devshard_drain: Duration::from_secs(3),
+                slow_executors: 1_000,
             }
         } else {
             Self {
@@ -78,6 +81,7 @@ impl Sizes {
                 devshard_sessions: vec![1, 10, 50],
                 devshard_window: Duration::from_secs(10),
                 devshard_drain: Duration::from_secs(5),
+                slow_executors: 5_000,
             }
         }
     }
@@ -94,6 +98,7 @@ impl Sizes {
             "devshard_sessions": self.devshard_sessions,
             "devshard_window_s": self.devshard_window.as_secs_f64(),
             "devshard_drain_s": self.devshard_drain.as_secs_f64(),
+            "slow_executors": self.slow_executors,
         })
     }
 }

@@ -13,7 +13,8 @@ use std::{
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use validator_core::{
-    ports::chain::InferenceId, Config, Engine, Lane, OutcomeKind, Ports, RetryPolicy, RunHandle,
+    ports::chain::InferenceId, Config, Engine, Lane, OutcomeKind, PipelineStatus, Ports,
+    RetryPolicy, RunHandle,
 };
 
 use crate::{
@@ -71,6 +72,9 @@ pub(crate) struct Policy {
     pub(crate) payload_timeout: Duration,
     pub(crate) replay_timeout: Duration,
     pub(crate) chain_timeout: Duration,
+    /// The engine's bound on buffered payload bytes; `None` keeps its default. The models have
+    /// no buffer.
+    pub(crate) buffer_bytes: Option<usize>,
 }
 
 impl Policy {
@@ -89,6 +93,7 @@ impl Policy {
             payload_timeout: ms(5),
             replay_timeout: ms(50),
             chain_timeout: ms(5),
+            buffer_bytes: None,
         }
     }
 
@@ -106,6 +111,7 @@ impl Policy {
             "payload_timeout_ms": ms(self.payload_timeout),
             "replay_timeout_ms": ms(self.replay_timeout),
             "chain_timeout_ms": ms(self.chain_timeout),
+            "buffer_bytes": self.buffer_bytes,
         })
     }
 
@@ -124,6 +130,7 @@ impl Policy {
             payload_timeout: self.payload_timeout,
             replay_timeout: self.replay_timeout,
             chain_timeout: self.chain_timeout,
+            buffer_bytes: self.buffer_bytes,
             jitter_seed: Some(7),
             ..Config::default()
         }
@@ -268,6 +275,25 @@ impl Runner {
                 let _ = engine.validate(id);
             }
             Kind::Baseline(baseline) => baseline.live(id),
+        }
+    }
+
+    /// A revalidation is triggered now (DOMAIN.md 3.3).
+    pub(crate) fn revalidate(&self, id: InferenceId) {
+        match &self.kind {
+            Kind::Ours(engine) => {
+                // A refusal (a full revalidation lane) would show up as a lost item.
+                let _ = engine.revalidate(id);
+            }
+            Kind::Baseline(baseline) => baseline.revalidate(id),
+        }
+    }
+
+    /// The engine's two stages and the buffer between them; `None` for the models.
+    pub(crate) fn pipeline(&self) -> Option<PipelineStatus> {
+        match &self.kind {
+            Kind::Ours(engine) => Some(engine.status().pipeline),
+            Kind::Baseline(_) => None,
         }
     }
 
