@@ -291,7 +291,7 @@ struct State {
     buffered: usize,
     buffered_bytes: usize,
     buffered_peak_bytes: usize,
-    /// The sizes of the latest payloads: the largest stands for each fetch in flight.
+    /// The sizes of the latest payloads, from which fetches in flight are estimated.
     recent_sizes: SizeWindow,
     expired: u64,
     /// GPU slot-seconds idle while work was buffered or fetching, integrated up to `idle_mark`.
@@ -306,8 +306,7 @@ struct State {
     recent: Recent,
 }
 
-/// The sizes of the last [`SIZE_WINDOW`] payloads, so one outsized payload stops weighing on
-/// the estimate once enough others followed it.
+/// The sizes of the last [`SIZE_WINDOW`] payloads, so the estimate follows the mix of the moment.
 struct SizeWindow {
     sizes: [usize; SIZE_WINDOW],
     next: usize,
@@ -326,8 +325,13 @@ impl SizeWindow {
         self.next = (self.next + 1) % SIZE_WINDOW;
     }
 
-    fn max(&self) -> usize {
-        self.sizes.iter().copied().max().unwrap_or(0)
+    /// The bytes `fetches` payloads in flight are expected to bring: the mean size each, plus
+    /// headroom for one as large as the largest recent one. A sum of many payloads stays near
+    /// its mean; one outlier among them is covered.
+    fn expected(&self, fetches: usize) -> usize {
+        let max = self.sizes.iter().copied().max().unwrap_or(0);
+        let mean = self.sizes.iter().sum::<usize>() / SIZE_WINDOW;
+        fetches.saturating_mul(mean).saturating_add(max - mean)
     }
 }
 
@@ -743,9 +747,10 @@ impl Scheduler {
     }
 
     /// Whether a `lane` key may take a network slot now: a free slot (a quarter kept for the
-    /// priority lanes) and, for a fetch, room in the buffer for one more payload as large as the
-    /// largest of the latest ones. With nothing buffered or fetching, one fetch always goes, so
-    /// a payload larger than the whole bound is fetched alone rather than never.
+    /// priority lanes) and, for a fetch, room in the buffer for what the fetches in flight and
+    /// this one are expected to bring ([`SizeWindow::expected`]). With nothing buffered or
+    /// fetching, one fetch always goes, so a payload larger than the whole bound is fetched
+    /// alone rather than never.
     fn network_room(&self, state: &State, lane: Lane, fetch: bool) -> bool {
         let priority = matches!(lane, Lane::Challenged | Lane::Revalidation);
         let quarter = |bound: usize| if priority { 0 } else { bound / 4 };
@@ -759,7 +764,7 @@ impl Scheduler {
             return true;
         }
         let count = state.buffered + state.fetching;
-        let bytes = state.buffered_bytes + (state.fetching + 1) * state.recent_sizes.max();
+        let bytes = state.buffered_bytes + state.recent_sizes.expected(state.fetching + 1);
         // The bytes kept for the priority lanes match the payloads kept, at the bound's average.
         let kept = quarter(self.buffer_capacity);
         let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;

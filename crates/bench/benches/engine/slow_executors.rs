@@ -78,7 +78,6 @@ const SHAPES: [Shape; 3] = [
     Shape { name: "medium", tokens: 600, top: 20, per_mille: 60 },
     Shape { name: "large", tokens: 5_000, top: 20, per_mille: 10 },
 ];
-const MEDIUM: usize = 1;
 const LARGE: usize = 2;
 
 /// One template: the prompt and the executor's response, built once and shared. The ML node's
@@ -108,13 +107,13 @@ impl Templates {
         &self.0[shape_of(id)]
     }
 
-    /// The buffer's byte bound: one large payload and one medium one. At the GPU stage's pace
-    /// the buffer holds a handful of payloads, about 1.5 MB on average, so the bound binds when
-    /// a large payload meets a medium or another large one there, and never stops a large one
-    /// from entering an otherwise empty buffer.
+    /// The buffer's byte bound: four large payloads' worth. The engine counts the fetches in
+    /// flight at the recent mean size each plus one as large as the largest recent payload, so
+    /// with about 25 fetches in flight (K × the mean fetch over R) and a large payload among the
+    /// recent ones, the bound leaves little more than the pipeline needs; the payloads actually
+    /// buffered, about 1.5 MB on average, stay far below it.
     fn buffer_bytes(&self) -> usize {
-        // The engine refuses a bound under 1 MiB.
-        (self.0[LARGE].bytes() + self.0[MEDIUM].bytes()).max(1 << 20)
+        4 * self.0[LARGE].bytes()
     }
 }
 

@@ -132,14 +132,16 @@ async fn fetching_ahead_stops_at_the_buffers_count_and_bytes() {
         job.permit.finish(staged(4 * MIB));
     }
     // One replays; two wait; the count has room for one more fetch, and the bytes too: 8 MiB
-    // buffered, 4 MiB (the largest recent payload) for the fetch, 4 MiB kept for priority.
+    // buffered, 4 MiB expected of the fetch (every recent payload weighed 4 MiB), 4 MiB kept
+    // for priority.
     let (jobs, _) = scheduler.dispatch(Instant::now());
     assert_eq!((replays(&jobs), jobs.len()), (1, 2));
     let mut jobs = jobs.into_iter();
     let replay = jobs.next().filter(|job| job.prepared.is_some()).expect("GPU job first");
     jobs.next().unwrap().permit.finish(staged(8 * MIB));
     replay.permit.finish(done());
-    // Now 4 + 8 MiB wait, and a fetch counts as 8 MiB: no room until the buffer drains.
+    // Now 4 + 8 MiB wait, and a fetch is expected to bring 8 MiB (the recent mean, plus
+    // headroom for one as large as the 8 MiB one): no room until the buffer drains.
     let (jobs, _) = scheduler.dispatch(Instant::now());
     assert_eq!((replays(&jobs), jobs.len()), (1, 1));
     let snapshot = scheduler.snapshot(0).pipeline;
@@ -347,7 +349,13 @@ async fn a_retrying_key_holds_no_slot_and_comes_back_when_due() {
 
 #[tokio::test(start_paused = true)]
 async fn lanes_are_bounded_and_recovery_admission_waits_for_room() {
-    let config = Config { slots: 1, recovery_window: 2, live_capacity: 1, ..Config::default() };
+    let config = Config {
+        slots: 1,
+        fetch_slots: Some(1),
+        recovery_window: 2,
+        live_capacity: 1,
+        ..Config::default()
+    };
     let scheduler = Scheduler::new(&config, Arc::new(crate::ports::NoJournal));
     admit_all(&scheduler, Lane::Live, "l", 1);
     assert_eq!(
