@@ -37,6 +37,12 @@ impl Lane {
         }
     }
 
+    /// Challenged votes and revalidations: the lanes a quarter of the network stage and of the
+    /// buffer are kept for.
+    pub(crate) fn is_priority(self) -> bool {
+        matches!(self, Lane::Challenged | Lane::Revalidation)
+    }
+
     pub(crate) fn index(self) -> usize {
         self as usize
     }

@@ -310,6 +310,8 @@ struct State {
 struct SizeWindow {
     sizes: [usize; SIZE_WINDOW],
     next: usize,
+    sum: usize,
+    max: usize,
 }
 
 /// How many payload sizes the estimate of a fetch in flight looks back over.
@@ -317,21 +319,28 @@ const SIZE_WINDOW: usize = 32;
 
 impl SizeWindow {
     fn new(initial: usize) -> Self {
-        Self { sizes: [initial; SIZE_WINDOW], next: 0 }
+        let initial = initial.min(usize::MAX / SIZE_WINDOW);
+        Self { sizes: [initial; SIZE_WINDOW], next: 0, sum: initial * SIZE_WINDOW, max: initial }
     }
 
     fn push(&mut self, size: usize) {
-        self.sizes[self.next] = size;
+        let size = size.min(usize::MAX / SIZE_WINDOW);
+        let old = std::mem::replace(&mut self.sizes[self.next], size);
+        self.sum = self.sum - old + size;
         self.next = (self.next + 1) % SIZE_WINDOW;
+        if size >= self.max {
+            self.max = size;
+        } else if old == self.max {
+            self.max = self.sizes.iter().copied().max().unwrap_or(0);
+        }
     }
 
     /// The bytes `fetches` payloads in flight are expected to bring: the mean size each, plus
     /// headroom for one as large as the largest recent one. A sum of many payloads stays near
     /// its mean; one outlier among them is covered.
     fn expected(&self, fetches: usize) -> usize {
-        let max = self.sizes.iter().copied().max().unwrap_or(0);
-        let mean = self.sizes.iter().sum::<usize>() / SIZE_WINDOW;
-        fetches.saturating_mul(mean).saturating_add(max - mean)
+        let mean = self.sum / SIZE_WINDOW;
+        fetches.saturating_mul(mean).saturating_add(self.max - mean)
     }
 }
 
@@ -376,6 +385,17 @@ pub(crate) struct SlotPermit {
 }
 
 impl SlotPermit {
+    /// For a GPU-stage permit: trades the GPU slot for a network slot if one is free, so the
+    /// result is submitted without queueing; `false` leaves the permit as it was.
+    pub(crate) fn trade_for_network(&mut self) -> bool {
+        let Some(key) = &self.key else { return false };
+        if self.stage != StageKind::Gpu || !self.scheduler.trade_for_network(key) {
+            return false;
+        }
+        self.stage = StageKind::Network;
+        true
+    }
+
     /// Frees the slot and applies `step` to the key.
     pub(crate) fn finish(mut self, step: Step) {
         if let Some(key) = self.key.take() {
@@ -653,7 +673,6 @@ impl Scheduler {
             }
         }
         if state.open {
-            self.expire(&mut state, now);
             self.dispatch_gpu(&mut state, now, &mut jobs);
             self.dispatch_network(&mut state, now, &mut jobs);
         }
@@ -667,40 +686,6 @@ impl Scheduler {
         (jobs, next_due)
     }
 
-    /// Buffered payloads older than the age limit go back to the front of their lanes, to be
-    /// fetched again when their turn comes.
-    fn expire(&self, state: &mut State, now: Instant) {
-        for lane in Lane::ALL {
-            let queue = &state.staged[lane.index()];
-            let stale = |key: &Key| {
-                state.entries.get(key).is_some_and(|entry| {
-                    now.saturating_duration_since(entry.staged_at) >= self.max_age
-                })
-            };
-            if !queue.iter().any(stale) {
-                continue;
-            }
-            let (old, fresh): (VecDeque<Key>, VecDeque<Key>) =
-                std::mem::take(&mut state.staged[lane.index()]).into_iter().partition(|key| {
-                    state.entries.get(key).is_some_and(|entry| {
-                        now.saturating_duration_since(entry.staged_at) >= self.max_age
-                    })
-                });
-            state.staged[lane.index()] = fresh;
-            for key in old.into_iter().rev() {
-                let Some(entry) = state.entries.get_mut(&key) else { continue };
-                entry.staged = None;
-                entry.phase = Phase::Ready;
-                let bytes = std::mem::take(&mut entry.bytes);
-                state.buffered -= 1;
-                state.buffered_bytes -= bytes;
-                state.expired += 1;
-                state.ready[lane.index()].push_front(key);
-                metrics::counter!("validator_buffer_expired_total").increment(1);
-            }
-        }
-    }
-
     fn dispatch_gpu(self: &Arc<Self>, state: &mut State, now: Instant, jobs: &mut Vec<Job>) {
         while state.in_use < self.capacity {
             let waiting = std::array::from_fn(|lane| !state.staged[lane].is_empty());
@@ -708,14 +693,23 @@ impl Scheduler {
             let Some(key) = state.staged[lane.index()].pop_front() else { break };
             let Some(entry) = state.entries.get_mut(&key) else { continue };
             let Some(prepared) = entry.staged.take() else { continue };
+            let bytes = std::mem::take(&mut entry.bytes);
+            state.buffered -= 1;
+            state.buffered_bytes -= bytes;
+            if now.saturating_duration_since(entry.staged_at) >= self.max_age {
+                // Too old to trust: dropped, and fetched again ahead of its lane.
+                entry.phase = Phase::Ready;
+                state.expired += 1;
+                state.ready[lane.index()].push_front(key);
+                metrics::counter!("validator_buffer_expired_total").increment(1);
+                continue;
+            }
+            entry.bytes = bytes;
             entry.phase = Phase::Running;
-            let bytes = entry.bytes;
             // The first replay continues the fetch's attempt; a replay of a kept payload is a
             // new one.
             let counts = std::mem::take(&mut entry.replay_again);
             let job = Self::job(entry, &key, lane, now, counts, StageKind::Gpu, Some(prepared));
-            state.buffered -= 1;
-            state.buffered_bytes -= bytes;
             state.in_use += 1;
             state.peak = state.peak.max(state.in_use);
             jobs.push(self.permit(job, key, false));
@@ -752,9 +746,8 @@ impl Scheduler {
     /// fetching, one fetch always goes, so a payload larger than the whole bound is fetched
     /// alone rather than never.
     fn network_room(&self, state: &State, lane: Lane, fetch: bool) -> bool {
-        let priority = matches!(lane, Lane::Challenged | Lane::Revalidation);
-        let quarter = |bound: usize| if priority { 0 } else { bound / 4 };
-        if state.fetch_in_use + quarter(self.fetch_capacity) >= self.fetch_capacity {
+        let quarter = |bound: usize| if lane.is_priority() { 0 } else { bound / 4 };
+        if !self.network_slot_free(state, lane) {
             return false;
         }
         if !fetch {
@@ -769,6 +762,38 @@ impl Scheduler {
         let kept = quarter(self.buffer_capacity);
         let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;
         count + kept < self.buffer_capacity && bytes + kept_bytes <= self.buffer_bytes
+    }
+
+    /// Whether a network slot is free for `lane`, a quarter of them kept for the priority lanes.
+    fn network_slot_free(&self, state: &State, lane: Lane) -> bool {
+        let kept = if lane.is_priority() { 0 } else { self.fetch_capacity / 4 };
+        state.fetch_in_use + kept < self.fetch_capacity
+    }
+
+    /// Trades `key`'s GPU slot for a network slot, if one is free for its lane: the GPU stage's
+    /// result is submitted at once, without a trip through the queue. The GPU slot goes back to
+    /// the dispatcher either way the caller goes on.
+    fn trade_for_network(&self, key: &Key) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let Some(lane) = state.entries.get(key).map(|entry| entry.lane) else { return false };
+        if !state.open || !self.network_slot_free(&state, lane) {
+            return false;
+        }
+        self.tick(&mut state, now);
+        if let Some(entry) = state.entries.get_mut(key) {
+            entry.phase = Phase::Fetching;
+            entry.bytes = 0;
+        }
+        state.in_use = state.in_use.saturating_sub(1);
+        state.fetch_in_use += 1;
+        state.fetch_peak = state.fetch_peak.max(state.fetch_in_use);
+        let (in_use, fetch_in_use) = (state.in_use, state.fetch_in_use);
+        drop(state);
+        metrics::gauge!("validator_slots_in_use").set(in_use as f64);
+        metrics::gauge!("validator_fetch_slots_in_use").set(fetch_in_use as f64);
+        self.wake.notify_one();
+        true
     }
 
     /// Builds the job for `key`'s entry, counting a new attempt if `counts`, and the first wait.

@@ -45,47 +45,71 @@ struct ClassicPrepared {
 /// Payloads at least this large are parsed on the blocking pool, not on a runtime worker.
 const PARSE_OFF_THREAD: usize = 256 << 10;
 
-/// Runs one dispatched job to its step and hands the slot back.
+/// Runs one dispatched job to its step and hands the slot back. A GPU-stage job whose result
+/// is ready trades its slot for a free network slot and submits at once; without one, the
+/// result queues for the network stage.
 pub(super) async fn run(inner: Arc<Inner>, job: Job) {
-    let Job { key, lane, prepared, attempts, pending_submit, run_id, devshard, first_wait, permit } =
-        job;
+    let Job {
+        key,
+        lane,
+        mut prepared,
+        attempts,
+        mut pending_submit,
+        run_id,
+        devshard,
+        first_wait,
+        mut permit,
+    } = job;
     if let Some(wait) = first_wait {
         metrics::histogram!("validator_lane_wait_seconds", "lane" => lane.as_str())
             .record(wait.as_secs_f64());
     }
     let journal_id = key.journal_id();
     let started = Instant::now();
-    let work = match (&key, devshard) {
-        (Key::Classic(id, revalidation), _) => {
-            let span = info_span!("validation", inference_id = %id, lane = lane.as_str(), revalidation, run_id);
-            let attempt =
-                Attempt { inner: &inner, id, revalidation: *revalidation, lane, attempts };
-            match prepared {
-                None => attempt.network(pending_submit).instrument(span).boxed(),
-                Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+    let step = loop {
+        let work = match (&key, &devshard) {
+            (Key::Classic(id, revalidation), _) => {
+                let span = info_span!("validation", inference_id = %id, lane = lane.as_str(), revalidation, run_id);
+                let attempt =
+                    Attempt { inner: &inner, id, revalidation: *revalidation, lane, attempts };
+                match prepared.take() {
+                    None => attempt.network(pending_submit.take()).instrument(span).boxed(),
+                    Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+                }
             }
-        }
-        (Key::Devshard(devshard_key), Some((job, deadline, excluded))) => {
-            let span = info_span!("devshard", escrow_id = %devshard_key.escrow_id, inference_id = devshard_key.inference_id, lane = lane.as_str());
-            let attempt = super::devshard::Attempt::new(&inner, job, deadline, excluded, attempts);
-            match prepared {
-                None => attempt.network().instrument(span).boxed(),
-                Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+            (Key::Devshard(devshard_key), Some((job, deadline, excluded))) => {
+                let span = info_span!("devshard", escrow_id = %devshard_key.escrow_id, inference_id = devshard_key.inference_id, lane = lane.as_str());
+                let attempt = super::devshard::Attempt::new(
+                    &inner,
+                    Arc::clone(job),
+                    *deadline,
+                    excluded.clone(),
+                    attempts,
+                );
+                match prepared.take() {
+                    None => attempt.network().instrument(span).boxed(),
+                    Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
+                }
             }
+            (Key::Devshard(_), None) => {
+                let error = "devshard key without its job".to_owned();
+                async move { Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error }) }
+                    .boxed()
+            }
+        };
+        let step = tokio::select! {
+            biased;
+            _ = inner.cancel.cancelled() => Step::Terminal(Outcome::Cancelled),
+            result = AssertUnwindSafe(work).catch_unwind() => result.unwrap_or_else(|panic| {
+                let error = panic_message(&panic);
+                warn!(inference_id = %journal_id, %error, "validation attempt panicked");
+                Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
+            }),
+        };
+        match step {
+            Step::Submit(pending) if permit.trade_for_network() => pending_submit = Some(pending),
+            step => break step,
         }
-        (Key::Devshard(_), None) => {
-            let error = "devshard key without its job".to_owned();
-            async move { Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error }) }.boxed()
-        }
-    };
-    let step = tokio::select! {
-        biased;
-        _ = inner.cancel.cancelled() => Step::Terminal(Outcome::Cancelled),
-        result = AssertUnwindSafe(work).catch_unwind() => result.unwrap_or_else(|panic| {
-            let error = panic_message(&panic);
-            warn!(inference_id = %journal_id, %error, "validation attempt panicked");
-            Step::Terminal(Outcome::GaveUp { stage: Stage::Chain, error })
-        }),
     };
     if let Step::Retry { stage, error, .. } = &step {
         inner.ports.journal.record(JournalEntry::Attempt {

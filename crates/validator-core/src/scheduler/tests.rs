@@ -414,3 +414,27 @@ async fn close_cancels_idle_keys_and_running_ones_end_once() {
     assert_eq!(snapshot.in_use, 0);
     assert!(snapshot.sample_keys.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scored_replay_trades_its_gpu_slot_for_a_free_network_slot() {
+    let scheduler = pipeline(Config { slots: 1, fetch_slots: Some(1), ..Config::default() });
+    admit_all(&scheduler, Lane::Live, "l", 2);
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    jobs.pop().unwrap().permit.finish(staged(MIB));
+    let (mut jobs, _) = scheduler.dispatch(Instant::now());
+    let (mut replay, fetch) = match (jobs.pop(), jobs.pop()) {
+        (Some(a), Some(b)) if a.prepared.is_some() => (a, b),
+        (Some(a), Some(b)) => (b, a),
+        other => panic!("a replay and a fetch: {:?}", other.0.map(|job| job.key)),
+    };
+    assert!(!replay.permit.trade_for_network(), "the one network slot is taken");
+    fetch.permit.finish(done());
+    assert!(replay.permit.trade_for_network());
+    let snapshot = scheduler.snapshot(0);
+    assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (0, 1));
+    assert!(!replay.permit.trade_for_network(), "a network permit stays one");
+    replay.permit.finish(done());
+    let snapshot = scheduler.snapshot(0);
+    assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (0, 0));
+    assert_eq!(snapshot.counts.total(), 2);
+}
