@@ -396,6 +396,19 @@ impl SlotPermit {
         true
     }
 
+    /// [`finish`](SlotPermit::finish), then for a GPU-stage permit the next buffered payload's
+    /// job, if one waits, to run in the same task.
+    pub(crate) fn finish_and_next(self, step: Step) -> Option<Job> {
+        let gpu = self.stage == StageKind::Gpu;
+        let scheduler = Arc::clone(&self.scheduler);
+        self.finish(step);
+        if gpu {
+            scheduler.next_gpu()
+        } else {
+            None
+        }
+    }
+
     /// Frees the slot and applies `step` to the key.
     pub(crate) fn finish(mut self, step: Step) {
         if let Some(key) = self.key.take() {
@@ -673,7 +686,7 @@ impl Scheduler {
             }
         }
         if state.open {
-            self.dispatch_gpu(&mut state, now, &mut jobs);
+            self.dispatch_gpu(&mut state, now, &mut jobs, usize::MAX);
             self.dispatch_network(&mut state, now, &mut jobs);
         }
         let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
@@ -686,8 +699,16 @@ impl Scheduler {
         (jobs, next_due)
     }
 
-    fn dispatch_gpu(self: &Arc<Self>, state: &mut State, now: Instant, jobs: &mut Vec<Job>) {
-        while state.in_use < self.capacity {
+    /// Hands free GPU slots to buffered payloads, at most `limit` of them.
+    fn dispatch_gpu(
+        self: &Arc<Self>,
+        state: &mut State,
+        now: Instant,
+        jobs: &mut Vec<Job>,
+        limit: usize,
+    ) {
+        let mut handed = 0;
+        while state.in_use < self.capacity && handed < limit {
             let waiting = std::array::from_fn(|lane| !state.staged[lane].is_empty());
             let Some(lane) = self.pick(waiting, &mut state.credit[1]) else { break };
             let Some(key) = state.staged[lane.index()].pop_front() else { break };
@@ -712,6 +733,7 @@ impl Scheduler {
             let job = Self::job(entry, &key, lane, now, counts, StageKind::Gpu, Some(prepared));
             state.in_use += 1;
             state.peak = state.peak.max(state.in_use);
+            handed += 1;
             jobs.push(self.permit(job, key, false));
         }
     }
@@ -762,6 +784,25 @@ impl Scheduler {
         let kept = quarter(self.buffer_capacity);
         let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;
         count + kept < self.buffer_capacity && bytes + kept_bytes <= self.buffer_bytes
+    }
+
+    /// The next buffered payload for a GPU slot just freed, highest lane first: the task that
+    /// freed it goes on with it, without a trip through the dispatcher.
+    fn next_gpu(self: &Arc<Self>) -> Option<Job> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if !state.open {
+            return None;
+        }
+        self.tick(&mut state, now);
+        let mut jobs = Vec::with_capacity(1);
+        self.dispatch_gpu(&mut state, now, &mut jobs, 1);
+        let in_use = state.in_use;
+        drop(state);
+        if !jobs.is_empty() {
+            metrics::gauge!("validator_slots_in_use").set(in_use as f64);
+        }
+        jobs.pop()
     }
 
     /// Whether a network slot is free for `lane`, a quarter of them kept for the priority lanes.

@@ -67,7 +67,7 @@ impl Sizes {
                 devshard_sessions: vec![1, 50],
                 devshard_window: Duration::from_secs(3),
                 devshard_drain: Duration::from_secs(3),
-                slow_executors: 1_000,
+                slow_executors: 2_000,
             }
         } else {
             Self {

@@ -45,10 +45,19 @@ struct ClassicPrepared {
 /// Payloads at least this large are parsed on the blocking pool, not on a runtime worker.
 const PARSE_OFF_THREAD: usize = 256 << 10;
 
-/// Runs one dispatched job to its step and hands the slot back. A GPU-stage job whose result
-/// is ready trades its slot for a free network slot and submits at once; without one, the
-/// result queues for the network stage.
+/// Runs dispatched jobs: this one, then, while it held a GPU slot, the next buffered payload
+/// the freed slot goes to, without waiting for the dispatcher.
 pub(super) async fn run(inner: Arc<Inner>, job: Job) {
+    let mut next = Some(job);
+    while let Some(job) = next {
+        next = run_one(&inner, job).await;
+    }
+}
+
+/// Runs one job to its step and hands the slot back. A GPU-stage job whose result is ready
+/// trades its slot for a free network slot and submits at once; without one, the result queues
+/// for the network stage. Returns the next job for a GPU slot this freed.
+async fn run_one(inner: &Arc<Inner>, job: Job) -> Option<Job> {
     let Job {
         key,
         lane,
@@ -70,8 +79,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
         let work = match (&key, &devshard) {
             (Key::Classic(id, revalidation), _) => {
                 let span = info_span!("validation", inference_id = %id, lane = lane.as_str(), revalidation, run_id);
-                let attempt =
-                    Attempt { inner: &inner, id, revalidation: *revalidation, lane, attempts };
+                let attempt = Attempt { inner, id, revalidation: *revalidation, lane, attempts };
                 match prepared.take() {
                     None => attempt.network(pending_submit.take()).instrument(span).boxed(),
                     Some(prepared) => attempt.gpu(prepared).instrument(span).boxed(),
@@ -80,7 +88,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
             (Key::Devshard(devshard_key), Some((job, deadline, excluded))) => {
                 let span = info_span!("devshard", escrow_id = %devshard_key.escrow_id, inference_id = devshard_key.inference_id, lane = lane.as_str());
                 let attempt = super::devshard::Attempt::new(
-                    &inner,
+                    inner,
                     Arc::clone(job),
                     *deadline,
                     excluded.clone(),
@@ -121,7 +129,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: Job) {
             at: SystemTime::now(),
         });
     }
-    permit.finish(step);
+    permit.finish_and_next(step)
 }
 
 pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
