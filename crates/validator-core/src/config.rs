@@ -65,12 +65,11 @@ pub struct Config {
     /// ML nodes' capacity. Upstream's `maxConcurrentValidations` is 10.
     pub slots: usize,
     /// Network-stage attempts (payload fetch and verification, chain reads, submissions) that
-    /// may run at once; `None` is three times `slots`: with a quarter kept for the priority
-    /// lanes, enough to keep the GPU stage fed when fetches take on average up to twice as long
-    /// as replays.
+    /// may run at once; `None` is four times `slots`: recovery may use half of them, enough to
+    /// keep the GPU stage fed when fetches take on average up to twice as long as replays.
     pub fetch_slots: Option<usize>,
     /// Verified payloads waiting for a GPU slot, with the fetches that will add to them, held at
-    /// most; `None` is three times `slots`.
+    /// most; `None` is four times `slots`.
     pub buffer_capacity: Option<usize>,
     /// Bytes of verified payloads waiting for a GPU slot held at most; `None` is 16 MiB per
     /// slot (two payloads of a 5,000-token answer with 20 top logprobs).
@@ -176,12 +175,12 @@ pub const MAX_SLOTS: usize = 100_000;
 impl Config {
     /// The network stage's slot count.
     pub fn fetch_slots(&self) -> usize {
-        self.fetch_slots.unwrap_or(self.slots.saturating_mul(3))
+        self.fetch_slots.unwrap_or(self.slots.saturating_mul(4))
     }
 
     /// The buffer's bound in payloads (waiting and being fetched).
     pub fn buffer_capacity(&self) -> usize {
-        self.buffer_capacity.unwrap_or(self.slots.saturating_mul(3))
+        self.buffer_capacity.unwrap_or(self.slots.saturating_mul(4))
     }
 
     /// The buffer's bound in bytes.

@@ -37,10 +37,15 @@ impl Lane {
         }
     }
 
-    /// Challenged votes and revalidations: the lanes a quarter of the network stage and of the
-    /// buffer are kept for.
-    pub(crate) fn is_priority(self) -> bool {
-        matches!(self, Lane::Challenged | Lane::Revalidation)
+    /// How much of `bound` (network slots, buffered payloads or bytes) this lane leaves to the
+    /// lanes above it: recovery half, live a quarter, challenged votes and revalidations none. A
+    /// live item never finds the buffer full of recovery payloads.
+    pub(crate) fn kept_from(self, bound: usize) -> usize {
+        match self {
+            Lane::Challenged | Lane::Revalidation => 0,
+            Lane::Live => bound / 4,
+            Lane::Recovery => bound / 2,
+        }
     }
 
     pub(crate) fn index(self) -> usize {
@@ -303,8 +308,8 @@ pub struct OutcomeEvent {
     pub outcome: Outcome,
     /// Attempts started (all stages).
     pub attempts: u32,
-    /// Time from admission to its first slot; `None` if it never got one (cancelled while
-    /// queued).
+    /// Time from admission to its first GPU-stage slot (its fetch and the buffer included);
+    /// `None` if it never got one (it ended on the network stage, or was cancelled first).
     pub wait: Option<Duration>,
     /// Time from admission to the outcome.
     pub elapsed: Duration,

@@ -7,8 +7,8 @@
 //!   permits) or the GPU stage (lease, replay, scoring; at most `capacity` permits);
 //! - the network stage fetches ahead only while the buffer has room: payloads waiting for a GPU
 //!   slot plus fetches in flight stay within the buffer's count, and their bytes within its byte
-//!   bound; a quarter of either stage's room and of the buffer is kept for the challenged and
-//!   revalidation lanes;
+//!   bound; recovery may use half of the network slots and of the buffer, live three quarters,
+//!   challenged votes and revalidations all of them, so a higher lane always finds room;
 //! - both stages serve the highest lane first (within the recovery floor), so priority work is
 //!   fetched first and replayed first;
 //! - a key (inference id, revalidation flag) is in flight at most once, from admission to its
@@ -208,7 +208,7 @@ struct Entry {
     phase: Phase,
     run: Option<Arc<RunTracker>>,
     admitted_at: Instant,
-    /// Time from admission to the first slot; `None` until first dispatched.
+    /// Time from admission to the first GPU slot; `None` until then.
     first_wait: Option<Duration>,
     attempts: Attempts,
     pending_submit: Option<Box<PendingSubmit>>,
@@ -355,7 +355,7 @@ pub(crate) struct Job {
     pub(crate) run_id: Option<u64>,
     /// A devshard job, its deadline and the nodes it excludes.
     pub(crate) devshard: Option<(Arc<DevshardJob>, Instant, Vec<Arc<str>>)>,
-    /// Time the key waited for its first slot, on its first dispatch only.
+    /// Time the key waited for its first GPU slot, on that dispatch only.
     pub(crate) first_wait: Option<Duration>,
     pub(crate) permit: SlotPermit,
 }
@@ -762,13 +762,13 @@ impl Scheduler {
         }
     }
 
-    /// Whether a `lane` key may take a network slot now: a free slot (a quarter kept for the
-    /// priority lanes) and, for a fetch, room in the buffer for what the fetches in flight and
+    /// Whether a `lane` key may take a network slot now: a free slot (the higher lanes' share
+    /// kept, [`Lane::kept_from`]) and, for a fetch, room in the buffer for what the fetches in flight and
     /// this one are expected to bring ([`SizeWindow::expected`]). With nothing buffered or
     /// fetching, one fetch always goes, so a payload larger than the whole bound is fetched
     /// alone rather than never.
     fn network_room(&self, state: &State, lane: Lane, fetch: bool) -> bool {
-        let quarter = |bound: usize| if lane.is_priority() { 0 } else { bound / 4 };
+        let quarter = |bound: usize| lane.kept_from(bound);
         if !self.network_slot_free(state, lane) {
             return false;
         }
@@ -780,7 +780,7 @@ impl Scheduler {
         }
         let count = state.buffered + state.fetching;
         let bytes = state.buffered_bytes + state.recent_sizes.expected(state.fetching + 1);
-        // The bytes kept for the priority lanes match the payloads kept, at the bound's average.
+        // The bytes kept for the higher lanes match the payloads kept, at the bound's average.
         let kept = quarter(self.buffer_capacity);
         let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;
         count + kept < self.buffer_capacity && bytes + kept_bytes <= self.buffer_bytes
@@ -805,9 +805,9 @@ impl Scheduler {
         jobs.pop()
     }
 
-    /// Whether a network slot is free for `lane`, a quarter of them kept for the priority lanes.
+    /// Whether a network slot is free for `lane`, with the share of the higher lanes kept.
     fn network_slot_free(&self, state: &State, lane: Lane) -> bool {
-        let kept = if lane.is_priority() { 0 } else { self.fetch_capacity / 4 };
+        let kept = lane.kept_from(self.fetch_capacity);
         state.fetch_in_use + kept < self.fetch_capacity
     }
 
@@ -837,7 +837,8 @@ impl Scheduler {
         true
     }
 
-    /// Builds the job for `key`'s entry, counting a new attempt if `counts`, and the first wait.
+    /// Builds the job for `key`'s entry, counting a new attempt if `counts`, and, on its first
+    /// GPU slot, the wait since admission: what stood between the key and the ML node.
     fn job(
         entry: &mut Entry,
         key: &Key,
@@ -848,9 +849,9 @@ impl Scheduler {
         prepared: Option<Prepared>,
     ) -> JobParts {
         entry.attempts.total += u32::from(counts);
-        let first_wait = match entry.first_wait {
-            Some(_) => None,
-            None => Some(now - entry.admitted_at),
+        let first_wait = match (entry.first_wait, stage) {
+            (None, StageKind::Gpu) => Some(now - entry.admitted_at),
+            _ => None,
         };
         entry.first_wait = entry.first_wait.or(first_wait);
         JobParts {

@@ -107,13 +107,13 @@ impl Templates {
         &self.0[shape_of(id)]
     }
 
-    /// The buffer's byte bound: four large payloads' worth. The engine counts the fetches in
-    /// flight at the recent mean size each plus one as large as the largest recent payload, so
-    /// with about 25 fetches in flight (K × the mean fetch over R) and a large payload among the
-    /// recent ones, the bound leaves little more than the pipeline needs; the payloads actually
-    /// buffered, about 1.5 MB on average, stay far below it.
+    /// The buffer's byte bound: six large payloads' worth. The engine counts the fetches in
+    /// flight at the recent mean size each plus one as large as the largest recent payload, and
+    /// lets the recovery lane use half of the bound, so with about 25 fetches in flight and a
+    /// large payload among the recent ones, the recovery lane's half leaves little more than the
+    /// pipeline needs; the payloads actually buffered, about 1.5 MB on average, stay far below.
     fn buffer_bytes(&self) -> usize {
-        4 * self.0[LARGE].bytes()
+        6 * self.0[LARGE].bytes()
     }
 }
 

@@ -55,12 +55,15 @@ fn retry(delay: Duration, keep: Option<Prepared>) -> Step {
 const MIB: usize = 1 << 20;
 
 #[tokio::test(start_paused = true)]
-async fn never_hands_out_more_slots_than_capacity_and_keeps_a_quarter_for_priority() {
+async fn never_hands_out_more_slots_than_capacity_and_keeps_room_for_higher_lanes() {
     let scheduler = scheduler(4, 25);
     admit_all(&scheduler, Lane::Recovery, "r", 10);
     let (jobs, _) = scheduler.dispatch(Instant::now());
-    assert_eq!(jobs.len(), 3, "one network slot of four is kept for the priority lanes");
+    assert_eq!(jobs.len(), 2, "recovery may use half of the network slots");
     assert!(scheduler.dispatch(Instant::now()).0.is_empty());
+    admit_all(&scheduler, Lane::Live, "l", 2);
+    let (live, _) = scheduler.dispatch(Instant::now());
+    assert_eq!(live.len(), 1, "live three quarters");
     admit_all(&scheduler, Lane::Revalidation, "v", 2);
     let (priority, _) = scheduler.dispatch(Instant::now());
     assert_eq!(priority.len(), 1);
@@ -81,6 +84,7 @@ async fn a_fetched_payload_waits_in_the_buffer_for_a_gpu_slot() {
     let (fetches, _) = scheduler.dispatch(Instant::now());
     assert_eq!(fetches.len(), 2);
     assert!(fetches.iter().all(|job| job.prepared.is_none()), "network-stage jobs");
+    assert!(fetches.iter().all(|job| job.first_wait.is_none()), "the wait runs to the GPU");
     for job in fetches {
         job.permit.finish(staged(3 * MIB));
     }
@@ -88,6 +92,7 @@ async fn a_fetched_payload_waits_in_the_buffer_for_a_gpu_slot() {
     assert_eq!(replays.len(), 1, "one GPU slot");
     let replay = replays.pop().unwrap();
     assert!(replay.prepared.is_some());
+    assert!(replay.first_wait.is_some());
     let snapshot = scheduler.snapshot(0);
     assert_eq!((snapshot.in_use, snapshot.pipeline.fetch_in_use), (1, 0));
     assert_eq!((snapshot.pipeline.buffered, snapshot.pipeline.buffered_bytes), (1, 3 * MIB));
