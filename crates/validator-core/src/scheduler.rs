@@ -306,6 +306,15 @@ struct State {
     recent: Recent,
 }
 
+impl State {
+    /// Counts a payload of `bytes` into the buffer.
+    fn buffer_in(&mut self, bytes: usize) {
+        self.buffered += 1;
+        self.buffered_bytes += bytes;
+        self.buffered_peak_bytes = self.buffered_peak_bytes.max(self.buffered_bytes);
+    }
+}
+
 /// The sizes of the last [`SIZE_WINDOW`] payloads, so the estimate follows the mix of the moment.
 struct SizeWindow {
     sizes: [usize; SIZE_WINDOW],
@@ -363,19 +372,6 @@ pub(crate) struct Job {
 /// Ownership of one slot, for one key. Dropping it without [`SlotPermit::finish`] (a panic
 /// unwinding, a dropped task) still frees the slot and ends the key as given up, so neither
 /// leaks.
-/// A job's parts before its permit is attached.
-struct JobParts {
-    key: Key,
-    lane: Lane,
-    stage: StageKind,
-    prepared: Option<Prepared>,
-    attempts: Attempts,
-    pending_submit: Option<Box<PendingSubmit>>,
-    run_id: Option<u64>,
-    devshard: Option<(Arc<DevshardJob>, Instant, Vec<Arc<str>>)>,
-    first_wait: Option<Duration>,
-}
-
 pub(crate) struct SlotPermit {
     scheduler: Arc<Scheduler>,
     key: Option<Key>,
@@ -730,11 +726,11 @@ impl Scheduler {
             // The first replay continues the fetch's attempt; a replay of a kept payload is a
             // new one.
             let counts = std::mem::take(&mut entry.replay_again);
-            let job = Self::job(entry, &key, lane, now, counts, StageKind::Gpu, Some(prepared));
+            let job = self.job(entry, key, lane, now, counts, Some(prepared));
             state.in_use += 1;
             state.peak = state.peak.max(state.in_use);
             handed += 1;
-            jobs.push(self.permit(job, key, false));
+            jobs.push(job);
         }
     }
 
@@ -753,12 +749,12 @@ impl Scheduler {
             // The GPU stage's fresh result is submitted as part of the same attempt.
             let counts = !std::mem::take(&mut entry.fresh_submit);
             let fetches = entry.pending_submit.is_none();
-            let job = Self::job(entry, &key, lane, now, counts, StageKind::Network, None);
+            let job = self.job(entry, key, lane, now, counts, None);
             state.fetch_in_use += 1;
             state.fetch_peak = state.fetch_peak.max(state.fetch_in_use);
             state.fetching += usize::from(fetches);
             state.dispatched[lane.index()] += 1;
-            jobs.push(self.permit(job, key, fetches));
+            jobs.push(job);
         }
     }
 
@@ -768,7 +764,6 @@ impl Scheduler {
     /// fetching, one fetch always goes, so a payload larger than the whole bound is fetched
     /// alone rather than never.
     fn network_room(&self, state: &State, lane: Lane, fetch: bool) -> bool {
-        let quarter = |bound: usize| lane.kept_from(bound);
         if !self.network_slot_free(state, lane) {
             return false;
         }
@@ -781,7 +776,7 @@ impl Scheduler {
         let count = state.buffered + state.fetching;
         let bytes = state.buffered_bytes + state.recent_sizes.expected(state.fetching + 1);
         // The bytes kept for the higher lanes match the payloads kept, at the bound's average.
-        let kept = quarter(self.buffer_capacity);
+        let kept = lane.kept_from(self.buffer_capacity);
         let kept_bytes = self.buffer_bytes / self.buffer_capacity.max(1) * kept;
         count + kept < self.buffer_capacity && bytes + kept_bytes <= self.buffer_bytes
     }
@@ -837,27 +832,30 @@ impl Scheduler {
         true
     }
 
-    /// Builds the job for `key`'s entry, counting a new attempt if `counts`, and, on its first
-    /// GPU slot, the wait since admission: what stood between the key and the ML node.
+    /// Builds the job for `key`'s entry: a GPU-stage job with its `prepared` payload, else a
+    /// network-stage one (counted as a fetch unless it submits). Counts a new attempt if
+    /// `counts`, and, on the first GPU slot, the wait since admission: what stood between the
+    /// key and the ML node.
     fn job(
+        self: &Arc<Self>,
         entry: &mut Entry,
-        key: &Key,
+        key: Key,
         lane: Lane,
         now: Instant,
         counts: bool,
-        stage: StageKind,
         prepared: Option<Prepared>,
-    ) -> JobParts {
+    ) -> Job {
+        let stage = if prepared.is_some() { StageKind::Gpu } else { StageKind::Network };
+        let fetching = stage == StageKind::Network && entry.pending_submit.is_none();
         entry.attempts.total += u32::from(counts);
         let first_wait = match (entry.first_wait, stage) {
             (None, StageKind::Gpu) => Some(now - entry.admitted_at),
             _ => None,
         };
         entry.first_wait = entry.first_wait.or(first_wait);
-        JobParts {
+        Job {
             key: key.clone(),
             lane,
-            stage,
             prepared,
             attempts: entry.attempts,
             pending_submit: entry.pending_submit.take(),
@@ -867,20 +865,6 @@ impl Scheduler {
                 .as_ref()
                 .map(|work| (Arc::clone(&work.job), work.deadline, work.excluded.clone())),
             first_wait,
-        }
-    }
-
-    fn permit(self: &Arc<Self>, parts: JobParts, key: Key, fetching: bool) -> Job {
-        let stage = parts.stage;
-        Job {
-            key: parts.key,
-            lane: parts.lane,
-            prepared: parts.prepared,
-            attempts: parts.attempts,
-            pending_submit: parts.pending_submit,
-            run_id: parts.run_id,
-            devshard: parts.devshard,
-            first_wait: parts.first_wait,
             permit: SlotPermit { scheduler: Arc::clone(self), key: Some(key), stage, fetching },
         }
     }
@@ -945,9 +929,7 @@ impl Scheduler {
                     entry.staged = Some(staged.prepared);
                     entry.bytes = staged.bytes;
                     entry.staged_at = now;
-                    state.buffered += 1;
-                    state.buffered_bytes += staged.bytes;
-                    state.buffered_peak_bytes = state.buffered_peak_bytes.max(state.buffered_bytes);
+                    state.buffer_in(staged.bytes);
                     state.recent_sizes.push(staged.bytes);
                     state.staged[lane.index()].push_back(key);
                 }
@@ -997,10 +979,7 @@ impl Scheduler {
                     }
                     let bytes = entry.bytes;
                     if kept {
-                        state.buffered += 1;
-                        state.buffered_bytes += bytes;
-                        state.buffered_peak_bytes =
-                            state.buffered_peak_bytes.max(state.buffered_bytes);
+                        state.buffer_in(bytes);
                     }
                     if wants_room {
                         state.room_waiters.push(key.clone());
