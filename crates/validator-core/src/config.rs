@@ -108,6 +108,10 @@ pub struct Config {
     /// Bound of one chain query or submission.
     #[serde(with = "duration_ms")]
     pub chain_timeout: Duration,
+    /// Bound of one call the engine awaits from the journal or the leases (an intent, a
+    /// lookup, taking or giving up a lease), on top of the adapter's own timeout.
+    #[serde(with = "duration_ms")]
+    pub journal_timeout: Duration,
     /// Bound of one lease request to the model-lock broker (a NodeManager call).
     #[serde(with = "duration_ms")]
     pub lock_timeout: Duration,
@@ -156,6 +160,7 @@ impl Default for Config {
             payload_timeout: Duration::from_secs(30),
             replay_timeout: Duration::from_secs(300),
             chain_timeout: Duration::from_secs(30),
+            journal_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
             lock_wait: Duration::from_secs(2),
             devshard_deadline: Duration::from_secs(30 * 60),
@@ -248,6 +253,7 @@ impl Config {
             ("payload_timeout", self.payload_timeout),
             ("replay_timeout", self.replay_timeout),
             ("chain_timeout", self.chain_timeout),
+            ("journal_timeout", self.journal_timeout),
             ("lock_timeout", self.lock_timeout),
             ("lock_wait", self.lock_wait),
             ("devshard_deadline", self.devshard_deadline),

@@ -4,6 +4,7 @@ mod attempt;
 mod detect;
 mod devshard;
 mod reconcile;
+mod share;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
@@ -17,9 +18,10 @@ use crate::{
     outcome::{Lane, Outcome, OutcomeCounts, OutcomeEvent},
     ports::{
         chain::{ChainError, EpochState, InferenceId},
+        lease::LeaseStatus,
         ml_node::{ReplayError, ReplayRequest, ReplayResponse},
         model_lock::{LeaseRequest, LockError, ModelLease},
-        ChainClient, Journal, MlNodeClient, ModelLockBroker, PayloadSource,
+        ChainClient, Journal, Leases, MlNodeClient, ModelLockBroker, PayloadSource,
     },
     recovery::{RecoveryGuard, RecoveryStart, RunHandle, RunReport, Trigger},
     sampling,
@@ -41,6 +43,9 @@ pub struct Ports {
     /// The durable record of the engine's work and its write-ahead submissions;
     /// [`NoJournal`](crate::ports::NoJournal) keeps nothing.
     pub journal: Arc<dyn Journal>,
+    /// Which replica works which validation, when several share the journal;
+    /// [`SingleReplica`](crate::ports::SingleReplica) for a process alone.
+    pub leases: Arc<dyn Leases>,
 }
 
 /// The most ids one `GetInferenceValidationParameters` call carries (DOMAIN.md 7).
@@ -110,6 +115,8 @@ pub struct EngineStatus {
     pub devshard_verdicts: VerdictCounts,
     /// The two stages and the buffer between them.
     pub pipeline: PipelineStatus,
+    /// This replica and its leases.
+    pub leases: LeaseStatus,
 }
 
 /// The network stage, the GPU stage and the buffer of verified payloads between them. The GPU
@@ -361,6 +368,7 @@ impl Engine {
             retired: self.inner.retired.get().cloned(),
             devshard_verdicts: snapshot.verdicts,
             pipeline: snapshot.pipeline,
+            leases: self.inner.ports.leases.status(),
         }
     }
 

@@ -73,6 +73,9 @@ pub enum Stage {
     Replay,
     /// Submitting the result.
     Submit,
+    /// Taking the validation's lease, or waiting for the replica that holds it (replicas on a
+    /// shared journal).
+    Lease,
 }
 
 impl Stage {
@@ -84,6 +87,7 @@ impl Stage {
             Stage::Lock => "lock",
             Stage::Replay => "replay",
             Stage::Submit => "submit",
+            Stage::Lease => "lease",
         }
     }
 }
@@ -114,6 +118,8 @@ pub enum SkipReason {
     ModelNotServed,
     /// The chain no longer accepts classic validations (the protocol is retired).
     ProtocolRetired,
+    /// Another replica on the shared journal worked it.
+    WorkedElsewhere,
 }
 
 /// How one admitted validation ended. Every admitted validation ends in exactly one.
@@ -179,6 +185,7 @@ impl Outcome {
                 SkipReason::AlreadyInvalidated => OutcomeKind::SkippedAlreadyInvalidated,
                 SkipReason::ModelNotServed => OutcomeKind::SkippedModelNotServed,
                 SkipReason::ProtocolRetired => OutcomeKind::SkippedProtocolRetired,
+                SkipReason::WorkedElsewhere => OutcomeKind::SkippedWorkedElsewhere,
             },
             Outcome::GaveUp { .. } => OutcomeKind::GaveUp,
             Outcome::Cancelled => OutcomeKind::Cancelled,
@@ -209,6 +216,8 @@ pub enum OutcomeKind {
     SkippedModelNotServed,
     /// [`Outcome::Skipped`]: the classic protocol is retired.
     SkippedProtocolRetired,
+    /// [`Outcome::Skipped`]: another replica worked it.
+    SkippedWorkedElsewhere,
     /// [`Outcome::GaveUp`].
     GaveUp,
     /// [`Outcome::Cancelled`].
@@ -221,7 +230,7 @@ pub enum OutcomeKind {
 
 impl OutcomeKind {
     /// Every kind, in a stable order.
-    pub const ALL: [OutcomeKind; 13] = [
+    pub const ALL: [OutcomeKind; 14] = [
         OutcomeKind::Submitted,
         OutcomeKind::InvalidatedUnavailable,
         OutcomeKind::InvalidatedHashMismatch,
@@ -231,6 +240,7 @@ impl OutcomeKind {
         OutcomeKind::SkippedAlreadyInvalidated,
         OutcomeKind::SkippedModelNotServed,
         OutcomeKind::SkippedProtocolRetired,
+        OutcomeKind::SkippedWorkedElsewhere,
         OutcomeKind::GaveUp,
         OutcomeKind::Cancelled,
         OutcomeKind::JudgedValid,
@@ -249,6 +259,7 @@ impl OutcomeKind {
             OutcomeKind::SkippedAlreadyInvalidated => "skipped_already_invalidated",
             OutcomeKind::SkippedModelNotServed => "skipped_model_not_served",
             OutcomeKind::SkippedProtocolRetired => "skipped_protocol_retired",
+            OutcomeKind::SkippedWorkedElsewhere => "skipped_worked_elsewhere",
             OutcomeKind::GaveUp => "gave_up",
             OutcomeKind::Cancelled => "cancelled",
             OutcomeKind::JudgedValid => "judged_valid",

@@ -6,12 +6,14 @@
 
 pub mod chain;
 pub mod journal;
+pub mod lease;
 pub mod ml_node;
 pub mod model_lock;
 pub mod payload_source;
 
 pub use chain::ChainClient;
 pub use journal::{Journal, NoJournal};
+pub use lease::{Leases, SingleReplica};
 pub use ml_node::MlNodeClient;
 pub use model_lock::ModelLockBroker;
 pub use payload_source::PayloadSource;

@@ -104,6 +104,9 @@ pub(crate) struct Attempts {
     pub(crate) replay: u16,
     pub(crate) submit: u16,
     pub(crate) total: u32,
+    /// Set when the key's lease was taken over and the shared journal could not yet say
+    /// whether the previous holder sent its message: asked again before anything else.
+    pub(crate) check_sent: bool,
 }
 
 /// A finished result waiting to be submitted again: kept so a failed broadcast never redoes the
@@ -114,6 +117,9 @@ pub(crate) struct PendingSubmit {
     pub(crate) outcome: Outcome,
     /// The inference's epoch, for the journal's intent.
     pub(crate) epoch: u64,
+    /// An intent another process committed and may have broadcast (left open by a restart or
+    /// by a replica whose lease was taken over): checked on chain before it is sent again.
+    pub(crate) reconcile: bool,
 }
 
 /// The two stages.

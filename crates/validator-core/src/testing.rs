@@ -18,7 +18,6 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::devshard::DevshardJob;
 use crate::ports::{
     chain::{
         ChainClient, ChainError, EpochGroup, EpochState, Inference, InferenceId, InferencePage,
@@ -32,6 +31,7 @@ use crate::ports::{
     },
     payload_source::{PayloadError, PayloadSource, Payloads},
 };
+use crate::{devshard::DevshardJob, Outcome};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -801,6 +801,7 @@ impl MemoryPorts {
             broker: Arc::new(self.broker.clone()),
             ml: Arc::new(self.ml.clone()),
             journal: Arc::new(self.journal.clone()),
+            leases: Arc::new(crate::ports::SingleReplica),
         }
     }
 }
@@ -910,5 +911,178 @@ impl Journal for MemoryJournal {
             })
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// The shared lease store of in-memory replicas: a stand-in for the database several
+/// processes share. A live replica's leases never expire (its renewals always land); after
+/// [`LeaseTable::kill`] its leases expire one TTL later, by Tokio's clock, so paused-time tests
+/// can step over the expiry. A takeover lists the journal's open intents of the key with age
+/// zero (the taker waits out a whole broadcast before it checks them).
+#[derive(Clone, Default)]
+pub struct LeaseTable {
+    state: Arc<Mutex<LeaseRows>>,
+    journal: MemoryJournal,
+}
+
+#[derive(Default)]
+struct LeaseRows {
+    rows: HashMap<String, LeaseRow>,
+    dead: HashMap<String, Instant>,
+}
+
+struct LeaseRow {
+    holder: String,
+    done: Option<Option<Outcome>>,
+}
+
+impl LeaseTable {
+    /// A table whose takeovers read open intents from `journal`, the replicas' shared journal.
+    pub fn new(journal: MemoryJournal) -> Self {
+        Self { state: Arc::default(), journal }
+    }
+
+    /// A replica on this table, named `name`, whose leases expire `ttl` after it dies.
+    pub fn replica(&self, name: &str, ttl: Duration) -> MemoryLeases {
+        MemoryLeases { table: self.clone(), name: name.to_owned(), ttl, takeovers: Arc::default() }
+    }
+
+    /// Stops `name`'s renewals, as a killed process: its leases expire one TTL from now.
+    pub fn kill(&self, name: &str) {
+        lock(&self.state).dead.insert(name.to_owned(), Instant::now());
+    }
+
+    /// The keys finished (marked done) and by whom.
+    pub fn done(&self) -> Vec<(String, String)> {
+        let state = lock(&self.state);
+        let mut done: Vec<_> = state
+            .rows
+            .iter()
+            .filter(|(_, row)| row.done.is_some())
+            .map(|(key, row)| (key.clone(), row.holder.clone()))
+            .collect();
+        done.sort();
+        done
+    }
+}
+
+/// One replica's view of a [`LeaseTable`].
+#[derive(Clone)]
+pub struct MemoryLeases {
+    table: LeaseTable,
+    name: String,
+    ttl: Duration,
+    takeovers: Arc<AtomicUsize>,
+}
+
+impl MemoryLeases {
+    /// Leases this replica took over from dead ones.
+    pub fn takeovers(&self) -> usize {
+        self.takeovers.load(Ordering::Relaxed)
+    }
+
+    fn expires_at(&self, rows: &LeaseRows, holder: &str) -> Option<Instant> {
+        rows.dead.get(holder).map(|died| *died + self.ttl)
+    }
+}
+
+#[async_trait]
+impl crate::ports::Leases for MemoryLeases {
+    fn replica(&self) -> &str {
+        &self.name
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn acquire(
+        &self,
+        key: &crate::ports::lease::LeaseKey,
+    ) -> Result<crate::ports::lease::Acquired, crate::ports::lease::LeaseError> {
+        use crate::ports::lease::{Acquired, OpenIntent, Takeover};
+        let takeover = {
+            let mut state = lock(&self.table.state);
+            if state.dead.contains_key(&self.name) {
+                return Err(crate::ports::lease::LeaseError("this replica is dead".into()));
+            }
+            let expiry = state.rows.get(key.as_str()).map(|row| {
+                (row.holder.clone(), self.expires_at(&state, &row.holder), row.done.clone())
+            });
+            let takeover = match expiry {
+                None => None,
+                Some((by, _, Some(outcome))) => return Ok(Acquired::Done { outcome, by }),
+                Some((holder, _, None)) if holder == self.name => None,
+                Some((holder, Some(expires), None)) if expires <= Instant::now() => Some(holder),
+                Some((holder, expires, None)) => {
+                    let remaining =
+                        expires.map_or(self.ttl, |at| at.saturating_duration_since(Instant::now()));
+                    return Ok(Acquired::Busy { holder, remaining });
+                }
+            };
+            state.rows.insert(
+                key.as_str().to_owned(),
+                LeaseRow { holder: self.name.clone(), done: None },
+            );
+            takeover
+        };
+        let Some(from) = takeover else { return Ok(Acquired::Held { takeover: None }) };
+        self.takeovers.fetch_add(1, Ordering::Relaxed);
+        let open = self.table.journal.open_intents().await.unwrap_or_default();
+        let open_intents = open
+            .into_iter()
+            .filter(|intent| {
+                key.classic_parts()
+                    == Some((intent.msg.inference_id.as_str(), intent.msg.revalidation))
+            })
+            .map(|intent| OpenIntent { intent, age: Duration::ZERO })
+            .collect();
+        Ok(Acquired::Held { takeover: Some(Takeover { from, open_intents }) })
+    }
+
+    fn held(&self, key: &crate::ports::lease::LeaseKey) -> bool {
+        let state = lock(&self.table.state);
+        !state.dead.contains_key(&self.name)
+            && state
+                .rows
+                .get(key.as_str())
+                .is_some_and(|row| row.holder == self.name && row.done.is_none())
+    }
+
+    async fn release(
+        &self,
+        key: &crate::ports::lease::LeaseKey,
+        outcome: Option<&Outcome>,
+    ) -> Result<(), crate::ports::lease::LeaseError> {
+        let mut state = lock(&self.table.state);
+        let ours = state.rows.get(key.as_str()).is_some_and(|row| row.holder == self.name);
+        if ours {
+            match outcome {
+                Some(outcome) => {
+                    if let Some(row) = state.rows.get_mut(key.as_str()) {
+                        row.done = Some(Some(outcome.clone()));
+                    }
+                }
+                None => {
+                    state.rows.remove(key.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> crate::ports::lease::LeaseStatus {
+        let state = lock(&self.table.state);
+        let held =
+            state.rows.values().filter(|row| row.holder == self.name && row.done.is_none()).count();
+        crate::ports::lease::LeaseStatus {
+            replica: self.name.clone(),
+            shared: true,
+            held,
+            leader: false,
+            takeovers: self.takeovers() as u64,
+            lost: 0,
+            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 }

@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::Inner;
+use super::{share, Inner};
 use crate::{
     completion,
     config::RetryPolicy,
@@ -26,6 +26,7 @@ use crate::{
     ports::{
         chain::{ChainError, Inference, InferenceId, InferenceStatus, MsgValidation, SubmitError},
         journal::{Intent, JournalEntry, SubmissionResult},
+        lease::{LeaseKey, Takeover},
         ml_node::{ReplayRequest, ReplayResponse},
         model_lock::{LeaseRequest, NodeHealth},
         payload_source::{PayloadError, Payloads},
@@ -119,15 +120,18 @@ async fn run_one(inner: &Arc<Inner>, job: Job) -> Option<Job> {
             step => break step,
         }
     };
-    if let Step::Retry { stage, error, .. } = &step {
-        inner.ports.journal.record(JournalEntry::Attempt {
+    match &step {
+        Step::Terminal(outcome) => inner.release_lease(&key, outcome).await,
+        Step::Retry { stage: Stage::Lease, .. } => {}
+        Step::Retry { stage, error, .. } => inner.ports.journal.record(JournalEntry::Attempt {
             inference_id: journal_id,
             revalidation: key.revalidation(),
             stage: *stage,
             error: error.clone(),
             duration: started.elapsed(),
             at: SystemTime::now(),
-        });
+        }),
+        Step::Buffer(_) | Step::Submit(_) => {}
     }
     permit.finish_and_next(step)
 }
@@ -159,11 +163,25 @@ impl Attempt<'_> {
         if let Some(pending) = pending_submit {
             return self.submit(*pending).await;
         }
+        match self.inner.hold(&self.lease_key(), false, self.attempts).await {
+            Ok(None) => {}
+            Ok(Some(takeover)) => {
+                if let Some(step) = self.take_over(&takeover).await {
+                    return step;
+                }
+            }
+            Err(step) => return step,
+        }
+        if self.attempts.check_sent {
+            if let Some(step) = self.check_sent().await {
+                return step;
+            }
+        }
         let journal = &self.inner.ports.journal;
         // The chain's validated set answers for validations (checked after the payload fetch);
         // only the journal remembers which revalidations an earlier process sent.
         if self.revalidation {
-            let timeout = self.inner.config.chain_timeout;
+            let timeout = self.inner.config.journal_timeout;
             match self.inner.bounded(timeout, journal.already_sent(self.id, true)).await {
                 Some(Ok(true)) => {
                     debug!("revalidation sent by an earlier run of this validator");
@@ -249,6 +267,10 @@ impl Attempt<'_> {
         };
         if self.inner.retired.get().is_some() {
             return skip(SkipReason::ProtocolRetired);
+        }
+        if !self.inner.ports.leases.held(&self.lease_key()) {
+            // Lost while buffered: the network stage asks for it again (or learns who has it).
+            return share::wait(Duration::ZERO, self.attempts, None);
         }
         if let Some(epoch) = self.inner.epoch_state().await {
             if epoch.is_stale(prepared.inference.epoch_id) {
@@ -360,7 +382,7 @@ impl Attempt<'_> {
             msg_id: msg.id.clone(),
             tx_hash: None,
         };
-        PendingSubmit { msg, outcome, epoch: inference.epoch_id }
+        PendingSubmit { msg, outcome, epoch: inference.epoch_id, reconcile: false }
     }
 
     async fn submit_score(
@@ -387,7 +409,8 @@ impl Attempt<'_> {
         }
         let msg = self.message(String::new(), 0.0);
         let outcome = Outcome::Invalidated { reason, msg_id: msg.id.clone(), tx_hash: None };
-        self.submit(PendingSubmit { msg, outcome, epoch: inference.epoch_id }).await
+        self.submit(PendingSubmit { msg, outcome, epoch: inference.epoch_id, reconcile: false })
+            .await
     }
 
     fn message(&self, response_hash: String, value: f64) -> MsgValidation {
@@ -406,6 +429,25 @@ impl Attempt<'_> {
         if self.inner.retired.get().is_some() {
             return skip(SkipReason::ProtocolRetired);
         }
+        let key = self.lease_key();
+        if !self.inner.ports.leases.held(&key) {
+            match self.inner.hold(&key, false, self.attempts).await {
+                Ok(None) => {}
+                // Another replica held it in between: what it left open wins over our result.
+                Ok(Some(takeover)) => {
+                    if let Some(step) = self.take_over(&takeover).await {
+                        return step;
+                    }
+                }
+                Err(step) => return step,
+            }
+        }
+        if pending.reconcile {
+            match self.reconcile(&pending).await {
+                Ok(()) => {}
+                Err(step) => return step,
+            }
+        }
         self.attempts.submit += 1;
         let started = Instant::now();
         let timeout = self.inner.config.chain_timeout;
@@ -416,7 +458,9 @@ impl Attempt<'_> {
             lane: self.lane,
             outcome: pending.outcome.clone(),
         };
-        let submitted = match self.inner.bounded(timeout, journal.intend(&intent)).await {
+        let intended =
+            self.inner.bounded(self.inner.config.journal_timeout, journal.intend(&intent));
+        let submitted = match intended.await {
             Some(Ok(())) => {
                 let submitted = self
                     .inner
@@ -472,6 +516,75 @@ impl Attempt<'_> {
                 }
             }
         }
+    }
+
+    fn lease_key(&self) -> LeaseKey {
+        LeaseKey::classic(self.id, self.revalidation)
+    }
+
+    /// What a lease taken over from another replica asks for first: its open intent checked on
+    /// chain (and sent again only if absent) once its broadcast must have ended; with none open,
+    /// the shared journal's word on whether the previous holder's message landed.
+    async fn take_over(&mut self, takeover: &Takeover) -> Option<Step> {
+        let chain_timeout = self.inner.config.chain_timeout;
+        if let Some((settle, pending)) = share::reconcile_step(takeover, chain_timeout) {
+            return Some(share::wait(settle, self.attempts, Some(Box::new(pending))));
+        }
+        self.attempts.check_sent = true;
+        self.check_sent().await
+    }
+
+    /// Whether the shared journal says a message for this key was sent: then the key ends. A
+    /// journal that cannot answer makes the key wait and ask again, never send blind.
+    async fn check_sent(&mut self) -> Option<Step> {
+        let timeout = self.inner.config.journal_timeout;
+        let journal = &self.inner.ports.journal;
+        match self.inner.bounded(timeout, journal.already_sent(self.id, self.revalidation)).await {
+            Some(Ok(true)) => Some(skip(SkipReason::AlreadyValidated)),
+            Some(Ok(false)) => {
+                self.attempts.check_sent = false;
+                None
+            }
+            Some(Err(err)) => {
+                warn!(%err, "taken-over validation: the journal cannot say whether it was sent");
+                Some(share::wait(share::LEASE_ERROR_PAUSE, self.attempts, None))
+            }
+            None => {
+                warn!("taken-over validation: the journal timed out saying whether it was sent");
+                Some(share::wait(share::LEASE_ERROR_PAUSE, self.attempts, None))
+            }
+        }
+    }
+
+    /// An intent another process left open: `Ok` to send it (again), or the step that ends or
+    /// retries the key. The chain says whether it landed; what it says is journaled.
+    async fn reconcile(&mut self, pending: &PendingSubmit) -> Result<(), Step> {
+        let chain = &self.inner.ports.chain;
+        let recorded =
+            self.inner.chain_call(chain.validation_recorded(&pending.msg, pending.epoch));
+        let result = match recorded.await {
+            Ok(Some(false)) => return Ok(()),
+            Ok(Some(true)) => SubmissionResult::ReconciledLanded,
+            Ok(None) => SubmissionResult::ReconciledUnconfirmed,
+            Err(err) => {
+                debug!(%err, "open intent not checked on chain; will retry");
+                let delay = self.inner.backoff(&self.inner.config.submit_retry);
+                let pending = Box::new(pending.clone());
+                return Err(share::wait(delay, self.attempts, Some(pending)));
+            }
+        };
+        self.inner.ports.journal.record(JournalEntry::Submission {
+            msg_id: pending.msg.id.clone(),
+            result: result.clone(),
+            at: SystemTime::now(),
+        });
+        Err(match result {
+            SubmissionResult::ReconciledLanded => Step::Terminal(pending.outcome.clone()),
+            _ => {
+                warn!(msg_id = %pending.msg.id, "an open revalidation cannot be confirmed on chain; not sent again");
+                skip(SkipReason::AlreadyValidated)
+            }
+        })
     }
 
     /// Counts a failed chain query against the payload budget, as upstream's one loop around

@@ -12,12 +12,16 @@ use std::{
 use futures_util::FutureExt;
 use tracing::{info, warn};
 
-use super::{Inner, PARAMS_BATCH};
+use super::{
+    share::{LEASE_ERROR_PAUSE, LEASE_MARGIN},
+    Inner, PARAMS_BATCH,
+};
 use crate::{
     outcome::OutcomeKind,
     ports::{
         chain::{ChainError, InferenceId},
         journal::JournalEntry,
+        lease::{Acquired, LeaseKey},
     },
     recovery::{RunClaim, RunState, RunTracker, Trigger},
     sampling,
@@ -54,6 +58,14 @@ pub(super) async fn run(
         _ = inner.cancel.cancelled() => RunState::Cancelled,
         state = work => state.unwrap_or_else(|_| RunState::Failed("recovery run panicked".into())),
     };
+    let lease = LeaseKey::recovery();
+    if inner.ports.leases.held(&lease) {
+        let released =
+            inner.bounded(inner.config.journal_timeout, inner.ports.leases.release(&lease, None));
+        if !matches!(released.await, Some(Ok(()))) {
+            warn!("the recovery lease was not released; it will expire");
+        }
+    }
     // Only final states get here: completed, not_active, failed or cancelled.
     metrics::counter!("validator_recovery_runs_total", "result" => state.as_str()).increment(1);
     tracker.set_state(state);
@@ -71,7 +83,38 @@ pub(super) async fn run(
     drop(claim);
 }
 
+/// Waits until this replica holds the cluster's recovery lease: one run at a time across the
+/// replicas of a shared journal. A run another replica holds is waited out, not joined.
+async fn lead(inner: &Inner) {
+    let leases = &inner.ports.leases;
+    let lease = LeaseKey::recovery();
+    let mut said = false;
+    loop {
+        let pause = match inner.bounded(inner.config.journal_timeout, leases.acquire(&lease)).await
+        {
+            Some(Ok(Acquired::Held { .. } | Acquired::Done { .. })) => return,
+            Some(Ok(Acquired::Busy { holder, remaining })) => {
+                if !said {
+                    info!(%holder, "another replica runs a recovery; this one waits for it");
+                    said = true;
+                }
+                remaining.min(leases.ttl()).saturating_add(LEASE_MARGIN)
+            }
+            Some(Err(err)) => {
+                warn!(%err, "the recovery lease cannot be taken; trying again");
+                LEASE_ERROR_PAUSE
+            }
+            None => {
+                warn!("the recovery lease request timed out; trying again");
+                LEASE_ERROR_PAUSE
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
 async fn execute(inner: &Inner, tracker: &Arc<RunTracker>, epoch: u64, seed: i64) -> RunState {
+    lead(inner).await;
     let chain = &inner.ports.chain;
     let address = inner.address().to_owned();
 

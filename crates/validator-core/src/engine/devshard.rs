@@ -192,6 +192,10 @@ impl<'a> Attempt<'a> {
         if Instant::now() >= self.deadline {
             return gave_up(Stage::Payload, "the job's deadline passed without a verdict".into());
         }
+        let lease = crate::scheduler::Key::Devshard(self.job.key.clone()).lease_key();
+        if let Err(step) = self.inner.hold(&lease, true, self.attempts).await {
+            return step;
+        }
         let payloads = match self.fetch_payloads().await {
             Ok(payloads) => payloads,
             Err(step) => return step,
@@ -244,6 +248,11 @@ impl<'a> Attempt<'a> {
         };
         if Instant::now() >= self.deadline {
             return gave_up(Stage::Lock, "the job's deadline passed without a verdict".into());
+        }
+        let lease = crate::scheduler::Key::Devshard(self.job.key.clone()).lease_key();
+        if !self.inner.ports.leases.held(&lease) {
+            // Lost while buffered: the network stage asks for it again (or learns who has it).
+            return super::share::wait(Duration::ZERO, self.attempts, None);
         }
         let free = self.inner.ports.broker.free_slots(&self.job.model);
         // A waiting vote looks again at least every `lock_wait`; twice that without a look

@@ -27,7 +27,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// may be sent before this is done. The caller races it against the engine's cancellation.
 pub(super) async fn run(inner: &Inner) {
     let journal = &inner.ports.journal;
-    let timeout = inner.config.chain_timeout;
+    let timeout = inner.config.journal_timeout;
     let intents = retry("reading open intents", || async {
         match inner.bounded(timeout, journal.open_intents()).await {
             Some(Ok(intents)) => Ok(intents),
@@ -93,6 +93,7 @@ fn resend(inner: &Inner, intent: &Intent) {
         msg: intent.msg.clone(),
         outcome: intent.outcome.clone(),
         epoch: intent.epoch,
+        reconcile: false,
     };
     if let Err(err) = inner.scheduler.admit_pending(key, intent.lane, pending) {
         warn!(inference_id = %intent.msg.inference_id, %err, "open submission not resent");

@@ -109,6 +109,7 @@ async fn a_fetched_payload_waits_in_the_buffer_for_a_gpu_slot() {
         },
         outcome: Outcome::Cancelled,
         epoch: 1,
+        reconcile: false,
     };
     let scored = replay.key.clone();
     replay.permit.finish(Step::Submit(Box::new(pending)));

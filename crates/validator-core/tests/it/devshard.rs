@@ -12,10 +12,10 @@ use validator_core::{
 
 use crate::{config, settle, Harness};
 
-const EPOCH: u64 = 150;
+pub(crate) const EPOCH: u64 = 150;
 const EXECUTOR: &str = "gonka1qypqxpq9qcrsszg2pvxq6rs0zqg3yyc50htqp7";
 
-fn job(escrow: &str, id: u64, challenged: bool) -> DevshardJob {
+pub(crate) fn job(escrow: &str, id: u64, challenged: bool) -> DevshardJob {
     DevshardJob::new(DevshardRequest {
         inference_id: id,
         model: MODEL.into(),

@@ -13,7 +13,7 @@ use validator_core::{
 use crate::{config, Harness};
 
 /// An intent a crashed process left open: value 1 for `inference` in epoch 10.
-fn open_intent(inference: &str, revalidation: bool, msg_id: &str) -> Intent {
+pub(crate) fn open_intent(inference: &str, revalidation: bool, msg_id: &str) -> Intent {
     Intent {
         msg: MsgValidation {
             id: msg_id.into(),

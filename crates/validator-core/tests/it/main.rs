@@ -14,6 +14,8 @@ mod property;
 mod recovery;
 // Lock, replay, comparison and the submitted message.
 mod replay;
+// Replicas on one shared journal: leases, takeovers, open intents of a dead replica.
+mod replicas;
 // Slots, lanes, dedup, panics and shutdown.
 mod scheduling;
 
