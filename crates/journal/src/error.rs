@@ -20,13 +20,12 @@ pub enum Error {
     },
     /// The database was written by a newer validator.
     #[error(
-        "the journal {} has schema version {found}, but this validator knows versions up to \
-         {known}: run a newer validator, or point it at another data directory",
-        path.display()
+        "the journal {location} has schema version {found}, but this validator knows versions \
+         up to {known}: run a newer validator, or point it at another database"
     )]
     SchemaTooNew {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or the PostgreSQL database's URL without its password.
+        location: String,
         /// Its schema version.
         found: u32,
         /// The newest version this validator knows.
@@ -68,6 +67,15 @@ pub enum Error {
     /// A query failed.
     #[error("journal query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL call failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had.
+    #[error("PostgreSQL connection: {0}")]
+    Pool(String),
+    /// A PostgreSQL call did not answer within `storage.timeout`.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The writer could not commit.
     #[error("journal write failed: {0}")]
     Write(String),

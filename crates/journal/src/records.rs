@@ -42,6 +42,8 @@ pub struct ValidationRecord {
     pub attempts: Vec<AttemptRecord>,
     /// Its terminal outcome, once reached.
     pub outcome: Option<OutcomeRecord>,
+    /// The replica that worked it, on a shared journal.
+    pub replica: Option<String>,
 }
 
 /// One failed attempt.
@@ -97,6 +99,8 @@ pub struct SubmissionRecord {
     pub intended_at_ms: u64,
     /// When an answer closed it, in unix milliseconds.
     pub resolved_at_ms: Option<u64>,
+    /// The replica that committed it last, on a shared journal.
+    pub replica: Option<String>,
 }
 
 /// One recovery run.
@@ -124,6 +128,8 @@ pub struct RunRecord {
     pub admitted: Option<u64>,
     /// Terminal outcomes, by `OutcomeKind::as_str`.
     pub outcomes: BTreeMap<String, u64>,
+    /// The replica that ran it, on a shared journal.
+    pub replica: Option<String>,
 }
 
 /// What one prune deleted.

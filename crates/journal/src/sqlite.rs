@@ -30,13 +30,13 @@ use std::{
         Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::error;
 use validator_core::ports::{
     chain::InferenceId,
     journal::{Intent, Journal, JournalEntry, JournalError},
@@ -44,7 +44,7 @@ use validator_core::ports::{
 
 use writer::{Msg, Writer};
 
-use crate::{Config, Error, InferenceHistory, PruneReport, Result, RunRecord};
+use crate::{shared::Drops, Config, Error, InferenceHistory, PruneReport, Result, RunRecord};
 
 /// The journal's file name in the data directory.
 pub const JOURNAL_FILE: &str = "journal.sqlite";
@@ -61,9 +61,6 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Prepared statements kept per connection: every statement the writer and the reader use.
 const STATEMENT_CACHE: usize = 64;
 
-/// How often a full queue is reported in the log; every drop is counted in the metric.
-const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
-
 const HEIGHT_KEY: &str = "chain_height";
 const RUN_ID_KEY: &str = "last_run_id";
 
@@ -79,9 +76,7 @@ pub struct SqliteJournal {
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Reader>,
     last_run_id: AtomicU64,
-    dropped: AtomicU64,
-    started: Instant,
-    next_drop_warning_ms: AtomicU64,
+    drops: Drops,
 }
 
 impl SqliteJournal {
@@ -128,9 +123,7 @@ impl SqliteJournal {
             writer: Mutex::new(Some(writer)),
             reader: Arc::new(Reader { conn: Mutex::new(reader) }),
             last_run_id: AtomicU64::new(last_run_id),
-            dropped: AtomicU64::new(0),
-            started: Instant::now(),
-            next_drop_warning_ms: AtomicU64::new(0),
+            drops: Drops::new(),
         })
     }
 
@@ -141,7 +134,7 @@ impl SqliteJournal {
 
     /// Writes dropped because the queue was full (or the journal closed), since open.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.drops.count()
     }
 
     /// The last processed block height, if one was stored. Reads on the calling thread: call it
@@ -230,21 +223,8 @@ impl SqliteJournal {
     }
 
     fn send(&self, msg: Msg) {
-        if self.sender.try_send(msg).is_ok() {
-            return;
-        }
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::counter!("validator_journal_dropped_total").increment(1);
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let due = self.next_drop_warning_ms.load(Ordering::Relaxed);
-        let next = now.saturating_add(millis_of(DROP_WARNING_INTERVAL));
-        if now >= due
-            && self
-                .next_drop_warning_ms
-                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(dropped, "journal queue full or closed: history dropped");
+        if self.sender.try_send(msg).is_err() {
+            self.drops.add(1);
         }
     }
 
@@ -320,10 +300,6 @@ impl Reader {
 fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn millis_of(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// SQLite integers are signed; heights, epochs and run ids stay far below `i64::MAX`.

@@ -145,6 +145,7 @@ pub(super) fn history(conn: &Connection, inference_id: &str) -> Result<Inference
             open: row.get(3)?,
             intended_at_ms: uint(row.get(4)?),
             resolved_at_ms: row.get::<_, Option<i64>>(5)?.map(uint),
+            replica: None,
         });
     }
 
@@ -177,6 +178,7 @@ fn validation(row: &Row<'_>) -> Result<ValidationRecord> {
         admitted_at_ms: uint(row.get(5)?),
         attempts: Vec::new(),
         outcome,
+        replica: None,
     })
 }
 
@@ -223,6 +225,7 @@ fn runs(conn: &Connection, sql: &str, param: i64) -> Result<Vec<RunRecord>> {
                 .transpose()
                 .map_err(|source| Error::Decode { what: format!("run {run_id}"), source })?
                 .unwrap_or_default(),
+            replica: None,
         });
     }
     Ok(runs)

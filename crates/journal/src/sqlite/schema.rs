@@ -114,7 +114,7 @@ pub(super) fn check(conn: &Connection, path: &Path) -> Result<()> {
     let found = version(conn)?;
     let known = known_version();
     if found > known {
-        return Err(Error::SchemaTooNew { path: path.to_owned(), found, known });
+        return Err(Error::SchemaTooNew { location: path.display().to_string(), found, known });
     }
     Ok(())
 }

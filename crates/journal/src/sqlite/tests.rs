@@ -315,7 +315,7 @@ async fn a_newer_schema_is_refused() {
     let text = err.to_string();
     assert!(text.contains(&format!("schema version {newer}")), "{text}");
     assert!(text.contains(&format!("up to {}", schema::known_version())), "{text}");
-    assert!(text.contains("newer validator") && text.contains("another data directory"), "{text}");
+    assert!(text.contains("newer validator") && text.contains("another database"), "{text}");
     let _: anyhow::Error = err.into();
 }
 

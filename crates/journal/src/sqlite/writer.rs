@@ -10,10 +10,11 @@ use tracing::{debug, warn};
 use validator_core::{
     ports::journal::{Intent, JournalEntry},
     recovery::RunState,
-    Outcome, OutcomeEvent,
+    OutcomeEvent,
 };
 
 use super::{int, millis, PruneReport, HEIGHT_KEY, RUN_ID_KEY};
+use crate::shared::OutcomeColumns;
 
 /// Most messages written in one transaction. Large enough that a burst of history costs a
 /// handful of commits (each an fsync under `synchronous = full`), small enough that an intent
@@ -347,23 +348,8 @@ fn open_row(
 fn finish(conn: &Connection, event: &OutcomeEvent, at: SystemTime) -> rusqlite::Result<()> {
     let admitted_at = at.checked_sub(event.elapsed).unwrap_or(at);
     let id = open_row(conn, event.inference_id.as_str(), event.revalidation, admitted_at)?;
-    let (verdict, value, msg_id, tx_hash, stage, error) = match &event.outcome {
-        Outcome::Submitted { verdict, value, msg_id, tx_hash } => {
-            (Some(verdict.as_str()), Some(*value), Some(msg_id), tx_hash.as_ref(), None, None)
-        }
-        Outcome::Invalidated { msg_id, tx_hash, .. } => {
-            (None, None, Some(msg_id), tx_hash.as_ref(), None, None)
-        }
-        Outcome::GaveUp { stage, error } => {
-            (None, None, None, None, Some(stage.as_str()), Some(error))
-        }
-        // A devshard verdict is kept with its reason tag as the verdict and its similarity as
-        // the value; nothing of it went to the chain.
-        Outcome::Judged { verdict } => {
-            (Some(verdict.reason.as_str()), verdict.similarity, None, None, None, None)
-        }
-        Outcome::Skipped { .. } | Outcome::Cancelled => (None, None, None, None, None, None),
-    };
+    let OutcomeColumns { verdict, value, msg_id, tx_hash, stage, error } =
+        OutcomeColumns::of(&event.outcome);
     conn.prepare_cached(
         "UPDATE validations SET lane = ?2, run_id = coalesce(run_id, ?3), finished_at = ?4, \
          outcome = ?5, verdict = ?6, value = ?7, msg_id = ?8, tx_hash = ?9, stage = ?10, \
