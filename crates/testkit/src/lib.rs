@@ -28,6 +28,7 @@ pub mod executor;
 pub mod ml_node;
 pub mod mocks;
 pub mod node_manager;
+pub mod postgres;
 pub mod process;
 
 pub use ca::{public_tls, Leaf, ServerTls, TestCa};
