@@ -46,7 +46,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use journal::SqliteJournal;
+use journal::Store;
 use ml_client::NodePool;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -68,7 +68,7 @@ pub struct AdminState {
     /// Recovery-then-claim and the claimed-epochs record.
     pub claimer: Arc<Claimer>,
     /// The journal's history.
-    pub journal: Arc<SqliteJournal>,
+    pub journal: Arc<Store>,
     /// The bearer token every protected route requires.
     pub token: Arc<str>,
     /// The readiness latch.
@@ -182,6 +182,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {
     let engine = state.engine.status();
+    let leases = engine.leases.clone();
     let devshard = json!({
         "challenged": engine.lane(Lane::Challenged),
         "live": engine.lane(Lane::Live),
@@ -196,6 +197,16 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         "nodes": state.pool.status(),
         "node_manager": state.node_manager.as_ref().map(ml_client::NodeManagerBroker::status),
         "claims": state.claimer.records(),
+        "ha": {
+            "backend": state.journal.backend(),
+            "replica": leases.replica,
+            "shared": leases.shared,
+            "leader": leases.leader,
+            "leases_held": leases.held,
+            "takeovers": leases.takeovers,
+            "leases_lost": leases.lost,
+            "lease_ttl_ms": leases.ttl_ms,
+        },
     }))
 }
 

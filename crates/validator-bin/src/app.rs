@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 use chain_source::{events::HeightStore, ChainNodeClient, HttpPayloadSource, Signer};
-use journal::{DataDirLock, SqliteJournal};
+use journal::{Backend, DataDirLock, Store};
 use ml_client::{Broker, HttpMlNodeClient, NodeManagerBroker, NodePool};
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -25,6 +25,7 @@ use validator_core::{Engine, Ports, ShutdownReport};
 use crate::{
     admin::{load_or_create_token, AdminState},
     claim::Claimer,
+    leader::Leadership,
     settings::{IdentityConfig, Settings},
     triggers::{follow_chain, BlockTriggers},
 };
@@ -75,7 +76,9 @@ pub struct AppHandle {
     /// Where the token is kept.
     pub token_file: PathBuf,
     /// The journal: validations, submissions, recovery runs, the last processed height.
-    pub journal: Arc<SqliteJournal>,
+    pub journal: Arc<Store>,
+    /// Whether this replica is the leader (always, when alone on its journal).
+    pub leadership: Arc<Leadership>,
 }
 
 /// The wired node, built and bound but not yet running.
@@ -89,8 +92,11 @@ pub struct App {
     admin_listener: TcpListener,
     metrics_listener: TcpListener,
     service_listener: Option<TcpListener>,
-    /// Held while the app lives: no second process works on the same data directory.
-    _lock: DataDirLock,
+    /// Held while the app lives: no second process works on the same data directory (SQLite
+    /// only; replicas on PostgreSQL may share a host and a directory).
+    _lock: Option<DataDirLock>,
+    /// The last processed block height when the app was built.
+    height: Option<u64>,
     cancel: CancellationToken,
 }
 
@@ -108,19 +114,41 @@ impl App {
     /// binds both listeners. `settings` must be valid ([`Settings::validate`]). Must be called
     /// within a Tokio runtime.
     ///
-    /// The lock comes first: a second process on the same data directory fails with
+    /// With SQLite the lock comes first: a second process on the same data directory fails with
     /// [`journal::Error::Locked`] before it opens, binds or connects anything.
     pub async fn build(settings: Settings, identity: Identity) -> anyhow::Result<Self> {
-        let lock = DataDirLock::acquire(&settings.data_dir)?;
-        let journal = {
-            let (dir, config) = (settings.data_dir.clone(), settings.storage.clone());
-            tokio::task::spawn_blocking(move || SqliteJournal::open(&dir, &config))
-                .await
-                .context("opening the journal")??
+        let lock = match settings.storage.backend {
+            Backend::Sqlite => Some(DataDirLock::acquire(&settings.data_dir)?),
+            Backend::Postgres => None,
         };
-        let journal = Arc::new(journal);
+        let journal = Arc::new(
+            Store::open(&settings.data_dir, &settings.storage)
+                .await
+                .context("opening the journal")?,
+        );
+        let height = journal.height().await.unwrap_or_else(|err| {
+            warn!(%err, "cannot read the last processed height; starting from the tip");
+            None
+        });
+        let leases = journal.leases();
+        let leadership = Arc::new(Leadership::new(Arc::clone(&leases)));
+        if leadership.shared() {
+            info!(replica = leases.replica(), "replica on a shared journal: leases on");
+        } else if settings.storage.backend == Backend::Postgres {
+            warn!("storage.leases is off: replicas on this database will duplicate work");
+        }
         // Installed before the engine starts, so the gauges it sets at start are recorded.
         crate::telemetry::recorder()?;
+        let backend = match settings.storage.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        metrics::gauge!(
+            "validator_replica_info",
+            "replica" => leases.replica().to_owned(),
+            "backend" => backend,
+        )
+        .set(1.0);
         let cancel = CancellationToken::new();
         let tls = settings.tls.client_tls()?;
         let chain = ChainNodeClient::new(
@@ -157,15 +185,20 @@ impl App {
             broker,
             ml: Arc::new(ml_client.clone()),
             journal: Arc::clone(&journal) as Arc<dyn validator_core::ports::Journal>,
+            leases,
         };
         let engine = Engine::start(settings.core.clone(), ports).context("starting the engine")?;
-        let claimer = Arc::new(Claimer::new(
-            engine.clone(),
-            chain.clone(),
-            identity.signer.clone(),
-            Arc::clone(&journal),
-            cancel.clone(),
-        )?);
+        let claimer = Arc::new(
+            Claimer::new(
+                engine.clone(),
+                chain.clone(),
+                identity.signer.clone(),
+                Arc::clone(&journal),
+                Arc::clone(&leadership),
+                cancel.clone(),
+            )
+            .await?,
+        );
         let token_file = settings.token_file();
         let token = load_or_create_token(&token_file)?;
         let admin_listener = TcpListener::bind(settings.admin.listen)
@@ -195,6 +228,7 @@ impl App {
             token: token.into(),
             token_file,
             journal,
+            leadership,
         };
         Ok(Self {
             settings,
@@ -206,6 +240,7 @@ impl App {
             metrics_listener,
             service_listener,
             _lock: lock,
+            height,
             cancel,
         })
     }
@@ -228,6 +263,7 @@ impl App {
             metrics_listener,
             service_listener,
             _lock,
+            height,
             cancel,
         } = self;
         let tasks = TaskTracker::new();
@@ -284,12 +320,15 @@ impl App {
         if let Some(node_manager) = &handle.node_manager {
             tasks.spawn(node_manager.spawn_capacity_refresh(cancel.clone()));
         }
-        let heights = Arc::new(JournalHeights(Arc::clone(&handle.journal)));
+        tasks.spawn(Arc::clone(&handle.leadership).run(cancel.clone()));
+        let heights =
+            Arc::new(JournalHeights { journal: Arc::clone(&handle.journal), loaded: height });
         let events =
             chain_source::events::spawn(&settings.chain.events, &tls, heights, cancel.clone())
                 .context("starting the chain event source")?;
         tasks.spawn(prune_loop(
             Arc::clone(&handle.journal),
+            Arc::clone(&handle.leadership),
             handle.chain.clone(),
             settings.storage.clone(),
             cancel.clone(),
@@ -298,6 +337,7 @@ impl App {
             identity.account_address.clone(),
             Arc::clone(&handle.claimer),
             handle.chain.clone(),
+            Arc::clone(&handle.leadership),
         );
         tasks.spawn(follow_chain(events, handle.engine.clone(), triggers, cancel.clone()));
         tasks.spawn(stop_when_retired(
@@ -344,9 +384,10 @@ impl App {
 }
 
 /// Prunes the journal every `config.prune_interval`, keeping `config.retention_epochs` epochs
-/// before the chain's current one.
+/// before the chain's current one; on a shared journal only the leader prunes.
 async fn prune_loop(
-    journal: Arc<SqliteJournal>,
+    journal: Arc<Store>,
+    leadership: Arc<Leadership>,
     chain: ChainNodeClient,
     config: journal::Config,
     cancel: CancellationToken,
@@ -357,6 +398,9 @@ async fn prune_loop(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !leadership.is_leader() {
+            continue;
         }
         let epoch = tokio::select! {
             () = cancel.cancelled() => return,
@@ -393,18 +437,19 @@ async fn stop_when_retired(
     engine.retire_classic(reason);
 }
 
-/// The journal as the event source's [`HeightStore`].
-struct JournalHeights(Arc<SqliteJournal>);
+/// The journal as the event source's [`HeightStore`]: the height read when the app was built,
+/// and every processed height stored (on a shared journal, the highest any replica reached).
+struct JournalHeights {
+    journal: Arc<Store>,
+    loaded: Option<u64>,
+}
 
 impl HeightStore for JournalHeights {
     fn load(&self) -> Option<u64> {
-        self.0.height().unwrap_or_else(|err| {
-            warn!(%err, "cannot read the last processed height; starting from the tip");
-            None
-        })
+        self.loaded
     }
 
     fn store(&self, height: u64) {
-        self.0.store_height(height);
+        self.journal.store_height(height);
     }
 }

@@ -20,12 +20,14 @@ use std::{
 
 use anyhow::Context;
 use chain_source::{client::ClaimAnswer, ChainNodeClient, Signer};
-use journal::SqliteJournal;
+use journal::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 use validator_core::{Engine, RecoveryStart, RunReport, Trigger};
+
+use crate::leader::Leadership;
 
 /// The reward check's bound on its settle-amount query (upstream's 30 s).
 const SETTLE_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,7 +116,8 @@ pub struct Claimer {
     engine: Engine,
     chain: ChainNodeClient,
     signer: Signer,
-    journal: Arc<SqliteJournal>,
+    journal: Arc<Store>,
+    leadership: Arc<Leadership>,
     records: Mutex<BTreeMap<u64, ClaimRecord>>,
     /// Set while a claim attempt runs: attempts never overlap.
     attempting: AtomicBool,
@@ -124,34 +127,44 @@ pub struct Claimer {
 }
 
 impl Claimer {
-    /// A claimer that starts from the claim records the journal holds.
-    pub(crate) fn new(
+    /// A claimer that starts from the claim records the journal holds. Only the leader sends
+    /// claims.
+    pub(crate) async fn new(
         engine: Engine,
         chain: ChainNodeClient,
         signer: Signer,
-        journal: Arc<SqliteJournal>,
+        journal: Arc<Store>,
+        leadership: Arc<Leadership>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let mut records = BTreeMap::new();
-        for (epoch, text) in journal.claims().context("reading the claim records")? {
-            match serde_json::from_str::<ClaimRecord>(&text) {
-                Ok(record) => {
-                    records.insert(epoch, record);
-                }
-                Err(err) => warn!(epoch, %err, "unreadable claim record in the journal; ignored"),
-            }
-        }
+        let records = read_records(&journal).await?;
         Ok(Self {
             engine,
             chain,
             signer,
             journal,
+            leadership,
             records: Mutex::new(records),
             attempting: AtomicBool::new(false),
             changed: watch::Sender::new(0),
             tasks: TaskTracker::new(),
             cancel,
         })
+    }
+
+    /// Reads the claim records again from the journal, where another replica that was the
+    /// leader may have written since: a replica that becomes the leader starts from them. A
+    /// settled record in memory stays settled.
+    pub(crate) async fn reload(&self) -> anyhow::Result<()> {
+        let stored = read_records(&self.journal).await?;
+        let mut records = self.lock();
+        for (epoch, record) in stored {
+            let settled = records.get(&epoch).is_some_and(ClaimRecord::is_settled);
+            if !settled {
+                records.insert(epoch, record);
+            }
+        }
+        Ok(())
     }
 
     /// The seed of `epoch` (`chain_source::seed_for_epoch` with this validator's signer).
@@ -359,6 +372,10 @@ impl Claimer {
             return self.current(epoch, seed);
         }
         let _attempting = ClearOnDrop(&self.attempting);
+        if !self.leadership.is_leader() {
+            info!(epoch, "another replica is the leader and claims; nothing sent");
+            return self.current(epoch, seed);
+        }
         let mut record = self.current(epoch, seed);
         if run.is_some() {
             record.run = run;
@@ -539,6 +556,20 @@ impl Claimer {
         self.changed.send_modify(|n| *n += 1);
         record
     }
+}
+
+/// The claim records the journal holds, by epoch; unreadable ones are skipped with a warning.
+async fn read_records(journal: &Store) -> anyhow::Result<BTreeMap<u64, ClaimRecord>> {
+    let mut records = BTreeMap::new();
+    for (epoch, text) in journal.claims().await.context("reading the claim records")? {
+        match serde_json::from_str::<ClaimRecord>(&text) {
+            Ok(record) => {
+                records.insert(epoch, record);
+            }
+            Err(err) => warn!(epoch, %err, "unreadable claim record in the journal; ignored"),
+        }
+    }
+    Ok(records)
 }
 
 /// Clears its flag when dropped, so a check or an attempt that ends by any path reopens the

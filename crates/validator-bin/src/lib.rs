@@ -4,8 +4,9 @@
 //!
 //! Layout:
 //! - [`settings`]: the one settings struct (defaults, TOML file, `VALIDATOR_` environment);
-//! - [`app`]: locks the data directory, opens the journal, builds the adapters and the engine,
-//!   runs the chain-event loop and the admin API, and drains on shutdown;
+//! - [`app`]: locks the data directory (SQLite), opens the journal, builds the adapters and the
+//!   engine, runs the chain-event loop and the admin API, and drains on shutdown;
+//! - [`leader`]: which replica on a shared journal does the duties that must not run twice;
 //! - [`triggers`]: what each block triggers: the claim trigger and the periodic reward check;
 //! - [`claim`]: recovery followed by the reward claim, and the record of claims;
 //! - [`admin`]: the admin HTTP API (bearer token, recovery triggers, status);
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod app;
 pub mod claim;
+pub mod leader;
 pub mod score;
 pub mod service;
 pub mod settings;

@@ -1,5 +1,6 @@
 //! The `validator` binary: `run`, `check-config` and `score`.
 
+use anyhow::Context as _;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -80,8 +81,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let identity = app::Identity::load(&settings.identity)?;
+    if let Some(path) = &settings.storage.password_file {
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("reading storage.password_file {}", path.display()))?;
+        settings.storage.password = Some(password.trim_end_matches(['\n', '\r']).to_owned());
+    }
     let app = app::App::build(settings, identity).await?;
     let handle = app.handle();
     println!("admin token: {} (kept in {})", handle.token, handle.token_file.display());

@@ -305,7 +305,11 @@ impl Settings {
     /// The settings as TOML. They hold no secret (see the module docs); key and token files
     /// appear by path only.
     pub fn to_toml(&self) -> anyhow::Result<String> {
-        Ok(toml::to_string(self)?)
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.storage.url {
+            *url = journal::redact(url);
+        }
+        Ok(toml::to_string(&shown)?)
     }
 
     /// Where the admin token is kept.

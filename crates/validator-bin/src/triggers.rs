@@ -18,14 +18,14 @@ use std::sync::{
 
 use chain_source::{
     events::{ChainEvent, EventStream},
-    schedule::{claim_due, reward_recovery_due, EpochSchedule},
+    schedule::{claim_delay, claim_due, reward_recovery_due, EpochSchedule},
     ChainNodeClient,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use validator_core::{Engine, Error as EngineError, Trigger};
 
-use crate::claim::Claimer;
+use crate::{claim::Claimer, leader::Leadership};
 
 /// How many blocks the cached epoch schedule is reused before it is queried again.
 const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
@@ -44,12 +44,24 @@ pub(crate) struct BlockTriggers {
     last_reward_check: Option<i64>,
     /// Set while a reward check runs.
     reward_check: Arc<AtomicBool>,
+    /// Whether this replica does the claim duties now.
+    leadership: Arc<Leadership>,
+    /// How many times this replica had become the leader at the last block.
+    leader_gains: u64,
 }
 
 impl BlockTriggers {
-    /// Triggers for the validator at `address`, claiming through `claimer`.
-    pub(crate) fn new(address: String, claimer: Arc<Claimer>, chain: ChainNodeClient) -> Self {
+    /// Triggers for the validator at `address`, claiming through `claimer` while this replica
+    /// is the leader.
+    pub(crate) fn new(
+        address: String,
+        claimer: Arc<Claimer>,
+        chain: ChainNodeClient,
+        leadership: Arc<Leadership>,
+    ) -> Self {
         Self {
+            leadership,
+            leader_gains: 0,
             address,
             claimer,
             chain,
@@ -77,6 +89,16 @@ impl BlockTriggers {
             }
         }
         let Some(schedule) = self.schedule else { return };
+        if !self.leadership.is_leader() {
+            return;
+        }
+        let gains = self.leadership.gained();
+        if gains != self.leader_gains {
+            self.leader_gains = gains;
+            if self.leadership.shared() {
+                self.take_over_claim(signed, &schedule).await;
+            }
+        }
         self.claimer.retry_due(height, schedule.effective_epoch(signed));
         self.check_rewards(signed, &schedule);
         if !claim_due(&self.address, signed, &schedule) {
@@ -90,6 +112,31 @@ impl BlockTriggers {
         info!(height, epoch, "claim height reached: recovering the previous epoch, then claiming");
         let seed = self.claimer.seed(epoch);
         // The claim runs on its own; the triggers do not wait for its record.
+        drop(self.claimer.spawn(Trigger::Claim, epoch, seed));
+    }
+
+    /// A replica that just became the leader picks up the claim duty where the previous leader
+    /// left it: if this epoch's claim height has passed and the previous epoch's claim, as the
+    /// shared journal records it, is not settled while the chain still takes it, it recovers
+    /// and claims now rather than wait for the reward check.
+    async fn take_over_claim(&mut self, height: i64, schedule: &EpochSchedule) {
+        if let Err(err) = self.claimer.reload().await {
+            warn!(%err, "the claim records could not be read again; using those in memory");
+        }
+        let delay = i64::try_from(claim_delay(&self.address, height, schedule)).unwrap_or(i64::MAX);
+        let epoch = schedule.epoch_index.saturating_sub(1);
+        let passed =
+            schedule.epoch_index > 0 && height.saturating_sub(delay) > schedule.claim_money();
+        let open = epoch.saturating_add(1) == schedule.effective_epoch(height);
+        if !passed || !open || self.claimer.is_settled(epoch) {
+            return;
+        }
+        info!(
+            height,
+            epoch,
+            "leader now: the previous epoch's claim is not settled; recovering, then claiming"
+        );
+        let seed = self.claimer.seed(epoch);
         drop(self.claimer.spawn(Trigger::Claim, epoch, seed));
     }
 

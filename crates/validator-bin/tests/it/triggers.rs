@@ -244,7 +244,7 @@ async fn a_rate_limited_claim_is_tried_again_after_30_blocks_then_paid() {
         responses[1],
         (BACKLOG_EPOCH, BACKLOG_REWARD_NGONKA, "Rewards claimed successfully".into())
     );
-    let stored = running.app.journal.claims().unwrap();
+    let stored = running.app.journal.claims().await.unwrap();
     assert!(stored
         .iter()
         .any(|(epoch, text)| *epoch == BACKLOG_EPOCH && text.contains("\"paid\"")));
