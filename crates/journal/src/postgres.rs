@@ -294,8 +294,8 @@ impl Journal for PostgresJournal {
         let key_text = key.as_str().to_owned();
         let written = self
             .call(|client| async move {
-                let rows = client
-                    .execute(
+                let statement = client
+                    .prepare_cached(
                         "INSERT INTO submissions (msg_id, replica, inference_id, revalidation, \
                          epoch, lane, intent, open, intended_at) \
                          SELECT $1, $2, $3, $4, $5, $6, $7, true, \
@@ -305,6 +305,11 @@ impl Journal for PostgresJournal {
                          ON CONFLICT (msg_id) DO UPDATE SET replica = excluded.replica, \
                          epoch = excluded.epoch, lane = excluded.lane, intent = excluded.intent, \
                          open = true, resolved_at = NULL, intended_at = excluded.intended_at",
+                    )
+                    .await?;
+                let rows = client
+                    .execute(
+                        &statement,
                         &[
                             &intent.msg.id,
                             &replica,

@@ -99,18 +99,23 @@ impl PostgresJournal {
         let sent = Instant::now();
         let acquired = self
             .call(|mut client| async move {
+                // Most keys are new: one statement on its own takes them. Only a key with a row
+                // needs the transaction that locks the row and reads it.
+                let insert = client
+                    .prepare_cached(
+                        "INSERT INTO leases (key, holder, state, expires_at, taken_at, \
+                         updated_at) VALUES ($1, $2, 'held', clock_timestamp() + $3::bigint \
+                         * interval '1 millisecond', clock_timestamp(), clock_timestamp()) \
+                         ON CONFLICT (key) DO NOTHING",
+                    )
+                    .await?;
+                if client.execute(&insert, &[&key_text, &replica, &ttl]).await? == 1 {
+                    return Ok(Acquired::Held { takeover: None });
+                }
                 // A row deleted between the insert and the lock: insert again, once.
                 for _ in 0..2 {
                     let tx = client.transaction().await?;
-                    let inserted = tx
-                        .execute(
-                            "INSERT INTO leases (key, holder, state, expires_at, taken_at, \
-                             updated_at) VALUES ($1, $2, 'held', clock_timestamp() + $3::bigint \
-                             * interval '1 millisecond', clock_timestamp(), clock_timestamp()) \
-                             ON CONFLICT (key) DO NOTHING",
-                            &[&key_text, &replica, &ttl],
-                        )
-                        .await?;
+                    let inserted = tx.execute(&insert, &[&key_text, &replica, &ttl]).await?;
                     if inserted == 1 {
                         tx.commit().await?;
                         return Ok(Acquired::Held { takeover: None });
@@ -234,22 +239,22 @@ impl Leases for PostgresJournal {
         self.call(|client| async move {
             match outcome {
                 Some(outcome) => {
-                    client
-                        .execute(
+                    let statement = client
+                        .prepare_cached(
                             "UPDATE leases SET state = 'done', outcome = $3, \
                              expires_at = clock_timestamp(), updated_at = clock_timestamp() \
                              WHERE key = $1 AND holder = $2",
-                            &[&key, &replica, &outcome],
                         )
                         .await?;
+                    client.execute(&statement, &[&key, &replica, &outcome]).await?;
                 }
                 None => {
-                    client
-                        .execute(
+                    let statement = client
+                        .prepare_cached(
                             "DELETE FROM leases WHERE key = $1 AND holder = $2 AND state = 'held'",
-                            &[&key, &replica],
                         )
                         .await?;
+                    client.execute(&statement, &[&key, &replica]).await?;
                 }
             }
             Ok(())
