@@ -759,6 +759,8 @@ pub(crate) struct Rig {
     pub(crate) payloads_port: Option<Arc<dyn PayloadSource>>,
     /// The journal (`NoJournal` unless a scenario measures one).
     pub(crate) journal: Arc<dyn Journal>,
+    /// The leases (`SingleReplica` unless a scenario measures shared ones).
+    pub(crate) leases: Arc<dyn validator_core::ports::Leases>,
 }
 
 impl Rig {
@@ -779,6 +781,7 @@ impl Rig {
             ml_port: None,
             payloads_port: None,
             journal: Arc::new(NoJournal),
+            leases: Arc::new(validator_core::ports::SingleReplica),
         }
     }
 
@@ -801,6 +804,7 @@ impl Rig {
             broker,
             ml,
             journal: Arc::clone(&self.journal),
+            leases: Arc::clone(&self.leases),
         }
     }
 }

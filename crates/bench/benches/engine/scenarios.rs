@@ -546,13 +546,25 @@ pub(crate) fn http_drain(strategy: Strategy, sizes: &Sizes) -> Result<Value, Box
     http_drain_with(strategy, sizes, None)
 }
 
-/// `http_drain` of our engine without a journal and with the journal crate's `SqliteJournal`
-/// (WAL, `synchronous = full` and `normal`, in temporary directories), in alternating rounds so both see the same
-/// machine; the cost is one minus the ratio of the median efficiencies.
+/// The journal a `http_drain` round runs with.
+enum Journaled<'a> {
+    /// `SqliteJournal` in a directory, with its `synchronous` setting.
+    Sqlite(&'a std::path::Path, journal::Synchronous),
+    /// `PostgresJournal` on a database (one replica, leases on).
+    Postgres(&'a str),
+}
+
+/// `http_drain` of our engine without a journal, with the journal crate's `SqliteJournal` (WAL,
+/// `synchronous = full` and `normal`, in temporary directories) and with its `PostgresJournal`
+/// (a throwaway server on loopback, `fsync` on, leases on: every validation takes and releases
+/// its lease), in alternating rounds so all see the same machine; each cost is one minus the
+/// ratio of the median efficiencies.
 pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
     use journal::Synchronous;
     const ROUNDS: usize = 5;
-    let (mut without, mut full, mut normal) = (Vec::new(), Vec::new(), Vec::new());
+    let postgres = testkit::postgres::TempPostgres::start_durable();
+    let (mut without, mut full, mut normal, mut pg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut dropped = 0;
     for round in 0..ROUNDS {
         let plain = http_drain_with(Strategy::Ours, sizes, None)?;
@@ -562,11 +574,16 @@ pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
         {
             let dir = std::env::temp_dir()
                 .join(format!("journal-bench-{}-{round}-{synchronous:?}", std::process::id()));
-            let journaled = http_drain_with(Strategy::Ours, sizes, Some((&dir, synchronous)))?;
+            let journaled =
+                http_drain_with(Strategy::Ours, sizes, Some(Journaled::Sqlite(&dir, synchronous)))?;
             std::fs::remove_dir_all(&dir)?;
             series.push(journaled["efficiency"].as_f64().unwrap_or(0.0));
             dropped += journaled["journal_dropped"].as_u64().unwrap_or(0);
         }
+        let url = runtime()?.block_on(postgres.create_database(&format!("bench_{round}")));
+        let journaled = http_drain_with(Strategy::Ours, sizes, Some(Journaled::Postgres(&url)))?;
+        pg.push(journaled["efficiency"].as_f64().unwrap_or(0.0));
+        dropped += journaled["journal_dropped"].as_u64().unwrap_or(0);
     }
     let median = |values: &[f64]| {
         let mut sorted = values.to_vec();
@@ -580,8 +597,10 @@ pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
         "efficiency_without": without,
         "efficiency_full": full,
         "efficiency_normal": normal,
+        "efficiency_postgres": pg,
         "cost_full": round(1.0 - median(&full) / plain),
         "cost_normal": round(1.0 - median(&normal) / plain),
+        "cost_postgres": round(1.0 - median(&pg) / plain),
         "journal_dropped": dropped,
     }))
 }
@@ -589,13 +608,21 @@ pub(crate) fn journal_cost(sizes: &Sizes) -> Result<Value, BoxError> {
 fn http_drain_with(
     strategy: Strategy,
     sizes: &Sizes,
-    journal: Option<(&std::path::Path, journal::Synchronous)>,
+    journal: Option<Journaled<'_>>,
 ) -> Result<Value, BoxError> {
     runtime()?.block_on(async {
         let journal = match journal {
-            Some((dir, synchronous)) => {
+            Some(Journaled::Sqlite(dir, synchronous)) => {
                 let config = journal::Config { synchronous, ..Default::default() };
-                Some(Arc::new(journal::SqliteJournal::open(dir, &config)?))
+                Some(Arc::new(journal::Store::Sqlite(journal::SqliteJournal::open(dir, &config)?)))
+            }
+            Some(Journaled::Postgres(url)) => {
+                let config = journal::Config {
+                    backend: journal::Backend::Postgres,
+                    url: Some(url.to_owned()),
+                    ..Default::default()
+                };
+                Some(Arc::new(journal::Store::open(std::path::Path::new("."), &config).await?))
             }
             None => None,
         };
@@ -617,6 +644,7 @@ fn http_drain_with(
         rig.broker_port = Some(Arc::new(ml_client::NodePool::new(&config)?));
         if let Some(journal) = &journal {
             rig.journal = Arc::clone(journal) as Arc<dyn validator_core::ports::Journal>;
+            rig.leases = journal.leases();
         }
         let runner = Runner::start(strategy, rig.ports(), &policy, true)?;
         let started = Instant::now();
