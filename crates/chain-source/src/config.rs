@@ -86,8 +86,9 @@ impl Default for EventsConfig {
 
 impl EventsConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        if self.rpc_url.is_empty() {
-            return bad("events.rpc_url", "an http or https URL");
+        match reqwest::Url::parse(&self.rpc_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => return bad("events.rpc_url", "an http or https URL with a host"),
         }
         if self.catch_up_window == 0 {
             return bad("events.catch_up_window", "at least 1");
@@ -95,8 +96,8 @@ impl EventsConfig {
         if self.max_message_bytes == 0 {
             return bad("events.max_message_bytes", "at least 1");
         }
-        if self.queue_capacity == 0 {
-            return bad("events.queue_capacity", "at least 1");
+        if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
+            return bad("events.queue_capacity", "1 to 10000000");
         }
         positive("events.rpc_timeout", self.rpc_timeout)?;
         positive("events.idle_timeout", self.idle_timeout)?;

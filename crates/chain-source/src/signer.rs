@@ -16,8 +16,12 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// A signer from a 32-byte secret.
+    /// A signer from a 32-byte secret; any other length is refused (k256 alone would pad a
+    /// shorter one).
     pub fn from_bytes(secret: &[u8]) -> Result<Self> {
+        if secret.len() != 32 {
+            return Err(Error::Key(format!("a secret is 32 bytes, not {}", secret.len())));
+        }
         SigningKey::from_slice(secret)
             .map(|key| Self { key })
             .map_err(|err| Error::Key(err.to_string()))
@@ -101,6 +105,8 @@ mod tests {
         assert!(Signer::from_hex("zz").is_err());
         assert!(Signer::from_bytes(&[0; 32]).is_err());
         assert!(Signer::from_bytes(&[1; 5]).is_err());
+        assert!(Signer::from_bytes(&[1; 24]).is_err(), "k256 would pad it");
+        assert!(Signer::from_hex(&"01".repeat(31)).is_err());
         assert!(!verify(b"junk", b"m", &[0; 64]));
         let signer = Signer::from_bytes(&[7; 32]).unwrap();
         assert!(!verify(&signer.public_key(), b"m", &[0; 10]));

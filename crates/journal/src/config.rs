@@ -107,11 +107,17 @@ impl Default for Config {
     }
 }
 
+/// The most history entries the writer's queue holds: far more than a burst needs, far below
+/// what would exhaust memory.
+const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+
 impl Config {
     /// Checks the values a journal cannot run with.
     pub fn validate(&self) -> Result<()> {
-        if self.queue_capacity == 0 {
-            return Err(Error::Config("storage.queue_capacity must be at least 1".into()));
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity) {
+            return Err(Error::Config(format!(
+                "storage.queue_capacity must be between 1 and {MAX_QUEUE_CAPACITY}"
+            )));
         }
         if self.prune_interval.is_zero() {
             return Err(Error::Config("storage.prune_interval must be positive".into()));

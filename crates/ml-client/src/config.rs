@@ -199,8 +199,8 @@ impl Config {
             if node.models.is_empty() || node.models.iter().any(String::is_empty) {
                 return bad(key("models"), "at least one non-empty model name");
             }
-            if node.max_concurrent == 0 {
-                return bad(key("max_concurrent"), "at least 1");
+            if node.max_concurrent == 0 || node.max_concurrent > 100_000 {
+                return bad(key("max_concurrent"), "1 to 100000");
             }
         }
         for (key, timeout) in [

@@ -177,6 +177,10 @@ impl Default for Config {
 /// exhaust memory in bookkeeping.
 pub const MAX_SLOTS: usize = 100_000;
 
+/// The most entries of any queue or buffer the engine sizes from its configuration (lanes,
+/// intake, outcome buffer): far beyond a real backlog, far below what would exhaust memory.
+pub const MAX_QUEUE: usize = 10_000_000;
+
 impl Config {
     /// The network stage's slot count.
     pub fn fetch_slots(&self) -> usize {
@@ -213,23 +217,23 @@ impl Config {
         if self.recovery_floor_percent > 100 {
             return bad("recovery_floor_percent", "0 to 100");
         }
-        if self.live_capacity == 0 {
-            return bad("live_capacity", "at least 1");
+        if self.live_capacity == 0 || self.live_capacity > MAX_QUEUE {
+            return bad("live_capacity", "1 to 10000000");
         }
-        if self.revalidation_capacity == 0 {
-            return bad("revalidation_capacity", "at least 1");
+        if self.revalidation_capacity == 0 || self.revalidation_capacity > MAX_QUEUE {
+            return bad("revalidation_capacity", "1 to 10000000");
         }
-        if self.challenged_capacity == 0 {
-            return bad("challenged_capacity", "at least 1");
+        if self.challenged_capacity == 0 || self.challenged_capacity > MAX_QUEUE {
+            return bad("challenged_capacity", "1 to 10000000");
         }
-        if self.recovery_window == 0 {
-            return bad("recovery_window", "at least 1");
+        if self.recovery_window == 0 || self.recovery_window > MAX_QUEUE {
+            return bad("recovery_window", "1 to 10000000");
         }
-        if self.intake_capacity == 0 {
-            return bad("intake_capacity", "at least 1");
+        if self.intake_capacity == 0 || self.intake_capacity > MAX_QUEUE {
+            return bad("intake_capacity", "1 to 10000000");
         }
-        if self.outcome_buffer == 0 {
-            return bad("outcome_buffer", "at least 1");
+        if self.outcome_buffer == 0 || self.outcome_buffer > MAX_QUEUE {
+            return bad("outcome_buffer", "1 to 10000000");
         }
         for (key, policy) in [
             ("payload_retry.attempts", &self.payload_retry),
