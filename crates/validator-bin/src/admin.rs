@@ -418,12 +418,12 @@ async fn shutdown(State(state): State<AdminState>) -> Result<Response, ApiError>
 }
 
 /// Reads the admin token from `path`, or generates one (32 random bytes, hex) into a new file
-/// readable by the owner only.
-pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
+/// readable by the owner only; the flag says whether it was created now.
+pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<(String, bool)> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let token = text.trim().to_owned();
         if !token.is_empty() {
-            return Ok(token);
+            return Ok((token, false));
         }
     }
     use rand::{RngCore as _, SeedableRng as _};
@@ -446,5 +446,19 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("creating the admin token file {}", path.display()))?;
     std::io::Write::write_all(&mut file, token.as_bytes())
         .with_context(|| format!("writing the admin token file {}", path.display()))?;
-    Ok(token)
+    Ok((token, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_created_once_then_read() {
+        let path = testkit::process::temp_path("admin.token");
+        let (token, created) = load_or_create_token(&path).unwrap();
+        assert!(created);
+        assert_eq!(token.len(), 64);
+        assert_eq!(load_or_create_token(&path).unwrap(), (token, false));
+    }
 }

@@ -25,6 +25,7 @@ use validator_core::{Engine, Ports, ShutdownReport};
 use crate::{
     admin::{load_or_create_token, AdminState},
     claim::Claimer,
+    keys,
     leader::Leadership,
     settings::{IdentityConfig, Settings},
     triggers::{follow_chain, BlockTriggers},
@@ -41,13 +42,34 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reads the key files named in `config`. Errors name the file, never its content.
-    pub fn load(config: &IdentityConfig) -> anyhow::Result<Self> {
-        let path = config.warm_key_file.as_ref().unwrap_or(&config.key_file);
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the key file {}", path.display()))?;
-        let signer = Signer::from_hex(text.trim())
-            .map_err(|_| anyhow::anyhow!("{} does not hold a 64-hex-digit key", path.display()))?;
+    /// Reads and checks the key files named in `config` (see [`keys::read_key_file`]): the
+    /// account key, when given, must be the key of `account_address` under `prefix`; it is
+    /// required unless a warm key signs, and then it is better kept off the server. Errors name
+    /// the file and the fix, never its content.
+    pub fn load(config: &IdentityConfig, prefix: &str) -> anyhow::Result<Self> {
+        let account_key = if config.key_file.as_os_str().is_empty() {
+            None
+        } else {
+            let key = keys::read_key_file(&config.key_file)?;
+            let address = keys::address(&key, prefix)?;
+            if address != config.account_address {
+                anyhow::bail!(
+                    "identity.key_file {} holds the key of {address}, not of \
+                     identity.account_address {}: set one of them to match the other",
+                    config.key_file.display(),
+                    config.account_address
+                );
+            }
+            Some(key)
+        };
+        let signer = match (&config.warm_key_file, account_key) {
+            (Some(path), _) => keys::read_key_file(path)?,
+            (None, Some(key)) => key,
+            (None, None) => anyhow::bail!(
+                "identity.key_file is required unless identity.warm_key_file is set \
+                 (`validator keys import` writes one)"
+            ),
+        };
         Ok(Self { account_address: config.account_address.clone(), signer })
     }
 }
@@ -75,6 +97,8 @@ pub struct AppHandle {
     pub token: Arc<str>,
     /// Where the token is kept.
     pub token_file: PathBuf,
+    /// Whether this start created the token (and its file).
+    pub token_created: bool,
     /// The journal: validations, submissions, recovery runs, the last processed height.
     pub journal: Arc<Store>,
     /// Whether this replica is the leader (always, when alone on its journal).
@@ -200,7 +224,7 @@ impl App {
             .await?,
         );
         let token_file = settings.token_file();
-        let token = load_or_create_token(&token_file)?;
+        let (token, token_created) = load_or_create_token(&token_file)?;
         let admin_listener = TcpListener::bind(settings.admin.listen)
             .await
             .with_context(|| format!("binding the admin API to {}", settings.admin.listen))?;
@@ -227,6 +251,7 @@ impl App {
             service_addr: service_listener.as_ref().map(TcpListener::local_addr).transpose()?,
             token: token.into(),
             token_file,
+            token_created,
             journal,
             leadership,
         };

@@ -9,6 +9,7 @@
 //! - [`leader`]: which replica on a shared journal does the duties that must not run twice;
 //! - [`triggers`]: what each block triggers: the claim trigger and the periodic reward check;
 //! - [`claim`]: recovery followed by the reward claim, and the record of claims;
+//! - [`keys`]: key files: import from hex or a mnemonic, show, the checks before signing;
 //! - [`admin`]: the admin HTTP API (bearer token, recovery triggers, status);
 //! - [`telemetry`]: the Prometheus listener and the tracing subscriber;
 //! - [`score`]: scores two chat-completion files;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod app;
 pub mod claim;
+pub mod keys;
 pub mod leader;
 pub mod score;
 pub mod service;
@@ -24,6 +26,25 @@ pub mod settings;
 pub mod signal;
 pub mod telemetry;
 pub mod triggers;
+
+/// The version `validator --version` prints: the crate's, the git commit and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VALIDATOR_GIT_COMMIT"),
+    ", built ",
+    env!("VALIDATOR_BUILD_DATE"),
+    ")"
+);
+
+/// The git commit the binary was built from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("VALIDATOR_GIT_COMMIT");
+
+/// The date of the build, `YYYY-MM-DD` in UTC.
+pub const BUILD_DATE: &str = env!("VALIDATOR_BUILD_DATE");
+
+/// Exit code of `validator score` when the verdict is `invalid`.
+pub const EXIT_INVALID_VERDICT: u8 = 3;
 
 /// Exit code of a bad command line or configuration (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;

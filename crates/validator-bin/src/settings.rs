@@ -23,13 +23,40 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use validator_core::config::duration_ms;
 
+/// The prefix of environment variables that set settings.
+const ENV_PREFIX: &str = "VALIDATOR_";
+
+/// The top level of [`Settings`]: an environment variable must start with one of them.
+const TOP_LEVEL: &[&str] = &[
+    "data_dir",
+    "shutdown_grace",
+    "core",
+    "ml",
+    "chain",
+    "admin",
+    "service",
+    "metrics",
+    "identity",
+    "log",
+    "storage",
+    "tls",
+];
+
+/// Whether an environment key (prefix stripped; levels split by `__` or already by `.`) starts
+/// with a top-level setting.
+fn names_a_setting(key: &str) -> bool {
+    let first = key.split("__").next().and_then(|first| first.split('.').next()).unwrap_or("");
+    TOP_LEVEL.iter().any(|top| top.eq_ignore_ascii_case(first))
+}
+
 /// Everything the node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Directory for the node's state: the journal (`journal.sqlite`: validations, submissions,
     /// recovery runs, the last processed height), the single-instance `LOCK` and, unless
-    /// `admin.token_file` says otherwise, the admin token. Default `./data`.
+    /// `admin.token_file` says otherwise, the admin token. Default `/var/lib/validator` (the
+    /// systemd unit's `StateDirectory`).
     pub data_dir: PathBuf,
     /// How long shutdown waits for in-flight work before giving up on it, in milliseconds.
     #[serde(with = "duration_ms")]
@@ -59,7 +86,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./data"),
+            data_dir: PathBuf::from("/var/lib/validator"),
             shutdown_grace: Duration::from_secs(10),
             core: validator_core::Config::default(),
             ml: ml_client::Config::default(),
@@ -148,9 +175,11 @@ impl Default for MetricsConfig {
 pub struct IdentityConfig {
     /// The participant's bech32 account address.
     pub account_address: String,
-    /// File holding the account key as 64 hex characters.
+    /// File holding the account key (64 hex digits, mode 0600; `validator keys import` writes
+    /// it). Its address must be `account_address`. Not needed with a warm key: keep the
+    /// account's cold key off the server then.
     pub key_file: PathBuf,
-    /// File holding a warm key (64 hex characters) the account granted `MsgValidation` and
+    /// File holding a warm key (the same format) the account granted `MsgValidation` and
     /// `MsgClaimRewards` (and, with `chain.tx.fee_granter`, a feegrant allowance); when set it
     /// signs instead of the account key.
     pub warm_key_file: Option<PathBuf>,
@@ -229,10 +258,25 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("VALIDATOR_").split("__"));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX).split("__").filter(|key| names_a_setting(key.as_str())),
+        );
         let settings = Self::from_figment(&figment)?;
         settings.tls.client_tls()?;
         Ok(settings)
+    }
+
+    /// Environment variables under the `VALIDATOR_` prefix whose first level names no setting
+    /// (`VALIDATOR_PORT`, as a Kubernetes Service named `validator` injects): [`Settings::load`]
+    /// ignores them, so the caller can warn. An unknown key under a known section is still an
+    /// error.
+    pub fn ignored_environment() -> Vec<String> {
+        let mut names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| name.strip_prefix(ENV_PREFIX).is_some_and(|rest| !names_a_setting(rest)))
+            .collect();
+        names.sort();
+        names
     }
 
     /// Parses settings from TOML text alone (defaults for the rest), then validates; reads no
@@ -294,9 +338,11 @@ impl Settings {
                 "`identity.account_address`: allowed is the participant's bech32 address".into(),
             ));
         }
-        if self.identity.key_file.as_os_str().is_empty() {
+        if self.identity.key_file.as_os_str().is_empty() && self.identity.warm_key_file.is_none() {
             return Err(ConfigError(
-                "`identity.key_file`: allowed is the path of a file holding a hex key".into(),
+                "`identity.key_file`: allowed is the path of a key file (`validator keys \
+                 import` writes one); it may be left out only with `identity.warm_key_file`"
+                    .into(),
             ));
         }
         Ok(())
@@ -349,6 +395,32 @@ mod tests {
     fn defaults_round_trip_through_toml() {
         let text = Settings::default().to_toml().unwrap();
         assert_eq!(Settings::from_toml(&text).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn the_environment_filter_knows_every_top_level_setting() {
+        let value = toml::Value::try_from(Settings::default()).unwrap();
+        let mut keys: Vec<&str> = value.as_table().unwrap().keys().map(String::as_str).collect();
+        let mut known = TOP_LEVEL.to_vec();
+        keys.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(keys, known);
+        assert!(names_a_setting("CORE__SLOTS") && names_a_setting("core.slots"));
+        assert!(names_a_setting("DATA_DIR"));
+        assert!(!names_a_setting("PORT") && !names_a_setting("SERVICE_HOST"));
+        assert!(!names_a_setting("PORT_8080_TCP__ADDR"));
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused() {
+        for text in [
+            "[core]\nslots = 100000000000",
+            "[core]\nlive_capacity = 100000000000",
+            "[storage]\npool_size = 100000",
+            "[storage]\nqueue_capacity = 100000000000",
+        ] {
+            assert!(Settings::from_toml(text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! The OS shutdown signal (SIGINT or SIGTERM) as a future.
+//! The OS shutdown signal (SIGINT or SIGTERM) as a future; SIGHUP is ignored.
 
 use std::future::Future;
 
 /// A future resolving on the first SIGINT or SIGTERM. The handlers are installed when this is
 /// called, not when the future is first polled, so a signal that arrives in between is not
 /// lost. If a handler cannot be installed, that signal is not waited for (a warning says so).
-/// Must be called within a Tokio runtime.
+/// SIGHUP, whose default action would kill the node without draining, is logged and ignored:
+/// the configuration is read at start only. Must be called within a Tokio runtime.
 #[cfg(unix)]
 pub fn shutdown() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -15,7 +16,19 @@ pub fn shutdown() -> impl Future<Output = ()> {
     let mut terminate = signal(SignalKind::terminate())
         .inspect_err(|err| tracing::warn!(%err, "cannot listen for SIGTERM"))
         .ok();
+    let mut hangup = signal(SignalKind::hangup())
+        .inspect_err(|err| tracing::warn!(%err, "cannot listen for SIGHUP"))
+        .ok();
     async move {
+        let hangups = async {
+            while let Some(stream) = hangup.as_mut() {
+                if stream.recv().await.is_none() {
+                    break;
+                }
+                tracing::warn!("SIGHUP ignored: the configuration is read at start only");
+            }
+            std::future::pending::<()>().await;
+        };
         let interrupted = async {
             match interrupt.as_mut() {
                 Some(stream) => stream.recv().await,
@@ -29,6 +42,7 @@ pub fn shutdown() -> impl Future<Output = ()> {
             }
         };
         tokio::select! {
+            () = hangups => {}
             _ = interrupted => tracing::info!("SIGINT received"),
             _ = terminated => tracing::info!("SIGTERM received"),
         }

@@ -36,6 +36,80 @@ const SECONDS_BUCKETS: &[f64] = &[
     600.0,
 ];
 
+/// A metric's kind, for its description.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the node exports, with the `# HELP` line it is scraped with.
+const METRICS: &[(Kind, &str, &str)] = &[
+    (Kind::Gauge, "validator_build_info", "Always 1; version, commit and build date as labels."),
+    (Kind::Gauge, "validator_replica_info", "Always 1; this replica's id and journal backend."),
+    (Kind::Gauge, "validator_slots_capacity", "Slots of each stage (gpu, network)."),
+    (Kind::Gauge, "validator_slots_in_use", "Slots of each stage held now."),
+    (Kind::Gauge, "validator_fetch_slots_in_use", "Network-stage slots fetching payloads now."),
+    (Kind::Gauge, "validator_queue_depth", "Validations waiting in each lane."),
+    (Kind::Gauge, "validator_buffer_payloads", "Verified payloads waiting for a GPU slot."),
+    (Kind::Gauge, "validator_buffer_bytes", "Bytes of verified payloads waiting for a GPU slot."),
+    (Kind::Counter, "validator_buffer_expired_total", "Buffered payloads fetched again: too old."),
+    (Kind::Histogram, "validator_lane_wait_seconds", "Wait from admission to a slot, per lane."),
+    (Kind::Histogram, "validator_stage_duration_seconds", "Duration of each validation stage."),
+    (Kind::Counter, "validator_outcomes_total", "Terminal outcomes of validations, per kind."),
+    (Kind::Counter, "validator_retries_total", "Retries scheduled, per stage."),
+    (Kind::Counter, "validator_intake_failures_total", "Validations the engine could not admit."),
+    (Kind::Counter, "validator_payload_failures_total", "Payload fetches that failed, per cause."),
+    (
+        Kind::Counter,
+        "validator_gpu_idle_slot_microseconds_total",
+        "GPU slot time spent idle while work was queued.",
+    ),
+    (Kind::Counter, "validator_recovery_runs_total", "Recovery runs ended, per state."),
+    (Kind::Counter, "validator_validation_tx_total", "MsgValidation transactions, per result."),
+    (Kind::Counter, "validator_tx_lookup_failures_total", "Failed lookups of sent transactions."),
+    (Kind::Gauge, "validator_classic_retired", "1 once the chain refused classic MsgValidation."),
+    (Kind::Counter, "validator_claims_total", "Reward claims, per result."),
+    (Kind::Gauge, "validator_unclaimed_ngonka", "Rewards of the epoch being claimed, in ngonka."),
+    (Kind::Gauge, "validator_ml_node_up", "1 while an ML node is reachable, per node."),
+    (Kind::Counter, "validator_lock_waits_total", "Devshard replays that waited for a lock."),
+    (Kind::Gauge, "validator_node_manager_locks_held", "NodeManager locks held now."),
+    (Kind::Gauge, "validator_node_manager_lock_waits", "Replays waiting for a NodeManager lock."),
+    (Kind::Counter, "validator_node_manager_acquires_total", "NodeManager locks acquired."),
+    (Kind::Counter, "validator_node_manager_rejections_total", "NodeManager acquires refused."),
+    (Kind::Counter, "validator_node_manager_releases_total", "NodeManager locks released."),
+    (
+        Kind::Counter,
+        "validator_node_manager_release_failures_total",
+        "NodeManager releases that failed.",
+    ),
+    (
+        Kind::Counter,
+        "validator_node_manager_listing_failures_total",
+        "NodeManager node listings that failed.",
+    ),
+    (Kind::Counter, "validator_service_calls_total", "Validation service calls, per status."),
+    (Kind::Counter, "validator_devshard_verdicts_total", "Devshard verdicts, per reason."),
+    (Kind::Counter, "validator_journal_dropped_total", "History entries a full queue dropped."),
+    (Kind::Gauge, "validator_leader", "1 while this replica holds the leader lease."),
+    (Kind::Gauge, "validator_leases_held", "Validation leases this replica holds."),
+    (Kind::Counter, "validator_lease_takeovers_total", "Expired leases taken over."),
+    (Kind::Counter, "validator_leases_lost_total", "Leases that lapsed before renewal."),
+    (Kind::Counter, "validator_leader_takeovers_total", "Times this replica became leader."),
+];
+
+/// Gives every metric of [`METRICS`] its help text.
+fn describe_metrics() {
+    for &(kind, name, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 static INSTALL: Mutex<()> = Mutex::new(());
 
@@ -54,7 +128,16 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    Ok(RECORDER.get_or_init(|| handle).clone())
+    let handle = RECORDER.get_or_init(|| handle).clone();
+    describe_metrics();
+    metrics::gauge!(
+        "validator_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => crate::GIT_COMMIT,
+        "built" => crate::BUILD_DATE,
+    )
+    .set(1.0);
+    Ok(handle)
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires, and refreshes

@@ -237,7 +237,8 @@ fn configure(
     let mut settings = scenario.settings(options);
     let key_file = dir.join("validator.key");
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let _ = std::fs::remove_file(&key_file);
+    validator_bin::keys::write_key_file(&key_file, &[0x11; 32]).unwrap();
     settings.data_dir = dir.join("data");
     settings.admin.token_file = None;
     settings.identity.account_address = scenario.address.clone();

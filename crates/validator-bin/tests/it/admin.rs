@@ -129,7 +129,17 @@ async fn metrics_are_prometheus_text() {
     assert_eq!(status, 200);
     let text = body.as_str().unwrap();
     let mut names = std::collections::BTreeSet::new();
+    let (mut typed, mut helped) =
+        (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for line in text.lines().filter(|line| !line.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let mut words = rest.split_whitespace();
+            helped.insert(words.next().unwrap().to_owned());
+            assert!(words.next().is_some(), "an empty help: {line}");
+        }
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.split_whitespace();
             let kind = words.next().unwrap();
@@ -160,8 +170,15 @@ async fn metrics_are_prometheus_text() {
         }
         names.insert(name.to_owned());
     }
-    for expected in ["validator_slots_capacity", "validator_slots_in_use", "validator_ml_node_up"] {
+    for expected in [
+        "validator_slots_capacity",
+        "validator_slots_in_use",
+        "validator_ml_node_up",
+        "validator_build_info",
+    ] {
         assert!(names.contains(expected), "{expected} missing from:\n{text}");
     }
+    let unhelped: Vec<_> = typed.difference(&helped).collect();
+    assert!(unhelped.is_empty(), "no # HELP for {unhelped:?}");
     running.stop().await;
 }

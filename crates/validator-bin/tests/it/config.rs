@@ -1,9 +1,135 @@
-use std::process::{Command, Output};
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
 
+use chain_source::Signer;
+use validator_bin::keys;
+
+/// `check-config` on `toml` with a good `[identity]` appended.
 fn check_config(toml: &str) -> Output {
+    check_config_as_is(&format!("{toml}\n{}", identity(&key_file(0o600))))
+}
+
+/// `check-config` on `toml` alone.
+fn check_config_as_is(toml: &str) -> Output {
     let path = crate::temp_path("validator.toml");
     std::fs::write(&path, toml).unwrap();
     Command::new(crate::binary()).arg("check-config").arg("--config").arg(&path).output().unwrap()
+}
+
+/// A key file of the secret 0x11.., with `mode`.
+fn key_file(mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = crate::temp_path("account.key");
+    keys::write_key_file(&path, &[0x11; 32]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// The address of the secret 0x11...
+fn address() -> String {
+    keys::address(&Signer::from_bytes(&[0x11; 32]).unwrap(), "gonka").unwrap()
+}
+
+/// An `[identity]` section for the account of 0x11.. with its key in `key_file`.
+fn identity(key_file: &std::path::Path) -> String {
+    format!(
+        "[identity]\naccount_address = \"{}\"\nkey_file = \"{}\"\n",
+        address(),
+        key_file.display()
+    )
+}
+
+/// Asserts `output` exited 64 with every needle in its stderr.
+fn refused(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_checks_the_key_files_and_the_address() {
+    let readable = key_file(0o644);
+    refused(
+        &check_config_as_is(&identity(&readable)),
+        &["readable by group or others", "chmod 600"],
+    );
+    let short = crate::temp_path("short.key");
+    keys::write_key_file(&short, &[0x11; 32]).unwrap();
+    std::fs::write(&short, "11".repeat(31)).unwrap();
+    refused(&check_config_as_is(&identity(&short)), &["64 hex digits", "has 62 characters"]);
+    let other = format!(
+        "[identity]\naccount_address = \"gonka1other\"\nkey_file = \"{}\"\n",
+        key_file(0o600).display()
+    );
+    refused(&check_config_as_is(&other), &[&address(), "gonka1other", "identity.account_address"]);
+    refused(
+        &check_config_as_is(&format!("[identity]\naccount_address = \"{}\"\n", address())),
+        &["identity.key_file"],
+    );
+    // A warm key signs: the account's cold key stays off the server.
+    let warm = format!(
+        "[identity]\naccount_address = \"{}\"\nwarm_key_file = \"{}\"\n",
+        address(),
+        key_file(0o600).display()
+    );
+    let output = check_config_as_is(&warm);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn check_config_refuses_what_run_would_refuse_later() {
+    refused(
+        &check_config("[chain.events]\nrpc_url = \"tcp://127.0.0.1:26657\"\n"),
+        &["events.rpc_url", "http or https"],
+    );
+    refused(&check_config("[core]\nslots = 100000000000\n"), &["`slots`", "1 to 100000"]);
+    refused(&check_config("[core]\nlive_capacity = 100000000000\n"), &["live_capacity"]);
+}
+
+#[test]
+fn run_refuses_a_bad_rpc_url_before_binding_or_printing_a_token() {
+    let path = crate::temp_path("validator.toml");
+    let data_dir = path.with_file_name("data");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{}\"\n[chain.events]\nrpc_url = \"tcp://127.0.0.1:26657\"\n{}",
+            data_dir.display(),
+            identity(&key_file(0o600))
+        ),
+    )
+    .unwrap();
+    let output =
+        Command::new(crate::binary()).arg("run").arg("--config").arg(&path).output().unwrap();
+    refused(&output, &["events.rpc_url"]);
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(!data_dir.exists(), "nothing was created");
+}
+
+#[test]
+fn unknown_variables_under_the_prefix_are_named_not_fatal() {
+    let path = crate::temp_path("validator.toml");
+    std::fs::write(&path, identity(&key_file(0o600))).unwrap();
+    let run = |name: &str, value: &str| {
+        Command::new(crate::binary())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .env(name, value)
+            .output()
+            .unwrap()
+    };
+    // What a Kubernetes Service named `validator` injects.
+    let output = run("VALIDATOR_PORT", "tcp://10.0.0.1:8080");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("VALIDATOR_PORT") && stderr.contains("ignored"), "{stderr}");
+    // A typo under a known section still stops the node.
+    refused(&run("VALIDATOR_CORE__SLOTZ", "3"), &["slotz"]);
 }
 
 #[test]
@@ -15,10 +141,7 @@ fn typos_exit_64_naming_the_key() {
         ("[core]\nslots = 0\n", "slots"),
         ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
     ] {
-        let output = check_config(toml);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{toml}: {stderr}");
-        assert!(stderr.contains(needle), "{toml}: {stderr}");
+        refused(&check_config(toml), &[needle]);
     }
 }
 
@@ -54,7 +177,14 @@ fn run_checks_the_config_before_binding() {
 #[test]
 fn the_environment_overrides_the_file_and_the_output_parses_back() {
     let path = crate::temp_path("validator.toml");
-    std::fs::write(&path, "[core]\nslots = 4\n[metrics]\nlisten = \"127.0.0.1:9999\"\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[core]\nslots = 4\n[metrics]\nlisten = \"127.0.0.1:9999\"\n{}",
+            identity(&key_file(0o600))
+        ),
+    )
+    .unwrap();
     let output = Command::new(crate::binary())
         .arg("check-config")
         .arg("--config")

@@ -5,6 +5,8 @@
 mod admin;
 // The bad-input table: malformed input through every entry point, typed answers, still serving.
 mod bad_input;
+// `validator keys`: import from a mnemonic or hex, show; `--version`.
+mod keys;
 // The journal: SIGKILL at any point never sends a validation twice; one process per data
 // directory; a newer schema is refused.
 mod journal;
@@ -48,7 +50,8 @@ pub fn run_config(
 ) -> PathBuf {
     let mut settings = scenario.settings(options);
     let key_file = data_dir.with_file_name("validator.key");
-    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let _ = std::fs::remove_file(&key_file);
+    validator_bin::keys::write_key_file(&key_file, &[0x11; 32]).unwrap();
     settings.data_dir = data_dir.to_owned();
     settings.admin.token_file = None;
     settings.admin.listen.set_port(admin_port);

@@ -31,6 +31,10 @@ async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
         .unwrap();
     let chain = &scenario.chain;
     tokio::time::timeout(BOUND, chain.wait_subscriptions(1)).await.unwrap();
+    // SIGHUP (a closed terminal, a reload habit) neither kills the node nor stops its work.
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: sends a signal to the child this test spawned and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
 
     // The claim height is five blocks ahead: recovery of the previous epoch, then the claim.
     let claim_height = chain.advance(6);
@@ -50,7 +54,6 @@ async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
     let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
     assert_eq!(token.trim().len(), 64);
 
-    let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: sends a signal to the child this test spawned and still owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let mut child = child;
@@ -60,7 +63,7 @@ async fn run_follows_the_chain_recovers_claims_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     let printed = std::io::read_to_string(stdout).unwrap();
-    assert!(printed.contains("admin token"), "{printed}");
+    assert!(printed.contains(&format!("admin token: {}", token.trim())), "{printed}");
     let journal = journal::SqliteJournal::open(&data_dir, &Default::default()).unwrap();
     let height = journal.height().unwrap().unwrap();
     assert!(height >= claim_height, "the processed height is kept: {height}");

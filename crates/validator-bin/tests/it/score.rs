@@ -1,7 +1,8 @@
 use std::{
     collections::HashMap,
+    io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use serde_json::{json, Value};
@@ -43,18 +44,33 @@ fn write(name: &str, value: &Value) -> PathBuf {
     path
 }
 
-/// Runs `validator score` and returns its one JSON line.
+/// Runs `validator score - VALIDATION` with the original on standard input and returns its one
+/// JSON line; the exit code is 0, or 3 for an `invalid` verdict.
 fn score(original: &Value, validation: &Value) -> Value {
-    let output = Command::new(crate::binary())
+    let mut child = Command::new(crate::binary())
         .arg("score")
-        .arg(write("original.json", original))
+        .arg("-")
         .arg(write("validation.json", validation))
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&serde_json::to_vec(original).unwrap()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    serde_json::from_str(&stdout).unwrap()
+    let line: Value = serde_json::from_str(&stdout).unwrap();
+    let expected = if line["verdict"] == "invalid" { 3 } else { 0 };
+    assert_eq!(
+        output.status.code(),
+        Some(expected),
+        "{line} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    line
 }
 
 /// A streamed payload of `response`'s positions, one per chunk, as vLLM streams them.
@@ -134,4 +150,11 @@ fn a_missing_file_is_an_error() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/a.json"));
+}
+
+#[test]
+fn only_one_side_can_come_from_standard_input() {
+    let output = Command::new(crate::binary()).args(["score", "-", "-"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only one"));
 }

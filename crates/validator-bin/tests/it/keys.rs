@@ -1,0 +1,83 @@
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+/// BIP-39's all-`abandon` test phrase: public, never to hold funds.
+const PHRASE: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                      abandon abandon about";
+
+/// Runs the binary with `args` and `stdin` on its standard input.
+fn validator(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(crate::binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn line(output: &Output) -> Value {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_mnemonic_becomes_a_key_file_of_the_account_wallets_derive() {
+    let out = crate::temp_path("account.key");
+    let out_arg = out.to_str().unwrap();
+    let imported =
+        line(&validator(&["keys", "import", "--from", "mnemonic", "--out", out_arg], PHRASE));
+    let address = imported["address"].as_str().unwrap();
+    assert!(address.starts_with("gonka1"), "{imported}");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let shown = line(&validator(&["keys", "show", out_arg, "--prefix", "cosmos"], ""));
+    assert_eq!(shown["address"], "cosmos19rl4cm2hmr8afy4kldpxz3fka4jguq0auqdal4");
+    assert_eq!(shown["public_key"], imported["public_key"]);
+    // The secret in the file is what a hex export of the same account holds.
+    let hex = std::fs::read_to_string(&out).unwrap();
+    let again = crate::temp_path("again.key");
+    let from_hex = line(&validator(
+        &["keys", "import", "--from", "hex", "--out", again.to_str().unwrap()],
+        &hex,
+    ));
+    assert_eq!(from_hex, imported);
+    // Never overwritten.
+    let output = validator(&["keys", "import", "--from", "hex", "--out", out_arg], &hex);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("never overwritten"));
+}
+
+#[test]
+fn bad_secrets_are_refused_without_echoing_them() {
+    let out = crate::temp_path("bad.key");
+    let out_arg = out.to_str().unwrap();
+    for (from, input, needle) in [
+        ("hex", "11".repeat(28), "has 56 characters"),
+        ("hex", "xy".repeat(32), "not hex"),
+        ("mnemonic", PHRASE.replace("about", "abandon"), "checksum"),
+    ] {
+        let output = validator(&["keys", "import", "--from", from, "--out", out_arg], &input);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!stderr.contains(&input[..8]), "the secret is not echoed: {stderr}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn the_version_names_the_commit_and_the_build_date() {
+    let output = Command::new(crate::binary()).arg("--version").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("validator ") && text.contains("(commit "), "{text}");
+    assert!(text.contains(", built "), "{text}");
+}
