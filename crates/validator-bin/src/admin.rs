@@ -100,7 +100,39 @@ pub fn router(state: AdminState) -> Router {
         .merge(protected)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn(json_client_errors))
         .with_state(state)
+}
+
+/// The most of a plain-text rejection kept as the JSON error's message.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// Gives every 4xx a `{"error": ...}` body: the extractors' own rejections (a bad query string,
+/// a body over the cap, a wrong method) answer in plain text or with no body at all.
+async fn json_client_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, REJECTION_TEXT_LIMIT)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("client error").to_lowercase());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let json = Json(json!({"error": text})).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
 }
 
 /// A failed admin request.

@@ -69,6 +69,18 @@ async fn the_token_is_enforced_except_on_health() {
     )
     .await;
     assert_eq!(status, 413, "bodies are capped");
+    // Every client error is JSON with an `error`, the extractors' rejections too.
+    for (request, expected) in [
+        (http.get(format!("{base}/admin/v1/recovery?limit=many")), 400),
+        (http.get(format!("{base}/admin/v1/recovery?limit=-1")), 400),
+        (http.delete(format!("{base}/admin/v1/status")), 405),
+        (http.post(format!("{base}/admin/v1/recovery")).body(vec![b' '; 100 * 1024]), 413),
+        (http.get(format!("{base}/nowhere")), 404),
+    ] {
+        let (status, body) = send(request.bearer_auth(&*app.token)).await;
+        assert_eq!(status, expected, "{body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{status}: {body}");
+    }
 
     #[cfg(unix)]
     {
