@@ -277,9 +277,14 @@ async fn run_seed(postgres: &TempPostgres, seed: u64, leases: bool) -> SeedRepor
             Replica::spawn(config, dir.join("stderr.log"))
         })
         .collect();
-    tokio::time::timeout(Duration::from_secs(30), chain.wait_subscriptions(REPLICAS))
+    if tokio::time::timeout(Duration::from_secs(30), chain.wait_subscriptions(REPLICAS))
         .await
-        .expect("the replicas subscribed to the chain");
+        .is_err()
+    {
+        let logs: Vec<String> =
+            replicas.iter().map(|r| std::fs::read_to_string(&r.log).unwrap_or_default()).collect();
+        panic!("the replicas did not all subscribe to the chain; their logs:\n{}", logs.join("\n"));
+    }
 
     // Half the seeds kill the leader (claims, recovery), half another replica.
     let kill_leader = rng.random_bool(0.5);

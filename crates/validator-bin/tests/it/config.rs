@@ -208,3 +208,22 @@ fn the_readme_example_parses() {
     let settings = validator_bin::settings::Settings::from_toml(&readme[start..end]).unwrap();
     assert_eq!(settings.ml.nodes.len(), 1);
 }
+
+#[test]
+fn the_example_configuration_passes_check_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/validator.toml");
+    let output = Command::new(crate::binary())
+        .args(["check-config", "--config", example])
+        .env("VALIDATOR_IDENTITY__ACCOUNT_ADDRESS", address())
+        .env("VALIDATOR_IDENTITY__WARM_KEY_FILE", key_file(0o600))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let settings = validator_bin::settings::Settings::from_toml(&text).unwrap();
+    assert_eq!(settings.admin.listen.port(), 9210, "clear of the API node's 9200");
+    // As shipped, the example names a warm key file the checkout does not have.
+    let output =
+        Command::new(crate::binary()).args(["check-config", "--config", example]).output().unwrap();
+    refused(&output, &["/etc/validator/warm.key"]);
+}
