@@ -2,7 +2,8 @@
 //!
 //! Routes:
 //! - `GET  /healthz`: 200 while the process serves (no token);
-//! - `GET  /readyz`: 200 once the app runs and until shutdown begins, else 503 (no token);
+//! - `GET  /readyz`: 200 while the app runs, the chain is followed and an ML node (or the
+//!   NodeManager) answers, else 503 with the problems (no token);
 //! - `GET  /admin/v1/status`: engine status (slots, lanes, in flight, outcomes), ML node pool,
 //!   current recovery run, claimed epochs;
 //! - `POST /admin/v1/recovery`, optional body `{"epoch_index", "seed"}` (default: the previous
@@ -54,7 +55,10 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 use validator_core::{Engine, Error as EngineError, Lane, OutcomeKind, RecoveryStart, Trigger};
 
-use crate::claim::{ClaimState, Claimer};
+use crate::{
+    claim::{ClaimState, Claimer},
+    health::{ml_reachable, ChainProgress},
+};
 
 /// What the admin routes work on.
 #[derive(Clone)]
@@ -79,6 +83,11 @@ pub struct AdminState {
     pub claim_wait: Duration,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+    /// The chain as the node follows it.
+    pub chain: Arc<ChainProgress>,
+    /// How old the NodeManager's last capacity listing may be for the ML side to count as
+    /// reachable.
+    pub ml_stale_after: Duration,
 }
 
 /// The admin router with every route, the token check and the body cap.
@@ -204,11 +213,24 @@ async fn require_token(
     }
 }
 
+/// Ready while the app runs and admits work, the chain is followed (a block within the idle
+/// timeout) and the ML side is reachable; otherwise 503 naming each part that is not.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::Acquire) && state.engine.status().accepting {
+    let mut problems = Vec::new();
+    if !(state.ready.load(Ordering::Acquire) && state.engine.status().accepting) {
+        problems.push("node: not running or not admitting work".to_owned());
+    }
+    problems.extend(state.chain.problem());
+    if let Err(problem) =
+        ml_reachable(&state.pool, state.node_manager.as_ref(), state.ml_stale_after)
+    {
+        problems.push(problem);
+    }
+    if problems.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready"}))).into_response()
+        let body = json!({"status": "not_ready", "problems": problems});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
@@ -223,6 +245,13 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         "judged_invalid": engine.outcomes.get(OutcomeKind::JudgedInvalid),
     });
     Json(json!({
+        "version": crate::VERSION,
+        "commit": crate::GIT_COMMIT,
+        "built": crate::BUILD_DATE,
+        "chain": state.chain.report(),
+        "ml_reachable": ml_reachable(&state.pool, state.node_manager.as_ref(), state.ml_stale_after)
+            .err()
+            .map_or(json!(true), |problem| json!(problem)),
         "current_run": engine.current_run,
         "engine": engine,
         "devshard": devshard,

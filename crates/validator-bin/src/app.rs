@@ -25,6 +25,7 @@ use validator_core::{Engine, Ports, ShutdownReport};
 use crate::{
     admin::{load_or_create_token, AdminState},
     claim::Claimer,
+    health::ChainProgress,
     keys,
     leader::Leadership,
     settings::{IdentityConfig, Settings},
@@ -74,6 +75,10 @@ impl Identity {
     }
 }
 
+/// The least age of the NodeManager's listing at which the ML side stops counting as
+/// reachable, whatever `ml.node_manager.capacity_refresh` is.
+const ML_STALE_AFTER_MIN: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What the running app offers: cheap to clone, usable while [`App::run`] runs.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -103,6 +108,8 @@ pub struct AppHandle {
     pub journal: Arc<Store>,
     /// Whether this replica is the leader (always, when alone on its journal).
     pub leadership: Arc<Leadership>,
+    /// The chain as the node follows it: last block, its age, the epoch.
+    pub chain_progress: Arc<ChainProgress>,
 }
 
 /// The wired node, built and bound but not yet running.
@@ -254,6 +261,7 @@ impl App {
             token_created,
             journal,
             leadership,
+            chain_progress: Arc::new(ChainProgress::new(settings.chain.events.idle_timeout)),
         };
         Ok(Self {
             settings,
@@ -307,6 +315,8 @@ impl App {
             shutdown: settings.admin.allow_shutdown.then_some(stop_sender.clone()),
             claim_wait: settings.admin.claim_wait,
             body_limit: settings.admin.body_limit_bytes,
+            chain: Arc::clone(&handle.chain_progress),
+            ml_stale_after: (settings.ml.node_manager.capacity_refresh * 3).max(ML_STALE_AFTER_MIN),
         });
         let admin_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -333,6 +343,7 @@ impl App {
             metrics_listener,
             recorder,
             handle.pool.clone(),
+            Arc::clone(&handle.chain_progress),
             settings.metrics.refresh_interval,
             cancel.clone(),
         );
@@ -363,6 +374,7 @@ impl App {
             Arc::clone(&handle.claimer),
             handle.chain.clone(),
             Arc::clone(&handle.leadership),
+            Arc::clone(&handle.chain_progress),
         );
         tasks.spawn(follow_chain(events, handle.engine.clone(), triggers, cancel.clone()));
         tasks.spawn(stop_when_retired(

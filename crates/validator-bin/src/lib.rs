@@ -9,6 +9,7 @@
 //! - [`leader`]: which replica on a shared journal does the duties that must not run twice;
 //! - [`triggers`]: what each block triggers: the claim trigger and the periodic reward check;
 //! - [`claim`]: recovery followed by the reward claim, and the record of claims;
+//! - [`health`]: the chain's and the ML nodes' state, for readiness, status and metrics;
 //! - [`keys`]: key files: import from hex or a mnemonic, show, the checks before signing;
 //! - [`admin`]: the admin HTTP API (bearer token, recovery triggers, status);
 //! - [`telemetry`]: the Prometheus listener and the tracing subscriber;
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod app;
 pub mod claim;
+pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod score;

@@ -48,6 +48,9 @@ enum Kind {
 const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Gauge, "validator_build_info", "Always 1; version, commit and build date as labels."),
     (Kind::Gauge, "validator_replica_info", "Always 1; this replica's id and journal backend."),
+    (Kind::Gauge, "validator_chain_height", "The last block seen."),
+    (Kind::Gauge, "validator_chain_block_age_seconds", "Seconds since the last block arrived."),
+    (Kind::Gauge, "validator_epoch", "The current epoch, by the chain's epoch schedule."),
     (Kind::Gauge, "validator_slots_capacity", "Slots of each stage (gpu, network)."),
     (Kind::Gauge, "validator_slots_in_use", "Slots of each stage held now."),
     (Kind::Gauge, "validator_fetch_slots_in_use", "Network-stage slots fetching payloads now."),
@@ -141,12 +144,13 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires, and refreshes
-/// `validator_ml_node_up{node}` from `pool` every `refresh` (also running the recorder's
-/// upkeep, which drains histogram samples).
+/// `validator_ml_node_up{node}` from `pool` and the chain's block age from `chain` every
+/// `refresh` (also running the recorder's upkeep, which drains histogram samples).
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
     pool: NodePool,
+    chain: std::sync::Arc<crate::health::ChainProgress>,
     refresh: Duration,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -162,6 +166,7 @@ pub async fn serve_metrics(
                     _ = tick.tick() => {}
                 }
                 record_nodes(&pool);
+                chain.report();
                 handle.run_upkeep();
             }
         }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use validator_core::{Engine, Error as EngineError, Trigger};
 
-use crate::{claim::Claimer, leader::Leadership};
+use crate::{claim::Claimer, health::ChainProgress, leader::Leadership};
 
 /// How many blocks the cached epoch schedule is reused before it is queried again.
 const SCHEDULE_REFRESH_BLOCKS: u64 = 50;
@@ -48,6 +48,8 @@ pub(crate) struct BlockTriggers {
     leadership: Arc<Leadership>,
     /// How many times this replica had become the leader at the last block.
     leader_gains: u64,
+    /// The chain as followed: every block and the epoch are reported to it.
+    progress: Arc<ChainProgress>,
 }
 
 impl BlockTriggers {
@@ -58,8 +60,10 @@ impl BlockTriggers {
         claimer: Arc<Claimer>,
         chain: ChainNodeClient,
         leadership: Arc<Leadership>,
+        progress: Arc<ChainProgress>,
     ) -> Self {
         Self {
+            progress,
             leadership,
             leader_gains: 0,
             address,
@@ -74,6 +78,7 @@ impl BlockTriggers {
     }
 
     async fn on_block(&mut self, height: u64) {
+        self.progress.block(height);
         let signed = i64::try_from(height).unwrap_or(i64::MAX);
         let stale = self.schedule.is_none_or(|schedule| {
             signed >= schedule.next_poc_start()
@@ -84,6 +89,7 @@ impl BlockTriggers {
                 Ok(info) => {
                     self.schedule = Some(EpochSchedule::from(&info));
                     self.refreshed_at = height;
+                    self.progress.epoch(info.epoch_index);
                 }
                 Err(err) => warn!(height, %err, "cannot refresh the epoch schedule"),
             }

@@ -298,6 +298,24 @@ impl OutcomeCounts {
     }
 }
 
+/// `submitted=3 gave_up=1`, the non-zero counts; `none` when there are none.
+impl fmt::Display for OutcomeCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut any = false;
+        for (kind, n) in self.iter() {
+            if any {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={n}", kind.as_str())?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
 impl Serialize for OutcomeCounts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.iter().map(|(k, n)| (k.as_str(), n)))

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
-    outcome::{OutcomeCounts, OutcomeKind},
+    outcome::{Outcome, OutcomeCounts, OutcomeKind},
     sync::{AtomicU64, Mutex, MutexGuard, Ordering},
 };
 
@@ -49,7 +49,8 @@ pub enum RunState {
     Completed,
     /// This validator is not active in the current epoch; nothing was executed.
     NotActive,
-    /// Detection failed; the validations already admitted were still awaited.
+    /// Detection failed (the validations already admitted were still awaited), or not one
+    /// detected validation could be validated, every one giving up: the message says which.
     Failed(String),
     /// Shutdown cancelled the run.
     Cancelled,
@@ -109,6 +110,15 @@ impl RunReport {
 pub(crate) struct RunTracker {
     id: u64,
     report: watch::Sender<RunReport>,
+    /// Why its validations gave up, for the run's summary.
+    gave_up: Mutex<GaveUpCauses>,
+}
+
+/// The validations of a run that gave up: how many per stage, and the last error.
+#[derive(Debug, Default)]
+struct GaveUpCauses {
+    by_stage: std::collections::BTreeMap<&'static str, u64>,
+    last_error: Option<String>,
 }
 
 impl RunTracker {
@@ -127,8 +137,19 @@ impl RunTracker {
         });
     }
 
-    /// Counts one terminal outcome. Watchers are woken only when that may complete the run.
-    pub(crate) fn record(&self, kind: OutcomeKind) {
+    /// Counts one terminal outcome and, for one that gave up, its stage and error.
+    pub(crate) fn record(&self, outcome: &Outcome) {
+        if let Outcome::GaveUp { stage, error } = outcome {
+            let mut causes = self.gave_up.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *causes.by_stage.entry(stage.as_str()).or_default() += 1;
+            causes.last_error = Some(error.clone());
+        }
+        self.count(outcome.kind());
+    }
+
+    /// Counts one terminal outcome of `kind`. Watchers are woken only when that may complete
+    /// the run.
+    pub(crate) fn count(&self, kind: OutcomeKind) {
         self.report.send_if_modified(|report| {
             report.outcomes.add(kind);
             report.state == RunState::Executing && report.outcomes.total() == report.detected
@@ -148,6 +169,31 @@ impl RunTracker {
 
     pub(crate) fn report(&self) -> RunReport {
         self.report.borrow().clone()
+    }
+
+    /// Why the run validated nothing: `Some` when it detected validations and every one that
+    /// ended gave up (or was cancelled) with at least one giving up, naming the count, the
+    /// stages and the last error; `None` when anything was validated.
+    pub(crate) fn nothing_validated(&self) -> Option<String> {
+        let report = self.report();
+        let gave_up = report.outcomes.get(OutcomeKind::GaveUp);
+        let validated = report
+            .outcomes
+            .total()
+            .saturating_sub(gave_up)
+            .saturating_sub(report.outcomes.get(OutcomeKind::Cancelled));
+        if report.detected == 0 || gave_up == 0 || validated > 0 {
+            return None;
+        }
+        let causes = self.gave_up.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stages: Vec<String> =
+            causes.by_stage.iter().map(|(stage, n)| format!("{stage} {n}")).collect();
+        Some(format!(
+            "0 of {} validated: {gave_up} gave up (by stage: {}); last error: {}",
+            report.detected,
+            stages.join(", "),
+            causes.last_error.as_deref().unwrap_or("none recorded"),
+        ))
     }
 }
 
@@ -268,7 +314,7 @@ impl RecoveryGuard {
         if runs.recent.len() > KEPT_RUNS {
             runs.recent.pop_front();
         }
-        let tracker = Arc::new(RunTracker { id, report: sender });
+        let tracker = Arc::new(RunTracker { id, report: sender, gave_up: Mutex::default() });
         Ok((handle, RunClaim { guard: Arc::clone(self), tracker }))
     }
 

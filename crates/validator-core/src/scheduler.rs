@@ -1090,7 +1090,7 @@ impl Scheduler {
             self.recovery_room.notify_one();
         }
         if let Some(run) = run {
-            run.record(kind);
+            run.record(&event.outcome);
         }
         self.journal.record(JournalEntry::Finished {
             event: event.clone(),

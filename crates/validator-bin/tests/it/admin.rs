@@ -194,3 +194,24 @@ async fn metrics_are_prometheus_text() {
     assert!(unhelped.is_empty(), "no # HELP for {unhelped:?}");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_status_follow_the_chain() {
+    let running = start().await;
+    let (scenario, app) = (&running.scenario, &running.app);
+    let base = format!("http://{}", app.admin_addr);
+    let height = scenario.chain.produce_block(Vec::new());
+    tokio::time::timeout(Duration::from_secs(10), app.chain_progress.wait_for_height(height))
+        .await
+        .unwrap();
+    let (status, body) = send(client().get(format!("{base}/readyz"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        send(client().get(format!("{base}/admin/v1/status")).bearer_auth(&*app.token)).await;
+    assert_eq!(status, 200);
+    assert!(body["chain"]["height"].as_u64().unwrap() >= height, "{body}");
+    assert_eq!(body["chain"]["followed"], true, "{body}");
+    assert_eq!(body["ml_reachable"], true, "{body}");
+    assert!(body["version"].as_str().unwrap().contains("commit"), "{body}");
+    running.stop().await;
+}

@@ -10,7 +10,7 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     share::{LEASE_ERROR_PAUSE, LEASE_MARGIN},
@@ -66,6 +66,12 @@ pub(super) async fn run(
             warn!("the recovery lease was not released; it will expire");
         }
     }
+    // A run that validated nothing it detected did not complete its job, whatever its
+    // detection did: it ends failed, saying why.
+    let state = match (state, tracker.nothing_validated()) {
+        (RunState::Completed, Some(why)) => RunState::Failed(why),
+        (state, _) => state,
+    };
     // Only final states get here: completed, not_active, failed or cancelled.
     metrics::counter!("validator_recovery_runs_total", "result" => state.as_str()).increment(1);
     tracker.set_state(state);
@@ -74,12 +80,15 @@ pub(super) async fn run(
         .ports
         .journal
         .record(JournalEntry::RunEnded { report: report.clone(), at: SystemTime::now() });
-    info!(
-        state = ?report.state,
-        detected = report.detected,
-        outcomes = ?report.outcomes,
-        "recovery run ended"
-    );
+    let (run_id, detected, outcomes) = (report.run_id, report.detected, report.outcomes);
+    match &report.state {
+        RunState::Failed(why) => {
+            error!(run_id, epoch, detected, %outcomes, %why, "recovery run failed")
+        }
+        state => {
+            info!(run_id, epoch, state = state.as_str(), detected, %outcomes, "recovery run ended")
+        }
+    }
     drop(claim);
 }
 
@@ -194,7 +203,7 @@ async fn detect(
                 }
                 if !inner.ports.broker.serves(&details.model) {
                     tracker.detected();
-                    tracker.record(OutcomeKind::SkippedModelNotServed);
+                    tracker.count(OutcomeKind::SkippedModelNotServed);
                     continue;
                 }
                 let key = Key::Classic(details.inference_id.clone(), false);
@@ -205,7 +214,7 @@ async fn detect(
                     }
                     Ok(Admission::AlreadyDone) => {
                         tracker.detected();
-                        tracker.record(OutcomeKind::SkippedAlreadyValidated);
+                        tracker.count(OutcomeKind::SkippedAlreadyValidated);
                     }
                     // Only a run attaches itself to a key, and only one runs at a time: the copy
                     // in flight is this run's own, from a listing that repeats an id.

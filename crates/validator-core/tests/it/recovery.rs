@@ -206,3 +206,25 @@ async fn the_recovery_lane_never_exceeds_its_window() {
     assert!(max_in_flight <= 64, "{max_in_flight}");
     assert_eq!(run.wait().await.outcomes.get(OutcomeKind::Submitted), 1_000);
 }
+
+/// A run whose every validation gave up did not do its job: it ends failed, saying how many
+/// of how many were validated, at which stage they gave up and the last error.
+#[tokio::test(start_paused = true)]
+async fn a_run_that_validated_nothing_is_reported_failed_with_its_causes() {
+    let h = recovery_harness();
+    for i in 0..3 {
+        h.fakes.chain.add_inference(&format!("r{i}"), 9);
+    }
+    h.fakes.journal.fail_intents(true);
+    let report = h.engine.recover(9, 1).unwrap().handle().wait().await;
+    let RunState::Failed(why) = &report.state else { panic!("{report:?}") };
+    assert!(why.starts_with("0 of 3 validated: 3 gave up (by stage: submit 3)"), "{why}");
+    assert!(why.contains("last error:"), "{why}");
+    assert_eq!(report.outcomes.to_string(), "gave_up=3");
+
+    // One validated is enough for the run to have completed.
+    h.fakes.journal.fail_intents(false);
+    h.fakes.chain.add_inference("r3", 9);
+    let report = h.engine.recover(9, 1).unwrap().handle().wait().await;
+    assert_eq!(report.state, RunState::Completed, "{report:?}");
+}
