@@ -116,7 +116,12 @@ pub struct ChainNodeClient {
     /// Ends every watcher at once (shutdown).
     watching: CancellationToken,
     retired: watch::Sender<Option<String>>,
+    /// Never broadcast: validations are logged and counted as what would have been sent.
+    dry_run: bool,
 }
+
+/// The transaction hash a dry run reports for a validation it did not send.
+pub const DRY_RUN_TX_HASH: &str = "DRY-RUN";
 
 impl ChainNodeClient {
     /// A client acting for `account_address` with `signer` (the account's own key, or a warm
@@ -152,7 +157,21 @@ impl ChainNodeClient {
             watchers: Arc::new(Semaphore::new(MAX_WATCHED)),
             watching: CancellationToken::new(),
             retired: watch::Sender::new(None),
+            dry_run: false,
         })
+    }
+
+    /// This client, never broadcasting: [`ChainClient::submit_validation`] logs the message and
+    /// answers with the transaction hash [`DRY_RUN_TX_HASH`], and [`Self::claim_rewards`] is
+    /// refused ([`Error::DryRun`]). Queries work as usual.
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    /// Whether this client never broadcasts.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// The query client, for the queries the port does not cover.
@@ -197,6 +216,9 @@ impl ChainNodeClient {
         epoch_index: u64,
         settled: u64,
     ) -> Result<ClaimAnswer> {
+        if self.dry_run {
+            return Err(Error::DryRun("MsgClaimRewards"));
+        }
         let msg = proto::MsgClaimRewards {
             creator: self.identity.account_address.clone(),
             seed,
@@ -288,6 +310,19 @@ impl ChainNodeClient {
     pub async fn submit_validation_msg(&self, msg: &port::MsgValidation) -> Result<String> {
         if let Some(reason) = self.retired.borrow().clone() {
             return Err(Error::Deprecated(reason));
+        }
+        if self.dry_run {
+            tracing::info!(
+                inference_id = %msg.inference_id,
+                revalidation = msg.revalidation,
+                value = msg.value_decimal.value,
+                exponent = msg.value_decimal.exponent,
+                response_hash = %msg.response_hash,
+                "dry run: MsgValidation not sent"
+            );
+            metrics::counter!("validator_dry_run_messages_total", "message" => "validation")
+                .increment(1);
+            return Ok(DRY_RUN_TX_HASH.to_owned());
         }
         let msg = proto::MsgValidation {
             creator: self.identity.account_address.clone(),

@@ -79,6 +79,9 @@ pub enum Error {
     /// `inference` codespace): classic validation is retired.
     #[error("message type deprecated: {0}")]
     Deprecated(String),
+    /// The client is a dry run and broadcasts nothing; the message names what was not sent.
+    #[error("dry run: {0} not sent")]
+    DryRun(&'static str),
 }
 
 /// The crate's result alias.

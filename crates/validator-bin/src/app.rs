@@ -189,6 +189,12 @@ impl App {
             identity.signer.clone(),
         )
         .context("building the chain client")?;
+        let chain = if settings.dry_run {
+            warn!("dry run: nothing is broadcast; validations and claims are logged as not sent");
+            chain.dry_run()
+        } else {
+            chain
+        };
         let payloads = HttpPayloadSource::new(
             &settings.chain.payloads,
             &tls,

@@ -425,6 +425,18 @@ impl Claimer {
         };
         record.unclaimed = Some(total);
         metrics::gauge!("validator_unclaimed_ngonka").set(total as f64);
+        if self.chain.is_dry_run() {
+            // Said, counted and tried again in 30 blocks; the record stays in memory only, so
+            // a real run on the same journal still claims the epoch.
+            info!(epoch, total, "dry run: MsgClaimRewards not sent");
+            metrics::counter!("validator_dry_run_messages_total", "message" => "claim_rewards")
+                .increment(1);
+            record.last_attempt_height = height;
+            record.last_result = Some("dry run: not sent".into());
+            self.lock().insert(record.epoch_index, record.clone());
+            self.changed.send_modify(|n| *n += 1);
+            return record;
+        }
         let answer = tokio::select! {
             answer = self.chain.claim_rewards(seed, epoch, total) => answer,
             () = self.cancel.cancelled() => return record,

@@ -29,6 +29,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Follow, sample, fetch, replay and score, but broadcast nothing: verdicts go to the
+        /// journal, the logs and `validator_dry_run_messages_total` (the `dry_run` setting).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Runs every check `run` runs before it binds anything (settings, key files and their
     /// addresses, TLS files, the database password file), then prints the merged configuration
@@ -105,11 +109,15 @@ fn main() -> ExitCode {
             Ok((settings, _)) => settings.to_toml().map(|text| print!("{text}")),
             Err(err) => return usage(err),
         },
-        Command::Run { config } => {
-            let (settings, identity) = match preflight(Some(&config)) {
+        Command::Run { config, dry_run } => {
+            let (mut settings, identity) = match preflight(Some(&config)) {
                 Ok(checked) => checked,
                 Err(err) => return usage(err),
             };
+            settings.dry_run |= dry_run;
+            if let Err(err) = settings.validate() {
+                return usage(err);
+            }
             telemetry::init_logs(
                 cli.log_format.unwrap_or(settings.log.format),
                 &settings.log.filter,

@@ -29,6 +29,7 @@ const ENV_PREFIX: &str = "VALIDATOR_";
 /// The top level of [`Settings`]: an environment variable must start with one of them.
 const TOP_LEVEL: &[&str] = &[
     "data_dir",
+    "dry_run",
     "shutdown_grace",
     "core",
     "ml",
@@ -58,6 +59,10 @@ pub struct Settings {
     /// `admin.token_file` says otherwise, the admin token. Default `/var/lib/validator` (the
     /// systemd unit's `StateDirectory`).
     pub data_dir: PathBuf,
+    /// Never broadcast (`validator run --dry-run`): follow, sample, fetch, replay and score as
+    /// usual, and log, journal and count what would have been sent. Only with the SQLite
+    /// journal: on a shared one a dry run would take work from the real replicas.
+    pub dry_run: bool,
     /// How long shutdown waits for in-flight work before giving up on it, in milliseconds.
     #[serde(with = "duration_ms")]
     pub shutdown_grace: Duration,
@@ -87,6 +92,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("/var/lib/validator"),
+            dry_run: false,
             shutdown_grace: Duration::from_secs(10),
             core: validator_core::Config::default(),
             ml: ml_client::Config::default(),
@@ -312,6 +318,13 @@ impl Settings {
         }
         crate::service::listen_address(&self.service.listen)
             .map_err(|err| ConfigError(format!("`service.listen`: {err}")))?;
+        if self.dry_run && self.storage.backend != journal::Backend::Sqlite {
+            return Err(ConfigError(
+                "`dry_run`: allowed only with `storage.backend = \"sqlite\"`: on a shared \
+                 journal a dry run would take work from the real replicas"
+                    .into(),
+            ));
+        }
         if self.shutdown_grace.is_zero() {
             return Err(ConfigError("`shutdown_grace`: allowed is a positive duration".into()));
         }

@@ -51,6 +51,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Gauge, "validator_chain_height", "The last block seen."),
     (Kind::Gauge, "validator_chain_block_age_seconds", "Seconds since the last block arrived."),
     (Kind::Gauge, "validator_epoch", "The current epoch, by the chain's epoch schedule."),
+    (Kind::Counter, "validator_dry_run_messages_total", "Messages a dry run did not send."),
     (Kind::Gauge, "validator_slots_capacity", "Slots of each stage (gpu, network)."),
     (Kind::Gauge, "validator_slots_in_use", "Slots of each stage held now."),
     (Kind::Gauge, "validator_fetch_slots_in_use", "Network-stage slots fetching payloads now."),

@@ -307,3 +307,30 @@ async fn a_1161_is_learned_from_block_results_without_a_transaction_index() {
     assert!(why.contains("failed with code 1161"), "{why}");
     running.stop().await;
 }
+
+/// `--dry-run`: recovery fetches, replays and scores as usual, but neither the validations nor
+/// the claim reach the chain; the claim is not recorded as made, so a real run still makes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_validates_and_sends_nothing() {
+    let options = DemoOptions {
+        backlog: BACKLOG,
+        ml_latency_ms: 1,
+        slots: 2,
+        live_rate: 0.0,
+        admin_token_file: Some(crate::temp_path("admin.token")),
+        json: true,
+        ..DemoOptions::default()
+    };
+    let running = Running::start(&options, |_, settings| settings.dry_run = true).await;
+    running.scenario.chain.advance(6);
+    let record = next_claim(&running, 0).await;
+    assert_eq!(record.epoch_index, BACKLOG_EPOCH);
+    assert!(!record.claimed(), "{record:?}");
+    assert_eq!(record.last_result.as_deref(), Some("dry run: not sent"), "{record:?}");
+    let run = record.run.as_ref().unwrap();
+    assert_eq!(run.outcomes.get(OutcomeKind::Submitted), BACKLOG as u64, "{run:?}");
+    assert!(running.scenario.chain.submitted().is_empty(), "nothing reached the chain");
+    assert_eq!(running.scenario.ml.as_ref().unwrap().requests().len(), BACKLOG, "all replayed");
+    assert!(running.app.journal.claims().await.unwrap().is_empty(), "no claim record kept");
+    running.stop().await;
+}
