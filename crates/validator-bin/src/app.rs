@@ -79,6 +79,42 @@ impl Identity {
 /// reachable, whatever `ml.node_manager.capacity_refresh` is.
 const ML_STALE_AFTER_MIN: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// The messages a warm key sends for its account, each under an authz grant of the account.
+const GRANTED_MESSAGES: [&str; 2] =
+    [chain_source::proto::MSG_VALIDATION_TYPE_URL, chain_source::proto::MSG_CLAIM_REWARDS_TYPE_URL];
+
+/// Checks on chain that `account` granted `warm` every message of [`GRANTED_MESSAGES`]; an
+/// error names the missing ones and the command that grants them. A query that fails (the
+/// chain node unreachable) is a warning, not a refusal: the grants are then learnt from the
+/// first submission's answer.
+pub async fn check_grants(
+    chain: &ChainNodeClient,
+    account: &str,
+    warm: &str,
+) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for type_url in GRANTED_MESSAGES {
+        match chain.query().grantees(account, type_url).await {
+            Ok(grantees) if grantees.iter().any(|grantee| grantee.address == warm) => {}
+            Ok(_) => missing.push(type_url),
+            Err(err) => {
+                warn!(%err, type_url, "the warm key's grants could not be checked");
+                return Ok(());
+            }
+        }
+    }
+    if missing.is_empty() {
+        info!(%warm, %account, "the warm key holds the account's grants");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the warm key {warm} holds no authz grant of {account} for {}: grant them where the \
+         account key is, with `inferenced tx inference grant-ml-ops-permissions ACCOUNT_KEY \
+         {warm} --from ACCOUNT_KEY`",
+        missing.join(", ")
+    )
+}
+
 /// What the running app offers: cheap to clone, usable while [`App::run`] runs.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -195,6 +231,10 @@ impl App {
         } else {
             chain
         };
+        let signer_address = keys::address(&identity.signer, &settings.chain.tx.address_prefix)?;
+        if signer_address != identity.account_address {
+            check_grants(&chain, &identity.account_address, &signer_address).await?;
+        }
         let payloads = HttpPayloadSource::new(
             &settings.chain.payloads,
             &tls,

@@ -81,3 +81,38 @@ fn the_version_names_the_commit_and_the_build_date() {
     assert!(text.starts_with("validator ") && text.contains("(commit "), "{text}");
     assert!(text.contains(", built "), "{text}");
 }
+
+/// A warm key must hold the account's grants for what it sends; the check asks the chain (a
+/// real RPC on loopback) and names what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_key_without_the_accounts_grants_is_named() {
+    use chain_source::{proto, ChainNodeClient, Signer};
+    use validator_demo::{DemoOptions, Scenario};
+
+    let options = DemoOptions::default();
+    let scenario = Scenario::start(&options).await.unwrap();
+    let settings = scenario.settings(&options);
+    let warm = Signer::from_bytes(&[0x33; 32]).unwrap();
+    let warm_address = scenario.chain.add_key(&warm.public_key());
+    let chain = ChainNodeClient::new(
+        &settings.chain,
+        &testkit::public_tls(),
+        scenario.address.clone(),
+        warm.clone(),
+    )
+    .unwrap();
+    let check = || validator_bin::app::check_grants(&chain, &scenario.address, &warm_address);
+
+    let err = check().await.unwrap_err().to_string();
+    assert!(err.contains(proto::MSG_VALIDATION_TYPE_URL), "{err}");
+    assert!(err.contains(proto::MSG_CLAIM_REWARDS_TYPE_URL), "{err}");
+    assert!(err.contains("grant-ml-ops-permissions"), "{err}");
+
+    scenario.chain.grant(&scenario.address, &warm_address, proto::MSG_VALIDATION_TYPE_URL);
+    let err = check().await.unwrap_err().to_string();
+    assert!(!err.contains(proto::MSG_VALIDATION_TYPE_URL), "{err}");
+    assert!(err.contains(proto::MSG_CLAIM_REWARDS_TYPE_URL), "{err}");
+
+    scenario.chain.grant(&scenario.address, &warm_address, proto::MSG_CLAIM_REWARDS_TYPE_URL);
+    check().await.unwrap();
+}
