@@ -118,6 +118,8 @@ pub struct ChainNodeClient {
     retired: watch::Sender<Option<String>>,
     /// Never broadcast: validations are logged and counted as what would have been sent.
     dry_run: bool,
+    /// Blocks searched back for a revalidation another process may have sent.
+    lookback_blocks: u64,
 }
 
 /// The transaction hash a dry run reports for a validation it did not send.
@@ -158,6 +160,7 @@ impl ChainNodeClient {
             watching: CancellationToken::new(),
             retired: watch::Sender::new(None),
             dry_run: false,
+            lookback_blocks: config.tx.lookback_blocks,
         })
     }
 
@@ -177,6 +180,25 @@ impl ChainNodeClient {
     /// The query client, for the queries the port does not cover.
     pub fn query(&self) -> &QueryClient {
         &self.query
+    }
+
+    /// Whether a block among the last `tx.lookback_blocks` holds `msg` (by its id) from this
+    /// account, signed directly or inside `MsgExec`; `None` when the node no longer keeps all
+    /// of those blocks.
+    pub async fn find_validation(&self, msg: &port::MsgValidation) -> Result<Option<bool>> {
+        let status = self.rpc.status().await?;
+        let from = status.latest_height.saturating_sub(self.lookback_blocks).max(1);
+        if from < status.earliest_height {
+            return Ok(None);
+        }
+        for height in (from..=status.latest_height).rev() {
+            for tx in self.rpc.block_txs(height).await? {
+                if proto::carries_validation(&tx, &msg.id, &self.identity.account_address) {
+                    return Ok(Some(true));
+                }
+            }
+        }
+        Ok(Some(false))
     }
 
     /// Stops following broadcast validations to their blocks (shutdown); results not read yet
@@ -466,6 +488,23 @@ impl validator_core::ports::ChainClient for ChainNodeClient {
     async fn epoch_state(&self) -> Result<EpochState, ChainError> {
         let info = self.query.epoch_info().await.map_err(chain_error)?;
         Ok(EpochState { latest_epoch: info.epoch_index })
+    }
+
+    /// A validation is in the validated set; a revalidation, which the chain records nowhere, is
+    /// looked for in the last `tx.lookback_blocks` blocks ([`ChainNodeClient::find_validation`]).
+    async fn validation_recorded(
+        &self,
+        msg: &port::MsgValidation,
+        epoch: u64,
+    ) -> Result<Option<bool>, ChainError> {
+        if msg.revalidation {
+            return self.find_validation(msg).await.map_err(chain_error);
+        }
+        match self.validated_inferences(epoch).await {
+            Ok(ids) => Ok(Some(ids.contains(&msg.inference_id))),
+            Err(ChainError::NotFound) => Ok(Some(false)),
+            Err(err) => Err(err),
+        }
     }
 
     async fn seed_for_epoch(&self, epoch: u64) -> Result<i64, ChainError> {

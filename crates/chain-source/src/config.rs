@@ -155,6 +155,11 @@ pub struct TxConfig {
     /// Pause between two lookups of a followed transaction (blocks come every ~6 s).
     #[serde(with = "duration_ms")]
     pub poll_interval: Duration,
+    /// Blocks searched back from the tip for a revalidation another process may have sent (an
+    /// open intent taken over): the chain keeps no record of revalidations, so their
+    /// transactions are read. Cover the chain timeout and the lease TTL (at ~6 s a block, 200
+    /// blocks are 20 minutes); 1 to 100000.
+    pub lookback_blocks: u64,
 }
 
 impl Default for TxConfig {
@@ -167,12 +172,16 @@ impl Default for TxConfig {
             timeout: Duration::from_secs(30),
             inclusion_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
+            lookback_blocks: 200,
         }
     }
 }
 
 impl TxConfig {
     fn validate(&self) -> crate::Result<()> {
+        if self.lookback_blocks == 0 || self.lookback_blocks > 100_000 {
+            return bad("tx.lookback_blocks", "1 to 100000");
+        }
         if self.chain_id.is_empty() {
             return bad("tx.chain_id", "a non-empty chain id");
         }

@@ -112,6 +112,28 @@ pub(crate) fn pack(type_url: &str, msg: &impl prost::Message) -> Any {
     Any { type_url: type_url.to_owned(), value: msg.encode_to_vec() }
 }
 
+/// Whether the signed transaction `tx` carries a `MsgValidation` of id `id` whose creator is
+/// `creator`, on its own or inside an authz `MsgExec`. Bytes that do not decode carry none.
+pub fn carries_validation(tx: &[u8], id: &str, creator: &str) -> bool {
+    use cosmrs::proto::cosmos::{
+        authz::v1beta1::MsgExec,
+        tx::v1beta1::{TxBody, TxRaw},
+    };
+    let Ok(raw) = TxRaw::decode(tx) else { return false };
+    let Ok(body) = TxBody::decode(raw.body_bytes.as_slice()) else { return false };
+    let matches = |any: &Any| {
+        any.type_url == MSG_VALIDATION_TYPE_URL
+            && MsgValidation::decode(any.value.as_slice())
+                .is_ok_and(|msg| msg.id == id && msg.creator == creator)
+    };
+    body.messages.iter().any(|any| {
+        matches(any)
+            || (any.type_url == MSG_EXEC_TYPE_URL
+                && MsgExec::decode(any.value.as_slice())
+                    .is_ok_and(|exec| exec.msgs.iter().any(matches)))
+    })
+}
+
 /// `msgs` wrapped in an authz `MsgExec` signed by `grantee`.
 pub(crate) fn exec(grantee: &str, msgs: Vec<Any>) -> Any {
     let exec = cosmrs::proto::cosmos::authz::v1beta1::MsgExec { grantee: grantee.to_owned(), msgs };

@@ -193,6 +193,22 @@ impl RpcClient {
         }
     }
 
+    /// The transactions of the block at `height`, as signed bytes (`block`).
+    pub async fn block_txs(&self, height: u64) -> Result<Vec<Vec<u8>>> {
+        let result = self.call("block", json!({"height": height.to_string()})).await?;
+        let txs = result
+            .pointer("/block/data/txs")
+            .map(|txs| txs.as_array().cloned().unwrap_or_default())
+            .ok_or_else(|| Error::Decode(format!("block {height}: no block.data.txs")))?;
+        txs.iter()
+            .map(|tx| {
+                tx.as_str()
+                    .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+                    .ok_or_else(|| Error::Decode(format!("block {height}: a tx is not base64")))
+            })
+            .collect()
+    }
+
     /// `block_results` of `height`, undecoded; see [`crate::events::decode_block_results`].
     pub async fn block_results(&self, height: u64) -> Result<Value> {
         self.call("block_results", json!({"height": height.to_string()})).await

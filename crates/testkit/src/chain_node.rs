@@ -611,6 +611,7 @@ async fn handle(
         "block_results" => block_results(&shared, &params),
         "abci_query" => Ok(abci::query(&shared.lock(), &params)),
         "tx" => tx::lookup(&shared.lock(), &params),
+        "block" => tx::block(&shared.lock(), &params),
         "broadcast_tx_sync" => {
             let tx = params.get("tx").and_then(Value::as_str).unwrap_or("").to_owned();
             shared.update(|state| tx::broadcast(state, &tx))

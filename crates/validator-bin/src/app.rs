@@ -235,6 +235,13 @@ impl App {
         if signer_address != identity.account_address {
             check_grants(&chain, &identity.account_address, &signer_address).await?;
         }
+        crate::guard::watch_for_other_signers(
+            &chain,
+            &signer_address,
+            settings.identity.guard_blocks,
+            &cancel,
+        )
+        .await?;
         let payloads = HttpPayloadSource::new(
             &settings.chain.payloads,
             &tls,

@@ -9,6 +9,7 @@
 //! - [`leader`]: which replica on a shared journal does the duties that must not run twice;
 //! - [`triggers`]: what each block triggers: the claim trigger and the periodic reward check;
 //! - [`claim`]: recovery followed by the reward claim, and the record of claims;
+//! - [`guard`]: the double-signer guard: no start while another process signs with the key;
 //! - [`health`]: the chain's and the ML nodes' state, for readiness, status and metrics;
 //! - [`keys`]: key files: import from hex or a mnemonic, show, the checks before signing;
 //! - [`admin`]: the admin HTTP API (bearer token, recovery triggers, status);
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod claim;
+pub mod guard;
 pub mod health;
 pub mod keys;
 pub mod leader;
@@ -50,6 +52,9 @@ pub const EXIT_INVALID_VERDICT: u8 = 3;
 
 /// Exit code of a bad command line or configuration (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
+
+/// Exit code when another process signs with this node's key (`EX_CONFIG`): see [`guard`].
+pub const EXIT_OTHER_SIGNER: u8 = 78;
 
 /// Exit code when another process holds the data directory (`EX_CANTCREAT`).
 pub const EXIT_LOCKED: u8 = 73;

@@ -6,9 +6,10 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 use validator_bin::{
     app,
+    guard::GuardError,
     keys::{self, KeySource},
     settings::{LogFormat, Settings},
-    signal, telemetry, EXIT_INVALID_VERDICT, EXIT_LOCKED, EXIT_USAGE, VERSION,
+    signal, telemetry, EXIT_INVALID_VERDICT, EXIT_LOCKED, EXIT_OTHER_SIGNER, EXIT_USAGE, VERSION,
 };
 
 /// A validator node for a decentralized AI inference network.
@@ -129,8 +130,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            match err.downcast_ref::<journal::Error>() {
-                Some(journal::Error::Locked { .. }) => ExitCode::from(EXIT_LOCKED),
+            if let Some(journal::Error::Locked { .. }) = err.downcast_ref::<journal::Error>() {
+                return ExitCode::from(EXIT_LOCKED);
+            }
+            match err.downcast_ref::<GuardError>() {
+                Some(GuardError::OtherSigner { .. }) => ExitCode::from(EXIT_OTHER_SIGNER),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -176,7 +176,7 @@ impl Default for MetricsConfig {
 }
 
 /// Who this validator is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     /// The participant's bech32 account address.
@@ -189,6 +189,21 @@ pub struct IdentityConfig {
     /// `MsgClaimRewards` (and, with `chain.tx.fee_granter`, a feegrant allowance); when set it
     /// signs instead of the account key.
     pub warm_key_file: Option<PathBuf>,
+    /// Blocks watched at start, before anything is sent, for a transaction of the signing key
+    /// this node did not send (another process holding the same key): the node refuses to start
+    /// (exit 78) when one appears. 0 skips the check.
+    pub guard_blocks: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            account_address: String::new(),
+            key_file: PathBuf::new(),
+            warm_key_file: None,
+            guard_blocks: 10,
+        }
+    }
 }
 
 /// Log output.

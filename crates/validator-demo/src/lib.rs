@@ -184,6 +184,8 @@ pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: b
     let mut settings = Settings::default();
     let replay_timeout = Duration::from_millis(options.replay_timeout_ms.max(1));
     settings.core.slots = options.slots;
+    // The demo's chain makes blocks only when its scenario says so: no double-signer watch.
+    settings.identity.guard_blocks = 0;
     settings.core.payload_retry = RetryPolicy {
         attempts: 10,
         interval: Duration::from_millis(50),
@@ -196,6 +198,9 @@ pub fn settings(options: &DemoOptions, chain_url: &str, ml_url: &str, fake_ml: b
     settings.core.payload_timeout = Duration::from_secs(5);
     settings.chain.payloads.timeout = settings.core.payload_timeout;
     settings.core.chain_timeout = Duration::from_secs(5);
+    // Blocks come every 20 to 50 ms here: a revalidation sent before a takeover is searched
+    // for across the chain timeout and the lease TTL.
+    settings.chain.tx.lookback_blocks = 1_000;
     let mut node = NodeConfig::new("demo-ml", ml_url, &[MODEL], options.slots);
     node.max_concurrent = options.slots.max(1);
     settings.ml.nodes = vec![node];

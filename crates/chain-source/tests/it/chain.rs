@@ -646,3 +646,20 @@ async fn bad_tx_answers_end_not_included_with_the_reason() {
         );
     }
 }
+
+/// The chain records no revalidation: one another process may have sent is found by reading
+/// the last blocks' transactions for its message id, signed by this account.
+#[tokio::test]
+async fn a_sent_revalidation_is_found_in_the_recent_blocks() {
+    let (node, client, _) = setup().await;
+    node.add_inference("inf-1", 3, EXECUTOR);
+    let sent = MsgValidation { revalidation: true, ..validation("uuid-r", "inf-1") };
+    client.submit_validation(&sent).await.unwrap();
+    node.advance(3);
+    assert_eq!(client.validation_recorded(&sent, 3).await, Ok(Some(true)));
+    let unsent = MsgValidation { revalidation: true, ..validation("uuid-other", "inf-1") };
+    assert_eq!(client.validation_recorded(&unsent, 3).await, Ok(Some(false)));
+    // Blocks the node no longer keeps leave the question open.
+    node.set_earliest(node.tip());
+    assert_eq!(client.validation_recorded(&unsent, 3).await, Ok(None));
+}

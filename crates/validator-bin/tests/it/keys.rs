@@ -1,6 +1,7 @@
 use std::{
     io::Write as _,
     process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -115,4 +116,56 @@ async fn a_warm_key_without_the_accounts_grants_is_named() {
 
     scenario.chain.grant(&scenario.address, &warm_address, proto::MSG_CLAIM_REWARDS_TYPE_URL);
     check().await.unwrap();
+}
+
+/// The chain client a validator at the demo's account signs with, on `scenario`'s chain.
+fn demo_client(scenario: &validator_demo::Scenario) -> chain_source::ChainNodeClient {
+    let settings = scenario.settings(&validator_demo::DemoOptions::default());
+    chain_source::ChainNodeClient::new(
+        &settings.chain,
+        &testkit::public_tls(),
+        scenario.address.clone(),
+        validator_demo::validator_key().unwrap(),
+    )
+    .unwrap()
+}
+
+/// The double-signer guard: quiet blocks let the node start; a transaction of its key sent by
+/// another process while it watches stops it, naming the key's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_signer_of_the_key_stops_the_start() {
+    use validator_bin::guard::{GuardError, Watch};
+    use validator_core::ports::chain::{ChainClient as _, MsgValidation};
+    use validator_demo::{inference_id, DemoOptions, Scenario};
+
+    let options = DemoOptions { backlog: 1, ..DemoOptions::default() };
+    let cancel = tokio_util::sync::CancellationToken::new();
+
+    let quiet = Scenario::start(&options).await.unwrap();
+    let chain = demo_client(&quiet);
+    let watch = Watch::start(&chain, &quiet.address, 2).await.unwrap();
+    quiet.chain.advance(2);
+    watch.finish(&cancel).await.unwrap();
+
+    let busy = Scenario::start(&options).await.unwrap();
+    let chain = demo_client(&busy);
+    let watch = Watch::start(&chain, &busy.address, 1_000).await.unwrap();
+    // Another process with the same key sends a validation.
+    let other = demo_client(&busy);
+    let msg = MsgValidation {
+        id: "5d3b0c7e-8a43-4f3e-9c1a-2b7d4e6f8a90".into(),
+        inference_id: inference_id("backlog", 0).into(),
+        response_hash: "ab".repeat(32),
+        value_decimal: validator_core::scoring::ValueDecimal { value: 1, exponent: 0 },
+        revalidation: false,
+    };
+    other.submit_validation(&msg).await.unwrap();
+    busy.chain.advance(1);
+    let err = tokio::time::timeout(Duration::from_secs(20), watch.finish(&cancel)).await.unwrap();
+    let Err(GuardError::OtherSigner { address, before, after, .. }) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((address.as_str(), *before + 1), (busy.address.as_str(), *after));
+    let message = err.unwrap_err().to_string();
+    assert!(message.contains(&busy.address) && message.contains("guard_blocks = 0"), "{message}");
 }
