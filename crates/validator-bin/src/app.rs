@@ -206,6 +206,7 @@ impl App {
         }
         // Installed before the engine starts, so the gauges it sets at start are recorded.
         crate::telemetry::recorder()?;
+        crate::telemetry::initialise_series();
         let backend = match settings.storage.backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -357,6 +358,8 @@ impl App {
         let (stop_sender, mut stop_requests) = mpsc::channel::<String>(1);
         let ready = Arc::new(AtomicBool::new(false));
 
+        let ml_stale_after =
+            (settings.ml.node_manager.capacity_refresh * 3).max(ML_STALE_AFTER_MIN);
         let admin = crate::admin::router(AdminState {
             engine: handle.engine.clone(),
             pool: handle.pool.clone(),
@@ -369,7 +372,7 @@ impl App {
             claim_wait: settings.admin.claim_wait,
             body_limit: settings.admin.body_limit_bytes,
             chain: Arc::clone(&handle.chain_progress),
-            ml_stale_after: (settings.ml.node_manager.capacity_refresh * 3).max(ML_STALE_AFTER_MIN),
+            ml_stale_after,
         });
         let admin_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -395,8 +398,12 @@ impl App {
         let metrics = crate::telemetry::serve_metrics(
             metrics_listener,
             recorder,
-            handle.pool.clone(),
-            Arc::clone(&handle.chain_progress),
+            crate::telemetry::Gauges {
+                pool: handle.pool.clone(),
+                node_manager: handle.node_manager.clone(),
+                ml_stale_after,
+                chain: Arc::clone(&handle.chain_progress),
+            },
             settings.metrics.refresh_interval,
             cancel.clone(),
         );

@@ -2,19 +2,22 @@
 
 use std::{
     io::IsTerminal as _,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use anyhow::Context;
 use axum::{routing::get, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use ml_client::{Availability, NodePool};
+use ml_client::{Availability, NodeManagerBroker, NodePool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::LogFormat;
+use crate::{
+    health::{ml_reachable, ChainProgress},
+    settings::LogFormat,
+};
 
 /// Installs the global tracing subscriber on stderr: `RUST_LOG` if set, else `default_filter`;
 /// human-readable (coloured on a terminal) or JSON lines. A second call does nothing.
@@ -52,6 +55,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Gauge, "validator_chain_block_age_seconds", "Seconds since the last block arrived."),
     (Kind::Gauge, "validator_epoch", "The current epoch, by the chain's epoch schedule."),
     (Kind::Counter, "validator_dry_run_messages_total", "Messages a dry run did not send."),
+    (Kind::Gauge, "validator_ml_reachable", "1 while an ML node (or the NodeManager) answers."),
     (Kind::Gauge, "validator_slots_capacity", "Slots of each stage (gpu, network)."),
     (Kind::Gauge, "validator_slots_in_use", "Slots of each stage held now."),
     (Kind::Gauge, "validator_fetch_slots_in_use", "Network-stage slots fetching payloads now."),
@@ -150,8 +154,7 @@ pub fn recorder() -> anyhow::Result<PrometheusHandle> {
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
-    pool: NodePool,
-    chain: std::sync::Arc<crate::health::ChainProgress>,
+    gauges: Gauges,
     refresh: Duration,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -166,8 +169,7 @@ pub async fn serve_metrics(
                     () = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                record_nodes(&pool);
-                chain.report();
+                gauges.record();
                 handle.run_upkeep();
             }
         }
@@ -175,6 +177,41 @@ pub async fn serve_metrics(
     let server = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned());
     let (served, ()) = tokio::join!(async move { server.await }, refresher);
     served
+}
+
+/// What the metrics listener reads again every `metrics.refresh_interval`.
+pub struct Gauges {
+    /// The ML node pool: `validator_ml_node_up{node}`.
+    pub pool: NodePool,
+    /// The NodeManager broker, when leases come from it.
+    pub node_manager: Option<NodeManagerBroker>,
+    /// How old the NodeManager's listing may be for the ML side to count as reachable.
+    pub ml_stale_after: Duration,
+    /// The chain as followed: `validator_chain_block_age_seconds`.
+    pub chain: Arc<ChainProgress>,
+}
+
+impl Gauges {
+    /// Sets the node, reachability and chain gauges from their sources now.
+    pub fn record(&self) {
+        record_nodes(&self.pool);
+        let reachable =
+            ml_reachable(&self.pool, self.node_manager.as_ref(), self.ml_stale_after).is_ok();
+        metrics::gauge!("validator_ml_reachable").set(if reachable { 1.0 } else { 0.0 });
+        self.chain.report();
+    }
+}
+
+/// Gives the series the alert rules (deploy/prometheus/alerts.yml) read a value from the start,
+/// as Prometheus advises for counters with known labels: a rule over a series that appears
+/// only with its first event cannot tell "none yet" from "not exported".
+pub fn initialise_series() {
+    for result in ["paid", "refused", "failed", "not_included", "error", "expired"] {
+        metrics::counter!("validator_claims_total", "result" => result).increment(0);
+    }
+    metrics::counter!("validator_journal_dropped_total").increment(0);
+    metrics::gauge!("validator_unclaimed_ngonka").increment(0.0);
+    metrics::gauge!("validator_classic_retired").increment(0.0);
 }
 
 /// Sets `validator_ml_node_up{node}`: 1 when the node takes leases, 0 when it is down or
