@@ -24,7 +24,12 @@ async fn start(script: impl FnOnce(&Scenario)) -> Running {
 }
 
 async fn start_with(backlog: usize, ml_latency_ms: u64, script: impl FnOnce(&Scenario)) -> Running {
-    let options = DemoOptions {
+    Running::start(&options(backlog, ml_latency_ms), |scenario, _| script(scenario)).await
+}
+
+/// The demo with a backlog, two slots and no live traffic.
+fn options(backlog: usize, ml_latency_ms: u64) -> DemoOptions {
+    DemoOptions {
         backlog,
         ml_latency_ms,
         slots: 2,
@@ -32,8 +37,7 @@ async fn start_with(backlog: usize, ml_latency_ms: u64, script: impl FnOnce(&Sce
         admin_token_file: Some(crate::temp_path("admin.token")),
         json: true,
         ..DemoOptions::default()
-    };
-    Running::start(&options, |scenario, _| script(scenario)).await
+    }
 }
 
 /// The next claim record.
@@ -312,16 +316,7 @@ async fn a_1161_is_learned_from_block_results_without_a_transaction_index() {
 /// the claim reach the chain; the claim is not recorded as made, so a real run still makes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_validates_and_sends_nothing() {
-    let options = DemoOptions {
-        backlog: BACKLOG,
-        ml_latency_ms: 1,
-        slots: 2,
-        live_rate: 0.0,
-        admin_token_file: Some(crate::temp_path("admin.token")),
-        json: true,
-        ..DemoOptions::default()
-    };
-    let running = Running::start(&options, |_, settings| settings.dry_run = true).await;
+    let running = Running::start(&options(BACKLOG, 1), |_, settings| settings.dry_run = true).await;
     running.scenario.chain.advance(6);
     let record = next_claim(&running, 0).await;
     assert_eq!(record.epoch_index, BACKLOG_EPOCH);
