@@ -52,6 +52,32 @@ pub enum ClaimState {
     Expired,
 }
 
+impl ClaimState {
+    /// Every state.
+    pub const ALL: [ClaimState; 4] =
+        [ClaimState::Pending, ClaimState::Paid, ClaimState::NothingToClaim, ClaimState::Expired];
+
+    /// Stable snake-case name, as in JSON and the `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimState::Pending => "pending",
+            ClaimState::Paid => "paid",
+            ClaimState::NothingToClaim => "nothing_to_claim",
+            ClaimState::Expired => "expired",
+        }
+    }
+}
+
+/// Sets `validator_claim_state{epoch, state}`: 1 for the record's state, 0 for the others.
+fn record_state_metric(record: &ClaimRecord) {
+    let epoch = record.epoch_index.to_string();
+    for state in ClaimState::ALL {
+        let value = if state == record.state { 1.0 } else { 0.0 };
+        metrics::gauge!("validator_claim_state", "epoch" => epoch.clone(), "state" => state.as_str())
+            .set(value);
+    }
+}
+
 /// One epoch's claim: the recovery run before it and every attempt's result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClaimRecord {
@@ -433,6 +459,7 @@ impl Claimer {
                 .increment(1);
             record.last_attempt_height = height;
             record.last_result = Some("dry run: not sent".into());
+            record_state_metric(&record);
             self.lock().insert(record.epoch_index, record.clone());
             self.changed.send_modify(|n| *n += 1);
             return record;
@@ -552,6 +579,7 @@ impl Claimer {
                     record.amount = record.amount.max(existing.amount);
                 }
             }
+            record_state_metric(&record);
             records.insert(record.epoch_index, record.clone());
             if let Some(&newest) = records.keys().next_back() {
                 records.retain(|epoch, _| epoch.saturating_add(KEPT_EPOCHS) > newest);

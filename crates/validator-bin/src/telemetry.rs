@@ -79,6 +79,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, "validator_tx_lookup_failures_total", "Failed lookups of sent transactions."),
     (Kind::Gauge, "validator_classic_retired", "1 once the chain refused classic MsgValidation."),
     (Kind::Counter, "validator_claims_total", "Reward claims, per result."),
+    (Kind::Gauge, "validator_claim_state", "1 for each kept epoch's claim state, 0 for the rest."),
     (Kind::Gauge, "validator_unclaimed_ngonka", "Rewards of the epoch being claimed, in ngonka."),
     (Kind::Gauge, "validator_ml_node_up", "1 while an ML node is reachable, per node."),
     (Kind::Counter, "validator_lock_waits_total", "Devshard replays that waited for a lock."),
